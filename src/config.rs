@@ -1,0 +1,670 @@
+//! The configuration file: one TOML file, `${VAR}` expanded from the environment.
+//!
+//! Every invalid value is reported with the line and the key it sits on, so an operator can
+//! fix a file without guessing. Secrets are read from the environment (`${VAR}`); they are
+//! wrapped in [`Secret`], whose `Debug` never prints them.
+
+use crate::channel::{ChannelKind, UNROUTED_CHANNEL};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use toml::Spanned;
+
+/// A secret value: usable, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: line {line}: {message}")]
+    Invalid { path: String, line: usize, message: String },
+    #[error("{path}: {message}")]
+    Missing { path: String, message: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// `None`: the embedded in-memory queue (one process).
+    pub redis: Option<RedisConfig>,
+    pub meta: MetaConfig,
+    pub channels: Vec<ChannelConfig>,
+    pub bot: BotConfig,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub prefix: String,
+    /// How long an event id is remembered for dedupe. Meta retries for up to 7 days.
+    pub dedupe_ttl_secs: u64,
+    /// Approximate cap on each inbound stream (`MAXLEN ~`), 0 = none.
+    pub stream_maxlen: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MetaConfig {
+    pub verify_token: Option<Secret>,
+    /// Every secret accepted for `X-Hub-Signature-256` (several during a rotation).
+    pub app_secrets: Vec<Secret>,
+    /// Graph API base URL including the version, e.g. `https://graph.facebook.com/v23.0`.
+    pub graph_api_url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    pub id: String,
+    pub kind: ChannelKind,
+    pub partitions: u32,
+    // WABA
+    pub phone_number_id: Option<String>,
+    pub access_token: Option<Secret>,
+    pub coexistence: bool,
+    // Personal
+    pub gateway: Option<String>,
+    pub session: Option<String>,
+    pub webhook_secrets: Vec<Secret>,
+    pub api_url: Option<String>,
+    pub api_key: Option<Secret>,
+    // Sending
+    pub send_rate_per_second: u32,
+    /// Minimum gap between two messages to one contact (Meta pair rate; Personal per-chat gap).
+    pub pair_gap_ms: u64,
+    /// Personal channels: at most this many messages per minute on the channel.
+    pub max_per_minute: u32,
+    /// Personal channels: random extra delay up to this many ms before each send.
+    pub jitter_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BotMode {
+    /// Reply with the text received (the quick start's bot).
+    Echo,
+    /// POST each event to `url` (any language, any framework).
+    Forward,
+    /// Handle nothing but state and windows (no replies).
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct BotConfig {
+    pub mode: BotMode,
+    pub url: Option<String>,
+    pub secret: Option<Secret>,
+    pub timeout_ms: u64,
+    /// How long an echo (a human answering from the phone) pauses the bot for that conversation.
+    pub handover_secs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    /// Partitions handled at once by one worker process.
+    pub concurrency: usize,
+    /// Lead times of `window.expiring` timers, in minutes before the window closes.
+    pub window_expiring_minutes: Vec<u64>,
+    /// Conversation state expires after this much inactivity.
+    pub conversation_ttl_secs: u64,
+    pub block_ms: u64,
+}
+
+// ---------------------------------------------------------------- raw file shape
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    redis: Option<RawRedis>,
+    #[serde(default)]
+    meta: RawMeta,
+    #[serde(default)]
+    channels: Vec<Spanned<RawChannel>>,
+    #[serde(default)]
+    bot: Option<Spanned<RawBot>>,
+    #[serde(default)]
+    worker: RawWorker,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    max_body_bytes: Option<usize>,
+    workers: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<Spanned<String>>,
+    prefix: Option<String>,
+    dedupe_ttl_secs: Option<u64>,
+    stream_maxlen: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    verify_token: Option<Spanned<String>>,
+    #[serde(default)]
+    app_secrets: Vec<Spanned<String>>,
+    app_secret: Option<Spanned<String>>,
+    graph_api_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    id: Spanned<String>,
+    kind: Spanned<String>,
+    partitions: Option<Spanned<i64>>,
+    phone_number_id: Option<Spanned<String>>,
+    access_token: Option<Spanned<String>>,
+    #[serde(default)]
+    coexistence: bool,
+    gateway: Option<Spanned<String>>,
+    session: Option<Spanned<String>>,
+    #[serde(default)]
+    webhook_secrets: Vec<Spanned<String>>,
+    api_url: Option<String>,
+    api_key: Option<Spanned<String>>,
+    send_rate_per_second: Option<u32>,
+    pair_gap_ms: Option<u64>,
+    max_per_minute: Option<u32>,
+    jitter_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBot {
+    mode: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    secret: Option<Spanned<String>>,
+    timeout_ms: Option<u64>,
+    handover_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    lease_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    concurrency: Option<usize>,
+    window_expiring_minutes: Option<Vec<u64>>,
+    conversation_ttl_secs: Option<u64>,
+    block_ms: Option<u64>,
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text`; `env` looks up variables for `${VAR}` (injected so tests need no globals).
+    pub fn from_toml(
+        text: &str,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let ctx = Ctx { text, path, env };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| ctx.line(s.start)).unwrap_or(1);
+            ConfigError::Invalid { path: path.into(), line, message: e.message().trim().to_string() }
+        })?;
+        ctx.build(raw)
+    }
+
+    pub fn channel(&self, id: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+
+    /// A config with no channels and the embedded queue: what `parse` uses without `--config`.
+    pub fn empty() -> Config {
+        Ctx { text: "", path: "", env: &|_| None }
+            .build(RawFile::default())
+            .expect("the empty config is valid")
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn err<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl fmt::Display) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            path: self.path.into(),
+            line: self.line(span.start),
+            message: format!("`{key}`: {message}"),
+        })
+    }
+
+    /// Expands `${VAR}` and `${VAR:-default}`. `Ok(None)`: a variable it needs is unset.
+    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<Option<String>, ConfigError> {
+        expand_vars(value.get_ref(), self.env)
+            .map_err(|m| ConfigError::Invalid { path: self.path.into(), line: self.line(value.span().start), message: format!("`{key}`: {m}") })
+    }
+
+    /// A required plain value (variables allowed, all must be set).
+    fn required(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        match self.expand(value, key)? {
+            Some(v) => Ok(v),
+            None => self.err(value.span(), key, format!("{} uses an environment variable that is not set", value.get_ref())),
+        }
+    }
+
+    /// An optional secret: an unset variable means "not configured".
+    fn secret(&self, value: &Option<Spanned<String>>, key: &str) -> Result<Option<Secret>, ConfigError> {
+        let Some(v) = value else { return Ok(None) };
+        warn_if_literal_secret(v.get_ref(), key);
+        Ok(self.expand(v, key)?.filter(|s| !s.is_empty()).map(Secret))
+    }
+
+    /// A list of secrets: entries whose variable is unset are skipped (e.g. no previous secret
+    /// outside a rotation).
+    fn secrets(&self, values: &[Spanned<String>], key: &str) -> Result<Vec<Secret>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            warn_if_literal_secret(v.get_ref(), &k);
+            if let Some(s) = self.expand(v, &k)?.filter(|s| !s.is_empty()) {
+                out.push(Secret(s));
+            }
+        }
+        Ok(out)
+    }
+
+    fn build(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            listen: match &raw.server.listen {
+                Some(l) => self.required(l, "server.listen")?,
+                None => "127.0.0.1:8080".into(),
+            },
+            max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024),
+            workers: raw.server.workers,
+        };
+
+        let redis = match raw.redis {
+            None => None,
+            Some(r) => Some(RedisConfig {
+                url: match &r.url {
+                    Some(u) => Secret(self.required(u, "redis.url")?),
+                    None => Secret("redis://127.0.0.1:6379".into()),
+                },
+                prefix: r.prefix.unwrap_or_else(|| "cx".into()),
+                dedupe_ttl_secs: r.dedupe_ttl_secs.unwrap_or(8 * 24 * 3600),
+                stream_maxlen: r.stream_maxlen.unwrap_or(0),
+            }),
+        };
+
+        let mut app_secrets = self.secrets(&raw.meta.app_secrets, "meta.app_secrets")?;
+        if let Some(s) = self.secret(&raw.meta.app_secret, "meta.app_secret")? {
+            app_secrets.insert(0, s);
+        }
+        let meta = MetaConfig {
+            verify_token: self.secret(&raw.meta.verify_token, "meta.verify_token")?,
+            app_secrets,
+            graph_api_url: raw
+                .meta
+                .graph_api_url
+                .unwrap_or_else(|| "https://graph.facebook.com/v23.0".into())
+                .trim_end_matches('/')
+                .to_string(),
+        };
+
+        let mut channels = Vec::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut phone_ids: HashMap<String, usize> = HashMap::new();
+        let mut sessions: HashMap<String, usize> = HashMap::new();
+        for (i, spanned) in raw.channels.iter().enumerate() {
+            let c = spanned.get_ref();
+            let key = |k: &str| format!("channels[{i}].{k}");
+            let id = self.required(&c.id, &key("id"))?;
+            if id.is_empty() || id.starts_with('_') || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                return self.err(c.id.span(), &key("id"), format!("{id:?} is not a valid channel id (letters, digits, '-', '_', '.'; not starting with '_')"));
+            }
+            if let Some(prev) = ids.insert(id.clone(), self.line(c.id.span().start)) {
+                return self.err(c.id.span(), &key("id"), format!("duplicate channel id {id:?} (first defined on line {prev})"));
+            }
+            let kind = match c.kind.get_ref().as_str() {
+                "waba" => ChannelKind::Waba,
+                "personal" => ChannelKind::Personal,
+                other => return self.err(c.kind.span(), &key("kind"), format!("unknown kind {other:?} (expected \"waba\" or \"personal\")")),
+            };
+            let partitions = match &c.partitions {
+                None => 4,
+                Some(p) if (1..=1024).contains(p.get_ref()) => *p.get_ref() as u32,
+                Some(p) => return self.err(p.span(), &key("partitions"), format!("{} is out of range (1 to 1024)", p.get_ref())),
+            };
+            let phone_number_id = match &c.phone_number_id {
+                Some(p) => Some(self.required(p, &key("phone_number_id"))?),
+                None => None,
+            };
+            let session = match &c.session {
+                Some(s) => Some(self.required(s, &key("session"))?),
+                None => None,
+            };
+            let webhook_secrets = self.secrets(&c.webhook_secrets, &key("webhook_secrets"))?;
+            match kind {
+                ChannelKind::Waba => {
+                    let Some(pid) = &phone_number_id else {
+                        return self.err(spanned.span(), &key("phone_number_id"), format!("channel {id:?} of kind \"waba\" needs a phone_number_id"));
+                    };
+                    if let Some(prev) = phone_ids.insert(pid.clone(), i) {
+                        let span = c.phone_number_id.as_ref().map(|p| p.span()).unwrap_or(spanned.span());
+                        return self.err(span, &key("phone_number_id"), format!("duplicate phone_number_id {pid:?} (also on channels[{prev}])"));
+                    }
+                    if meta.app_secrets.is_empty() {
+                        return self.err(spanned.span(), "meta.app_secrets", format!("channel {id:?} is a waba channel but no Meta app secret is set (set meta.app_secrets = [\"${{META_APP_SECRET}}\"] and export the variable)"));
+                    }
+                    if c.session.is_some() || c.gateway.is_some() {
+                        return self.err(spanned.span(), &key("kind"), "gateway/session belong to personal channels, not waba");
+                    }
+                }
+                ChannelKind::Personal => {
+                    if phone_number_id.is_some() {
+                        return self.err(spanned.span(), &key("phone_number_id"), "phone_number_id belongs to waba channels, not personal");
+                    }
+                    if let Some(g) = &c.gateway {
+                        if g.get_ref() != "waha" {
+                            return self.err(g.span(), &key("gateway"), format!("unknown gateway {:?} (supported: \"waha\")", g.get_ref()));
+                        }
+                    }
+                    if webhook_secrets.is_empty() {
+                        return self.err(spanned.span(), &key("webhook_secrets"), format!("personal channel {id:?} has no webhook secret set (webhook_secrets = [\"${{WAHA_HMAC_KEY}}\"] and export the variable): unsigned webhooks are never accepted"));
+                    }
+                    let s = session.clone().unwrap_or_else(|| "default".into());
+                    if let Some(prev) = sessions.insert(s.clone(), i) {
+                        let span = c.session.as_ref().map(|p| p.span()).unwrap_or(spanned.span());
+                        return self.err(span, &key("session"), format!("duplicate session {s:?} (also on channels[{prev}])"));
+                    }
+                }
+            }
+            let default_rate = kind.default_send_rate_per_second(c.coexistence);
+            channels.push(ChannelConfig {
+                id,
+                kind,
+                partitions,
+                phone_number_id,
+                access_token: self.secret(&c.access_token, &key("access_token"))?,
+                coexistence: c.coexistence,
+                gateway: c.gateway.as_ref().map(|g| g.get_ref().clone()).or_else(|| (kind == ChannelKind::Personal).then(|| "waha".into())),
+                session: session.or_else(|| (kind == ChannelKind::Personal).then(|| "default".into())),
+                webhook_secrets,
+                api_url: c.api_url.clone(),
+                api_key: self.secret(&c.api_key, &key("api_key"))?,
+                send_rate_per_second: c.send_rate_per_second.unwrap_or(match kind {
+                    ChannelKind::Waba => default_rate,
+                    ChannelKind::Personal => 5,
+                }),
+                pair_gap_ms: c.pair_gap_ms.unwrap_or(match kind {
+                    ChannelKind::Waba => 6_000,
+                    ChannelKind::Personal => 3_000,
+                }),
+                max_per_minute: c.max_per_minute.unwrap_or(30),
+                jitter_ms: c.jitter_ms.unwrap_or(match kind {
+                    ChannelKind::Waba => 0,
+                    ChannelKind::Personal => 1_500,
+                }),
+            });
+        }
+        debug_assert!(!ids.contains_key(UNROUTED_CHANNEL));
+
+        let bot = match &raw.bot {
+            None => BotConfig { mode: BotMode::Echo, url: None, secret: None, timeout_ms: 10_000, handover_secs: 1800 },
+            Some(b) => {
+                let r = b.get_ref();
+                let mode = match r.mode.as_ref().map(|m| m.get_ref().as_str()) {
+                    None | Some("echo") => BotMode::Echo,
+                    Some("forward") => BotMode::Forward,
+                    Some("none") => BotMode::None,
+                    Some(other) => {
+                        let span = r.mode.as_ref().unwrap().span();
+                        return self.err(span, "bot.mode", format!("unknown mode {other:?} (expected \"echo\", \"forward\" or \"none\")"));
+                    }
+                };
+                let url = match &r.url {
+                    Some(u) => Some(self.required(u, "bot.url")?),
+                    None => None,
+                };
+                let secret = self.secret(&r.secret, "bot.secret")?;
+                if mode == BotMode::Forward {
+                    if url.is_none() {
+                        return self.err(b.span(), "bot.url", "mode \"forward\" needs a url");
+                    }
+                    if secret.is_none() {
+                        return self.err(b.span(), "bot.secret", "mode \"forward\" needs a secret to sign requests (secret = \"${FORWARD_SECRET}\" and export the variable)");
+                    }
+                }
+                BotConfig { mode, url, secret, timeout_ms: r.timeout_ms.unwrap_or(10_000), handover_secs: r.handover_secs.unwrap_or(1800) }
+            }
+        };
+
+        let w = &raw.worker;
+        let worker = WorkerConfig {
+            lease_ms: w.lease_ms.unwrap_or(10_000),
+            max_attempts: w.max_attempts.unwrap_or(5).max(1),
+            retry_backoff_ms: w.retry_backoff_ms.unwrap_or(200),
+            concurrency: w.concurrency.unwrap_or(64).max(1),
+            window_expiring_minutes: w.window_expiring_minutes.clone().unwrap_or_else(|| vec![60, 10]),
+            conversation_ttl_secs: w.conversation_ttl_secs.unwrap_or(30 * 24 * 3600),
+            block_ms: w.block_ms.unwrap_or(2_000),
+        };
+
+        Ok(Config { server, redis, meta, channels, bot, worker })
+    }
+}
+
+fn warn_if_literal_secret(value: &str, key: &str) {
+    if !value.contains("${") && !value.is_empty() {
+        tracing::warn!(key, "a secret is written in the config file itself; use ${{VAR}} and the environment instead");
+    }
+}
+
+/// Expands `${NAME}` and `${NAME:-default}`. Returns `Ok(None)` when a variable without a
+/// default is unset, `Err` for malformed syntax.
+pub fn expand_vars(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed \"${{\" in {input:?}"));
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("{:?} is not a valid variable name", name));
+        }
+        match env(name).filter(|v| !v.is_empty()).or_else(|| default.map(str::to_string)) {
+            Some(v) => out.push_str(&v),
+            None => return Ok(None),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "META_APP_SECRET" => Some("s3cret".into()),
+            "WAHA_HMAC_KEY" => Some("waha-key".into()),
+            "FORWARD_SECRET" => Some("fwd".into()),
+            _ => None,
+        }
+    }
+
+    const DESIGN_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+max_body_bytes = 4194304
+
+[redis]
+url = "redis://127.0.0.1:6379"
+prefix = "cx"
+
+[meta]
+verify_token = "${META_VERIFY_TOKEN}"
+app_secrets = ["${META_APP_SECRET}", "${META_APP_SECRET_PREVIOUS}"]
+graph_api_url = "https://graph.facebook.com/v23.0"
+
+[[channels]]
+id = "shop-waba"
+kind = "waba"
+phone_number_id = "106540352242922"
+access_token = "${WABA_TOKEN}"
+coexistence = true
+partitions = 4
+
+[[channels]]
+id = "shop-personal"
+kind = "personal"
+gateway = "waha"
+session = "default"
+webhook_secrets = ["${WAHA_HMAC_KEY}"]
+api_url = "http://127.0.0.1:3000"
+api_key = "${WAHA_API_KEY}"
+partitions = 4
+
+[bot]
+mode = "forward"
+url = "http://127.0.0.1:9000/events"
+secret = "${FORWARD_SECRET}"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn design_example_loads() {
+        let c = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(c.channels.len(), 2);
+        assert_eq!(c.meta.app_secrets, vec![Secret::new("s3cret")]);
+        assert!(c.meta.verify_token.is_none());
+        let w = c.channel("shop-waba").unwrap();
+        assert_eq!(w.send_rate_per_second, 20, "coexistence numbers default to 20 mps");
+        assert!(w.access_token.is_none(), "unset token = dry run");
+        assert_eq!(c.channel("shop-personal").unwrap().webhook_secrets, vec![Secret::new("waha-key")]);
+        assert_eq!(c.bot.mode, BotMode::Forward);
+        assert_eq!(c.redis.unwrap().prefix, "cx");
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_kind_names_line_and_key() {
+        let e = error_of("[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"a\"\nkind = \"wabba\"\nphone_number_id = \"1\"\n");
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("channels[0].kind"), "{e}");
+        assert!(e.contains("wabba"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_channel_id() {
+        let e = error_of("[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"2\"\n");
+        assert!(e.contains("line 8") && e.contains("duplicate channel id"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_phone_number_id() {
+        let e = error_of("[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n[[channels]]\nid = \"b\"\nkind = \"waba\"\nphone_number_id = \"1\"\n");
+        assert!(e.contains("line 10") && e.contains("duplicate phone_number_id"), "{e}");
+    }
+
+    #[test]
+    fn missing_meta_secret() {
+        let e = error_of("[meta]\napp_secrets=[\"${NOT_SET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n");
+        assert!(e.contains("meta.app_secrets") && e.contains("no Meta app secret"), "{e}");
+    }
+
+    #[test]
+    fn missing_personal_secret() {
+        let e = error_of("[[channels]]\nid = \"p\"\nkind = \"personal\"\n");
+        assert!(e.contains("channels[0].webhook_secrets"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line() {
+        let e = error_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n");
+        assert!(e.contains("line 3") && e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = error_of("[server]\nlisten = \n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn no_redis_table_means_embedded_queue() {
+        assert!(parse("").unwrap().redis.is_none());
+    }
+
+    #[test]
+    fn expansion() {
+        assert_eq!(expand_vars("a${META_APP_SECRET}b", &env).unwrap().as_deref(), Some("as3cretb"));
+        assert_eq!(expand_vars("${NOPE:-dflt}", &env).unwrap().as_deref(), Some("dflt"));
+        assert_eq!(expand_vars("${NOPE}", &env).unwrap(), None);
+        assert!(expand_vars("${OPEN", &env).is_err());
+    }
+
+    #[test]
+    fn secrets_never_debug_print() {
+        let c = parse(DESIGN_EXAMPLE).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("waha-key") && !dbg.contains("fwd"), "{dbg}");
+    }
+}

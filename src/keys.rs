@@ -1,0 +1,142 @@
+//! Every Redis key coexist uses, built in this one module.
+//!
+//! Keys are `<prefix>:{<channel>}:<what>`: the channel sits in a hash tag so that all of a
+//! channel's keys land in one Redis Cluster slot and every Lua script touches one slot.
+//! Nothing else in the crate formats a key.
+
+/// The consumer group every worker joins on every partition stream.
+pub const GROUP: &str = "workers";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new("cx")
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn channel_key(&self, channel: &str, rest: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, channel, rest)
+    }
+
+    /// Inbound stream of one channel partition.
+    pub fn stream(&self, channel: &str, partition: u32) -> String {
+        self.channel_key(channel, &format!("in:{partition}"))
+    }
+
+    /// Dedupe marker for one event id (`SET NX EX`).
+    pub fn seen(&self, channel: &str, event_id: &str) -> String {
+        self.channel_key(channel, &format!("seen:{event_id}"))
+    }
+
+    /// Hash: contact id → `<partition>:<canonical conversation id>` (one person, one conversation).
+    pub fn aliases(&self, channel: &str) -> String {
+        self.channel_key(channel, "alias")
+    }
+
+    /// Dead-letter stream of a channel.
+    pub fn dead_letters(&self, channel: &str) -> String {
+        self.channel_key(channel, "dead")
+    }
+
+    /// Conversation state of one contact.
+    pub fn conversation(&self, channel: &str, contact: &str) -> String {
+        self.channel_key(channel, &format!("conv:{contact}"))
+    }
+
+    /// Lease on one partition (value: `<owner>:<fencing token>`).
+    pub fn lease(&self, channel: &str, partition: u32) -> String {
+        self.channel_key(channel, &format!("lease:{partition}"))
+    }
+
+    /// Monotonic fencing-token counter of one partition.
+    pub fn fence(&self, channel: &str, partition: u32) -> String {
+        self.channel_key(channel, &format!("fence:{partition}"))
+    }
+
+    /// Sorted set of armed window timers of one partition (score = due time in ms).
+    pub fn timers(&self, channel: &str, partition: u32) -> String {
+        self.channel_key(channel, &format!("timers:{partition}"))
+    }
+
+    /// Outbound queue of a channel.
+    pub fn outbox(&self, channel: &str) -> String {
+        self.channel_key(channel, "outbox")
+    }
+
+    /// Idempotency marker of one outbound message (source event id + reply index).
+    pub fn sent(&self, channel: &str, outbox_key: &str) -> String {
+        self.channel_key(channel, &format!("sent:{outbox_key}"))
+    }
+
+    /// Token bucket shared by every worker sending on a channel.
+    pub fn send_rate(&self, channel: &str) -> String {
+        self.channel_key(channel, "rate")
+    }
+
+    /// Per-contact pacing marker (pair rate, Personal per-chat gap).
+    pub fn pair_rate(&self, channel: &str, contact: &str) -> String {
+        self.channel_key(channel, &format!("pair:{contact}"))
+    }
+
+    /// Sent message id (wamid / gateway id) → outbox key, so statuses find their conversation.
+    pub fn sent_message(&self, channel: &str, message_id: &str) -> String {
+        self.channel_key(channel, &format!("msg:{message_id}"))
+    }
+
+    /// Channel health (e.g. marked unhealthy after an auth error).
+    pub fn health(&self, channel: &str) -> String {
+        self.channel_key(channel, "health")
+    }
+
+    /// Registry of live workers (not per channel: one key for the whole deployment).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_channel_key_carries_the_hash_tag() {
+        let k = Keys::new("cx");
+        for key in [
+            k.stream("shop", 3),
+            k.seen("shop", "wamid.1"),
+            k.aliases("shop"),
+            k.dead_letters("shop"),
+            k.conversation("shop", "1555"),
+            k.lease("shop", 0),
+            k.fence("shop", 0),
+            k.timers("shop", 1),
+            k.outbox("shop"),
+            k.sent("shop", "e:0"),
+            k.send_rate("shop"),
+            k.pair_rate("shop", "1555"),
+            k.sent_message("shop", "wamid.2"),
+            k.health("shop"),
+        ] {
+            assert!(key.starts_with("cx:{shop}:"), "{key}");
+        }
+        assert_eq!(k.stream("shop", 3), "cx:{shop}:in:3");
+    }
+
+    #[test]
+    fn prefix_is_configurable() {
+        assert_eq!(Keys::new("t1").seen("c", "x"), "t1:{c}:seen:x");
+    }
+}

@@ -1,0 +1,18 @@
+//! coexist: WhatsApp Business API and WhatsApp Personal channels side by side.
+//!
+//! Data flows one way: `ingress → wire → event → queue → worker → bot → outbound`.
+//! `wire`, `routing`, `verify` and the window rules never do I/O; `ingress` is the only module
+//! that knows HTTP servers exist.
+
+pub mod channel;
+pub mod config;
+pub mod event;
+pub mod keys;
+pub mod queue;
+pub mod routing;
+pub mod verify;
+pub mod wire;
+
+pub use channel::ChannelKind;
+pub use config::Config;
+pub use event::{Event, EventType};

@@ -1,0 +1,1 @@
+//! In-memory twin of the Redis queue.
