@@ -9,6 +9,7 @@
 //! [`crate::routing`] maps that address to a configured channel.
 
 pub mod meta;
+pub mod util;
 pub mod waha;
 
 use crate::event::Event;

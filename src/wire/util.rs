@@ -1,0 +1,213 @@
+//! Small pure helpers shared by the payload parsers: lenient scalar readers (Meta sends
+//! timestamps and error codes as strings or numbers), stable hashes for event ids, JID handling.
+
+use crate::event::ErrorDetail;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Above this, a "seconds" timestamp is taken to be milliseconds already (year 5138 in seconds).
+const MS_THRESHOLD: i64 = 100_000_000_000;
+
+/// A Unix timestamp in seconds, given as a JSON string or number, in milliseconds.
+/// A value that is already in milliseconds (too large to be seconds) is returned as is.
+pub fn seconds_to_ms(v: &Value) -> Option<i64> {
+    let secs = int_of(v)?;
+    if secs.abs() >= MS_THRESHOLD {
+        Some(secs)
+    } else {
+        secs.checked_mul(1000)
+    }
+}
+
+/// An integer given as a JSON number (integer or float) or a string holding one.
+pub fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f as i64)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A string field; numbers are rendered as their decimal text (ids are strings, but be lenient).
+pub fn string_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A string field that is present and not empty.
+pub fn nonempty(v: Option<&Value>) -> Option<String> {
+    string_of(v).filter(|s| !s.is_empty())
+}
+
+/// `v[a][b]…` without panicking on missing keys or non-objects.
+pub fn path<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |cur, k| cur.get(*k))
+}
+
+/// An error object as Meta sends it: `{code, title, message, error_data:{details}}`.
+/// `code` may be a number or a string; `details` may also sit at the top level.
+pub fn error_detail(v: &Value) -> ErrorDetail {
+    ErrorDetail {
+        code: v.get("code").and_then(int_of).unwrap_or(0),
+        title: nonempty(v.get("title")),
+        message: nonempty(v.get("message")),
+        details: nonempty(path(v, &["error_data", "details"]))
+            .or_else(|| nonempty(v.get("details"))),
+    }
+}
+
+/// All error objects of an `errors` array (absent or not an array → empty).
+pub fn error_details(v: Option<&Value>) -> Vec<ErrorDetail> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().map(error_detail).collect())
+        .unwrap_or_default()
+}
+
+/// Compact JSON with object keys sorted at every level, so a hash over it does not depend on
+/// key order (or on whether serde_json was built with `preserve_order`).
+pub fn canonical_json(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sorted(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sorted(v)).expect("a Value always serializes")
+}
+
+/// The first 32 hex digits of SHA-256 over the concatenation of `parts`.
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+    }
+    let mut s = hex::encode(h.finalize());
+    s.truncate(32);
+    s
+}
+
+/// Normalizes a WhatsApp Web JID: `@c.us` → `@s.whatsapp.net`, device (`:45`) and agent (`.0`)
+/// suffixes stripped from user JIDs. Other servers (`@g.us`, `@newsletter`, …) are kept.
+pub fn normalize_jid(jid: &str) -> String {
+    let jid = jid.trim();
+    let Some((user, server)) = jid.split_once('@') else {
+        return jid.to_string();
+    };
+    let server = if server == "c.us" {
+        "s.whatsapp.net"
+    } else {
+        server
+    };
+    let user = if server == "s.whatsapp.net" || server == "lid" {
+        let user = user.split(':').next().unwrap_or(user);
+        match user.split_once('.') {
+            Some((base, agent)) if agent.chars().all(|c| c.is_ascii_digit()) => base,
+            _ => user,
+        }
+    } else {
+        user
+    };
+    format!("{user}@{server}")
+}
+
+/// A phone JID (`…@s.whatsapp.net` after normalization).
+pub fn is_phone_jid(jid: &str) -> bool {
+    jid.ends_with("@s.whatsapp.net")
+}
+
+/// A hidden WhatsApp Web id (`…@lid`).
+pub fn is_lid(jid: &str) -> bool {
+    jid.ends_with("@lid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_as_string_or_int() {
+        assert_eq!(seconds_to_ms(&json!("1749416383")), Some(1_749_416_383_000));
+        assert_eq!(seconds_to_ms(&json!(1749416383)), Some(1_749_416_383_000));
+        assert_eq!(
+            seconds_to_ms(&json!(" 1749416383 ")),
+            Some(1_749_416_383_000)
+        );
+        assert_eq!(seconds_to_ms(&json!(1749416383.0)), Some(1_749_416_383_000));
+        // already milliseconds
+        assert_eq!(
+            seconds_to_ms(&json!(1_749_416_383_123_i64)),
+            Some(1_749_416_383_123)
+        );
+        assert_eq!(seconds_to_ms(&json!("soon")), None);
+        assert_eq!(seconds_to_ms(&json!(null)), None);
+        assert_eq!(seconds_to_ms(&json!({})), None);
+    }
+
+    #[test]
+    fn error_code_as_string_or_int() {
+        let e = error_detail(&json!({"code": 131047, "title": "Re-engagement message",
+            "error_data": {"details": "more than 24 hours"}}));
+        assert_eq!(e.code, 131047);
+        assert!(e.is_window_closed());
+        assert_eq!(e.details.as_deref(), Some("more than 24 hours"));
+        let e = error_detail(&json!({"code": "131026", "details": "top-level details"}));
+        assert_eq!(e.code, 131026);
+        assert_eq!(e.details.as_deref(), Some("top-level details"));
+        assert_eq!(error_detail(&json!({"code": "oops"})).code, 0);
+        assert!(error_details(Some(&json!("not an array"))).is_empty());
+    }
+
+    #[test]
+    fn jid_normalization() {
+        assert_eq!(
+            normalize_jid("11111111111@c.us"),
+            "11111111111@s.whatsapp.net"
+        );
+        assert_eq!(normalize_jid("123:45@s.whatsapp.net"), "123@s.whatsapp.net");
+        assert_eq!(
+            normalize_jid("5491155554444.0:52@s.whatsapp.net"),
+            "5491155554444@s.whatsapp.net"
+        );
+        assert_eq!(normalize_jid("4639135154355:3@lid"), "4639135154355@lid");
+        assert_eq!(normalize_jid("120363402106@g.us"), "120363402106@g.us");
+        assert_eq!(normalize_jid("status@broadcast"), "status@broadcast");
+        assert_eq!(normalize_jid("no-at-sign"), "no-at-sign");
+        assert!(is_phone_jid(&normalize_jid("1@c.us")));
+        assert!(is_lid("1@lid"));
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_hash_is_short_hex() {
+        let a = json!({"b": 1, "a": {"d": [1, {"z": 0, "y": "é"}], "c": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":null,"d":[1,{"y":"é","z":0}]},"b":1}"#
+        );
+        let h = short_hash(&["x", "y"]);
+        assert_eq!(h.len(), 32);
+        assert_eq!(h, short_hash(&["xy"]));
+        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(short_hash(&["abc"]), "ba7816bf8f01cfea414140de5dae2223");
+    }
+}
