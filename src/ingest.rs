@@ -1,0 +1,219 @@
+//! The ingress pipeline without HTTP: verify → parse → route → enqueue.
+//!
+//! `ingress` (actix-web) only turns requests into calls here and errors into status codes,
+//! so every rule of accepting a webhook is testable without a server.
+
+use crate::config::{Config, Secret};
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::queue::{Enqueued, NewEvent, Queue, QueueError};
+use crate::routing::{Route, Router};
+use crate::verify::{self, SignatureError};
+use crate::wire::{self, ParseError};
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Why a webhook was not accepted. Each maps to one HTTP status in `ingress`.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// 401 (missing) or 403 (wrong): nothing enqueued.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// 400: signed correctly but not a webhook we can read.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// 404: `/webhooks/personal/{channel}` names no configured personal channel.
+    #[error("no personal channel named {0:?}")]
+    UnknownChannel(String),
+    /// 503: the queue did not confirm; the sender must retry.
+    #[error("queue unavailable: {0}")]
+    Unavailable(#[from] QueueError),
+}
+
+/// What a webhook turned into.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub enqueued: usize,
+    pub duplicates: usize,
+    pub unrouted: usize,
+}
+
+/// Everything ingress needs, shared by all HTTP workers.
+#[derive(Clone)]
+pub struct Ingest {
+    router: Router,
+    queue: Queue,
+    meta_secrets: Vec<Secret>,
+    verify_token: Option<Secret>,
+    personal_secrets: HashMap<String, Vec<Secret>>,
+    metrics: Metrics,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Ingest {
+    pub fn new(config: &Config, queue: Queue, metrics: Metrics) -> Self {
+        Ingest {
+            router: Router::new(config),
+            queue,
+            meta_secrets: config.meta.app_secrets.clone(),
+            verify_token: config.meta.verify_token.clone(),
+            personal_secrets: config
+                .channels
+                .iter()
+                .map(|c| (c.id.clone(), c.webhook_secrets.clone()))
+                .collect(),
+            metrics,
+        }
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Meta's subscription handshake: the challenge to echo, or `None` (answer 403).
+    pub fn handshake(&self, mode: Option<&str>, token: Option<&str>, challenge: Option<&str>) -> Option<String> {
+        let expected = self.verify_token.as_ref()?;
+        let token = token?;
+        if mode != Some("subscribe") || !verify::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+            return None;
+        }
+        Some(challenge.unwrap_or_default().to_string())
+    }
+
+    /// A `POST /webhooks/meta`: `signature` is the `X-Hub-Signature-256` header value.
+    pub async fn accept_meta(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Accepted, IngestError> {
+        verify::verify_meta(signature, body, &self.meta_secrets).inspect_err(|_| {
+            self.metrics.inc("coexist_signature_failures_total", &[("route", "meta")]);
+        })?;
+        let mut events = wire::meta::parse(body)?;
+        let routes: Vec<Route> = events.iter_mut().map(|e| self.router.route_meta(e)).collect();
+        self.enqueue(events, routes).await
+    }
+
+    /// A `POST /webhooks/personal/{channel}`: `hmac`/`algorithm` are WAHA's `X-Webhook-Hmac`
+    /// and `X-Webhook-Hmac-Algorithm` header values.
+    pub async fn accept_personal(
+        &self,
+        channel: &str,
+        hmac: Option<&[u8]>,
+        algorithm: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Accepted, IngestError> {
+        let secrets = self
+            .personal_secrets
+            .get(channel)
+            .filter(|_| self.router.channel(channel).is_some_and(|r| r.kind == crate::ChannelKind::Personal))
+            .ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?;
+        verify::verify_waha(hmac, algorithm, body, secrets).inspect_err(|_| {
+            self.metrics.inc("coexist_signature_failures_total", &[("route", "personal")]);
+        })?;
+        let mut events = wire::waha::parse(body)?;
+        let mut routes = Vec::with_capacity(events.len());
+        for e in events.iter_mut() {
+            routes.push(self.router.route_personal(channel, e).ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?);
+        }
+        self.enqueue(events, routes).await
+    }
+
+    async fn enqueue(&self, mut events: Vec<Event>, routes: Vec<Route>) -> Result<Accepted, IngestError> {
+        let received_at = now_ms();
+        let batch: Vec<NewEvent> = events
+            .iter_mut()
+            .zip(&routes)
+            .map(|(e, r)| to_new_event(e, r, received_at))
+            .collect();
+        let started = Instant::now();
+        let outcomes = self.queue.enqueue(&batch).await?;
+        self.metrics.observe_seconds("coexist_enqueue_seconds", &[], started.elapsed().as_secs_f64());
+        let mut accepted = Accepted::default();
+        for ((outcome, event), route) in outcomes.iter().zip(&events).zip(&routes) {
+            match outcome {
+                Enqueued::Added { .. } => {
+                    accepted.enqueued += 1;
+                    self.metrics.inc(
+                        "coexist_events_enqueued_total",
+                        &[("channel", &route.channel), ("type", event.event_type.as_str())],
+                    );
+                    if !route.routed {
+                        accepted.unrouted += 1;
+                        self.metrics.inc("coexist_events_unrouted_total", &[]);
+                    }
+                }
+                Enqueued::Duplicate => {
+                    accepted.duplicates += 1;
+                    self.metrics.inc("coexist_events_duplicate_total", &[("channel", &route.channel)]);
+                }
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+/// The queue's view of a routed event: its JSON, with `received_at` stamped.
+pub fn to_new_event(event: &mut Event, route: &Route, received_at: i64) -> NewEvent {
+    event.received_at = Some(received_at);
+    NewEvent {
+        channel: route.channel.clone(),
+        partitions: route.partitions,
+        id: event.id.clone(),
+        payload: event.to_json(),
+        contact_ids: contact_ids(event),
+    }
+}
+
+/// Ids that name the customer, preferred first; the conversation alone when the payload has
+/// no structured contact; none for account-level events.
+pub fn contact_ids(event: &Event) -> Vec<String> {
+    let mut ids: Vec<String> = event.contact.ids().map(str::to_string).collect();
+    // The conversation key chosen by the parser goes first.
+    match ids.iter().position(|i| *i == event.conversation) {
+        Some(pos) => {
+            let conv = ids.remove(pos);
+            ids.insert(0, conv);
+        }
+        None if !event.conversation.is_empty() => ids.insert(0, event.conversation.clone()),
+        None => {}
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelKind;
+    use crate::event::{Contact, EventType};
+
+    fn ev(conv: &str, contact: Contact) -> Event {
+        Event {
+            id: "x".into(),
+            channel: "c".into(),
+            kind: ChannelKind::Waba,
+            conversation: conv.into(),
+            event_type: EventType::Message,
+            at: 0,
+            received_at: None,
+            contact,
+            message: None,
+            status: None,
+            field: None,
+            timer: None,
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn contact_ids_put_the_conversation_first() {
+        let c = Contact { wa_id: Some("1555".into()), user_id: Some("US.9".into()), ..Default::default() };
+        assert_eq!(contact_ids(&ev("1555", c.clone())), vec!["1555", "US.9"]);
+        assert_eq!(contact_ids(&ev("US.9", c)), vec!["US.9", "1555"]);
+        assert_eq!(contact_ids(&ev("chat@s.whatsapp.net", Contact::default())), vec!["chat@s.whatsapp.net"]);
+        assert!(contact_ids(&ev("", Contact::default())).is_empty());
+    }
+}

@@ -1,0 +1,196 @@
+//! The HTTP layer (actix-web) — the only module that knows HTTP servers exist.
+//!
+//! Routes: `GET|POST /webhooks/meta`, `POST /webhooks/personal/{channel}`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`. Each handler reads the raw body (verification needs the
+//! exact bytes), calls [`Ingest`], and maps its typed errors to status codes:
+//! missing signature 401, wrong signature 403, unreadable body 400, unknown channel 404,
+//! body too large 413, queue unavailable 503 (so Meta and WAHA retry). 200 only after the
+//! queue confirmed every event.
+
+use crate::ingest::{Accepted, Ingest, IngestError};
+use crate::verify::SignatureError;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+
+/// Shared state of the HTTP workers.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Ingest,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not read the request body: {0}")]
+    Body(String),
+}
+
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            HttpError::Ingest(IngestError::Signature(SignatureError::Missing)) => StatusCode::UNAUTHORIZED,
+            HttpError::Ingest(IngestError::Signature(_)) => StatusCode::FORBIDDEN,
+            HttpError::Ingest(IngestError::Parse(_)) => StatusCode::BAD_REQUEST,
+            HttpError::Ingest(IngestError::UnknownChannel(_)) => StatusCode::NOT_FOUND,
+            HttpError::Ingest(IngestError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Body(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, HttpError::Ingest(IngestError::Unavailable(_))) {
+            res.insert_header(("Retry-After", "5"));
+        }
+        // Queue internals stay in the log, not in the answer to the internet.
+        let message = match self {
+            HttpError::Ingest(IngestError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "queue unavailable: answering 503");
+                "queue unavailable, retry later".to_string()
+            }
+            other => other.to_string(),
+        };
+        res.content_type("text/plain; charset=utf-8").body(message)
+    }
+}
+
+fn outcome_of(result: &Result<Accepted, HttpError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(HttpError::Ingest(IngestError::Signature(SignatureError::Missing))) => "missing_signature",
+        Err(HttpError::Ingest(IngestError::Signature(_))) => "bad_signature",
+        Err(HttpError::Ingest(IngestError::Parse(_))) => "bad_request",
+        Err(HttpError::Ingest(IngestError::UnknownChannel(_))) => "unknown_channel",
+        Err(HttpError::Ingest(IngestError::Unavailable(_))) => "unavailable",
+        Err(HttpError::TooLarge(_)) => "too_large",
+        Err(HttpError::Body(_)) => "bad_request",
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it passes the limit.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<BytesMut, HttpError> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(HttpError::TooLarge(limit));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| HttpError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
+    req.headers().get(name).map(|v| v.as_bytes())
+}
+
+fn respond(state: &AppState, route: &'static str, result: Result<Accepted, HttpError>) -> Result<HttpResponse, HttpError> {
+    state.ingest.metrics().inc("coexist_http_requests_total", &[("route", route), ("outcome", outcome_of(&result))]);
+    result.map(|_| HttpResponse::Ok().content_type("text/plain").body("OK"))
+}
+
+async fn meta_post(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let result = async {
+        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        Ok(state.ingest.accept_meta(header(&req, "x-hub-signature-256"), &body).await?)
+    }
+    .await;
+    respond(&state, "meta", result)
+}
+
+async fn personal_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HttpError> {
+    let result = async {
+        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        Ok(state
+            .ingest
+            .accept_personal(&path, header(&req, "x-webhook-hmac"), header(&req, "x-webhook-hmac-algorithm"), &body)
+            .await?)
+    }
+    .await;
+    respond(&state, "personal", result)
+}
+
+async fn meta_handshake(query: web::Query<HashMap<String, String>>, state: web::Data<AppState>) -> HttpResponse {
+    let q = |k: &str| query.get(k).map(String::as_str);
+    match state.ingest.handshake(q("hub.mode"), q("hub.verify_token"), q("hub.challenge")) {
+        Some(challenge) => {
+            state.ingest.metrics().inc("coexist_http_requests_total", &[("route", "meta_handshake"), ("outcome", "ok")]);
+            HttpResponse::Ok().content_type("text/plain").body(challenge)
+        }
+        None => {
+            state.ingest.metrics().inc("coexist_http_requests_total", &[("route", "meta_handshake"), ("outcome", "refused")]);
+            HttpResponse::Forbidden().content_type("text/plain").body("verification failed")
+        }
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.ingest.queue().ping().await {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            HttpResponse::ServiceUnavailable().content_type("text/plain").body("queue unreachable")
+        }
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.ingest.metrics().render())
+}
+
+/// The routes, for `App::configure` (tests use it with `actix_web::test` without a socket).
+pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .route("/webhooks/meta", web::get().to(meta_handshake))
+            .route("/webhooks/meta", web::post().to(meta_post))
+            .route("/webhooks/personal/{channel}", web::post().to(personal_post))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+/// Serves on an already bound listener (tests bind port 0) until the server is stopped.
+pub fn server(
+    state: AppState,
+    listener: std::net::TcpListener,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let mut server = HttpServer::new(move || App::new().configure(configure(state.clone())))
+        .backlog(4096)
+        .max_connection_rate(1024)
+        .shutdown_timeout(10)
+        .listen(listener)?;
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server.run())
+}

@@ -1,0 +1,185 @@
+//! A small Prometheus text registry: labelled counters and histograms, rendered on `/metrics`.
+//!
+//! Hand-rolled (a few dozen lines) instead of a metrics crate: the hot path is one read lock
+//! and one atomic add per series, and the output is the plain text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Help text of every metric coexist exports; a series whose name is not here still renders.
+const HELP: &[(&str, &str, &str)] = &[
+    ("coexist_http_requests_total", "counter", "HTTP requests by route and outcome."),
+    ("coexist_signature_failures_total", "counter", "Webhooks refused for a missing or wrong signature."),
+    ("coexist_events_enqueued_total", "counter", "Events durably enqueued, by channel and type."),
+    ("coexist_events_duplicate_total", "counter", "Events dropped as duplicates (already enqueued), by channel."),
+    ("coexist_events_unrouted_total", "counter", "Events for a number no channel claims (kept on the unrouted stream)."),
+    ("coexist_enqueue_seconds", "histogram", "Time to enqueue all events of one webhook in Redis."),
+    ("coexist_events_handled_total", "counter", "Events handled by workers, by channel, type and outcome."),
+    ("coexist_handler_seconds", "histogram", "Handler latency per event."),
+    ("coexist_handler_retries_total", "counter", "Handler attempts that failed and were retried."),
+    ("coexist_dead_letters_total", "counter", "Events moved to a dead-letter stream."),
+    ("coexist_leases_held", "gauge", "Partition leases held by this process."),
+    ("coexist_timers_fired_total", "counter", "Window timers promoted into partition streams."),
+    ("coexist_messages_sent_total", "counter", "Outbound messages by channel and outcome."),
+    ("coexist_channel_unhealthy", "gauge", "1 when a channel's credentials were refused (e.g. Graph error 190)."),
+];
+
+/// Upper bounds of histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds, to stay integral and atomic.
+    sum_nanos: AtomicU64,
+}
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+    gauges: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+    histograms: RwLock<BTreeMap<String, Arc<Histogram>>>,
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = String::with_capacity(name.len() + 32);
+    s.push_str(name);
+    if !labels.is_empty() {
+        s.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "{k}=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => s.push_str("\\\\"),
+                    '"' => s.push_str("\\\""),
+                    '\n' => s.push_str("\\n"),
+                    c => s.push(c),
+                }
+            }
+            s.push('"');
+        }
+        s.push('}');
+    }
+    s
+}
+
+fn get_or_insert<T: Default>(map: &RwLock<BTreeMap<String, Arc<T>>>, key: String) -> Arc<T> {
+    if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    map.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1);
+    }
+
+    pub fn add(&self, name: &str, labels: &[(&str, &str)], n: u64) {
+        get_or_insert(&self.inner.counters, series(name, labels)).fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_gauge(&self, name: &str, labels: &[(&str, &str)], value: u64) {
+        get_or_insert(&self.inner.gauges, series(name, labels)).store(value, Ordering::Relaxed);
+    }
+
+    pub fn observe_seconds(&self, name: &str, labels: &[(&str, &str)], seconds: f64) {
+        let h = get_or_insert(&self.inner.histograms, series(name, labels));
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                h.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Current value of a counter series (tests and `queues` use it).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.inner
+            .counters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&series(name, labels))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut described = std::collections::HashSet::new();
+        let mut describe = |out: &mut String, series_key: &str| {
+            let name = series_key.split('{').next().unwrap_or(series_key);
+            if described.insert(name.to_string()) {
+                if let Some((_, kind, help)) = HELP.iter().find(|(n, _, _)| *n == name) {
+                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                }
+            }
+        };
+        for (k, v) in self.inner.counters.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            describe(&mut out, k);
+            let _ = writeln!(out, "{k} {}", v.load(Ordering::Relaxed));
+        }
+        for (k, v) in self.inner.gauges.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            describe(&mut out, k);
+            let _ = writeln!(out, "{k} {}", v.load(Ordering::Relaxed));
+        }
+        for (k, h) in self.inner.histograms.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            describe(&mut out, k);
+            let (name, labels) = match k.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}').to_string()),
+                None => (k.as_str(), String::new()),
+            };
+            let sep = if labels.is_empty() { "" } else { "," };
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}", h.buckets[i].load(Ordering::Relaxed));
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+            let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+            let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+            let _ = writeln!(out, "{name}_count{braces} {count}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::new();
+        m.inc("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]);
+        m.inc("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]);
+        m.observe_seconds("coexist_enqueue_seconds", &[], 0.0003);
+        let text = m.render();
+        assert!(text.contains("# TYPE coexist_http_requests_total counter"), "{text}");
+        assert!(text.contains("coexist_http_requests_total{route=\"meta\",outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("coexist_enqueue_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
+        assert!(text.contains("coexist_enqueue_seconds_bucket{le=\"0.00025\"} 0"), "{text}");
+        assert!(text.contains("coexist_enqueue_seconds_count 1"), "{text}");
+        assert_eq!(m.counter("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]), 2);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(series("x", &[("a", "q\"b")]), "x{a=\"q\\\"b\"}");
+    }
+}
