@@ -91,6 +91,11 @@ impl Keys {
         self.channel_key(channel, &format!("pair:{contact}"))
     }
 
+    /// Personal channels: pacing state of the per-minute send cap.
+    pub fn send_cap(&self, channel: &str) -> String {
+        self.channel_key(channel, "cap")
+    }
+
     /// Sent message id (wamid / gateway id) → outbox key, so statuses find their conversation.
     pub fn sent_message(&self, channel: &str, message_id: &str) -> String {
         self.channel_key(channel, &format!("msg:{message_id}"))
@@ -126,6 +131,7 @@ mod tests {
             k.outbox("shop"),
             k.sent("shop", "e:0"),
             k.send_rate("shop"),
+            k.send_cap("shop"),
             k.pair_rate("shop", "1555"),
             k.sent_message("shop", "wamid.2"),
             k.health("shop"),

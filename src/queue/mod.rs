@@ -46,6 +46,77 @@ pub enum QueueError {
     Redis(#[from] ::redis::RedisError),
     #[error("queue: {0}")]
     Other(String),
+    /// The partition lease is no longer held with this token (expired, or taken over): the
+    /// worker must stop handling the partition; a newer owner re-handles what was not acked.
+    #[error("lease on {channel} partition {partition} lost")]
+    LeaseLost { channel: String, partition: u32 },
+}
+
+/// A held partition lease. `token` is the fencing token: it only ever grows per partition,
+/// and every write a worker makes for the partition is checked against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub channel: String,
+    pub partition: u32,
+    pub owner: String,
+    pub token: u64,
+}
+
+impl Lease {
+    /// The value stored in the lease key: `<owner>:<token>`.
+    pub fn value(&self) -> String {
+        format!("{}:{}", self.owner, self.token)
+    }
+}
+
+/// One entry handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Stream entry id (`<ms>-<seq>`), what [`Queue::ack`] takes.
+    pub id: String,
+    /// The normalized event JSON as enqueued (or a promoted timer's payload).
+    pub payload: String,
+    /// Canonical conversation ("" for account-level events).
+    pub conversation: String,
+    /// How many times the entry has been handed out, this time included (1 = first).
+    pub deliveries: u64,
+}
+
+/// What `coexist queues` shows for one channel partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionStats {
+    /// Entries in the stream (acked entries are deleted, so: pending + not yet delivered).
+    pub length: u64,
+    /// Delivered to a worker, not yet acknowledged.
+    pub pending: u64,
+    /// Not yet delivered to any worker.
+    pub lag: u64,
+    /// Length of the channel's dead-letter stream (channel-level, same for every partition).
+    pub dead: u64,
+    /// Owner of the partition lease, if held.
+    pub lease_owner: Option<String>,
+    /// Armed timers of the partition.
+    pub timers: u64,
+}
+
+/// One entry of a channel's dead-letter stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Id in the dead-letter stream (what [`Queue::replay_dead_letter`] takes).
+    pub id: String,
+    pub payload: String,
+    pub conversation: String,
+    pub error: String,
+    pub partition: u32,
+    /// Id the entry had in its partition stream.
+    pub source_id: String,
+}
+
+/// A timer's ZSET member: `{"c": conversation, "e": payload}` as JSON (keys sorted, so the
+/// same timer always gives the same member and re-arming overwrites its due time).
+/// Promotion turns it back into a stream entry with fields `e` and `c`.
+pub fn timer_member(payload: &str, conversation: &str) -> String {
+    serde_json::json!({ "c": conversation, "e": payload }).to_string()
 }
 
 /// The queue, Redis-backed or in memory.
@@ -62,6 +133,180 @@ impl Queue {
         match self {
             Queue::Redis(q) => q.enqueue(batch).await,
             Queue::Memory(q) => q.enqueue(batch).await,
+        }
+    }
+
+    /// Takes the partition's lease if it is free, with a new fencing token.
+    pub async fn acquire_lease(
+        &self,
+        channel: &str,
+        partition: u32,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.acquire_lease(channel, partition, owner, ttl_ms).await,
+            Queue::Memory(q) => q.acquire_lease(channel, partition, owner, ttl_ms).await,
+        }
+    }
+
+    /// Extends the lease; `false` when it is no longer ours (stop handling the partition).
+    pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.renew_lease(lease, ttl_ms).await,
+            Queue::Memory(q) => q.renew_lease(lease, ttl_ms).await,
+        }
+    }
+
+    /// Marks a worker process live for `ttl_ms` and returns how many are live: each worker
+    /// takes its fair share (partitions / live workers), so joining or leaving rebalances.
+    pub async fn heartbeat(&self, worker: &str, ttl_ms: u64) -> Result<usize, QueueError> {
+        match self {
+            Queue::Redis(q) => q.heartbeat(worker, ttl_ms, true).await,
+            Queue::Memory(q) => q.heartbeat(worker, ttl_ms, true).await,
+        }
+    }
+
+    /// A worker leaves: the others' shares grow at their next round.
+    pub async fn leave(&self, worker: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.heartbeat(worker, 60_000, false).await.map(|_| ()),
+            Queue::Memory(q) => q.heartbeat(worker, 60_000, false).await.map(|_| ()),
+        }
+    }
+
+    /// Gives the lease up (only if still ours); `true` when released.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.release_lease(lease).await,
+            Queue::Memory(q) => q.release_lease(lease).await,
+        }
+    }
+
+    /// Creates the partition's consumer group (and stream) if missing.
+    pub async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.ensure_group(channel, partition).await,
+            Queue::Memory(q) => q.ensure_group(channel, partition).await,
+        }
+    }
+
+    /// Next entries of the leased partition, in order: first every entry handed out before and
+    /// not acknowledged (any previous owner's, or ours), then new ones, waiting up to
+    /// `block_ms` for them (0 = do not wait). Call it again only after acking or
+    /// dead-lettering what the previous call returned, or those entries come back first.
+    /// `Err(LeaseLost)` when the lease is not ours.
+    pub async fn read(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.read(lease, consumer, count, block_ms).await,
+            Queue::Memory(q) => q.read(lease, consumer, count, block_ms).await,
+        }
+    }
+
+    /// Acknowledges (and deletes) one entry, fenced: `false` when the lease is not ours (the
+    /// new owner handles the entry again) or the entry was not pending.
+    pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.ack(lease, entry_id).await,
+            Queue::Memory(q) => q.ack(lease, entry_id).await,
+        }
+    }
+
+    /// Moves one entry to the channel's dead-letter stream with the error, then acks it;
+    /// fenced like [`Queue::ack`].
+    pub async fn dead_letter(
+        &self,
+        lease: &Lease,
+        entry: &Entry,
+        error: &str,
+    ) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.dead_letter(lease, entry, error).await,
+            Queue::Memory(q) => q.dead_letter(lease, entry, error).await,
+        }
+    }
+
+    /// Arms (or re-arms: the due time is overwritten) a timer. `member` from [`timer_member`].
+    pub async fn arm_timer(
+        &self,
+        channel: &str,
+        partition: u32,
+        member: &str,
+        due_ms: u64,
+    ) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.arm_timer(channel, partition, member, due_ms).await,
+            Queue::Memory(q) => q.arm_timer(channel, partition, member, due_ms).await,
+        }
+    }
+
+    /// Disarms a timer; `true` when it was armed.
+    pub async fn cancel_timer(
+        &self,
+        channel: &str,
+        partition: u32,
+        member: &str,
+    ) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.cancel_timer(channel, partition, member).await,
+            Queue::Memory(q) => q.cancel_timer(channel, partition, member).await,
+        }
+    }
+
+    /// Moves up to `limit` timers due at `now_ms` into the partition stream (earliest first),
+    /// atomically and fenced. Returns how many moved; `Err(LeaseLost)` when not ours.
+    pub async fn promote_due_timers(
+        &self,
+        lease: &Lease,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        match self {
+            Queue::Redis(q) => q.promote_due_timers(lease, now_ms, limit).await,
+            Queue::Memory(q) => q.promote_due_timers(lease, now_ms, limit).await,
+        }
+    }
+
+    /// Length, pending, lag, dead letters, lease owner and timers of one partition.
+    pub async fn partition_stats(
+        &self,
+        channel: &str,
+        partition: u32,
+    ) -> Result<PartitionStats, QueueError> {
+        match self {
+            Queue::Redis(q) => q.partition_stats(channel, partition).await,
+            Queue::Memory(q) => q.partition_stats(channel, partition).await,
+        }
+    }
+
+    /// The oldest `count` dead letters of a channel.
+    pub async fn dead_letters(
+        &self,
+        channel: &str,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.dead_letters(channel, count).await,
+            Queue::Memory(q) => q.dead_letters(channel, count).await,
+        }
+    }
+
+    /// Puts a dead letter back at the tail of its partition stream and removes it from the
+    /// dead-letter stream. Returns the new entry id, `None` when no such dead letter.
+    pub async fn replay_dead_letter(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<String>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.replay_dead_letter(channel, id).await,
+            Queue::Memory(q) => q.replay_dead_letter(channel, id).await,
         }
     }
 

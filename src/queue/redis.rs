@@ -1,1 +1,705 @@
-//! Redis Streams queue.
+//! Redis Streams queue: one stream per channel partition, dedupe and alias resolution in one
+//! Lua script per event, a whole webhook's events in one pipeline.
+
+use super::{DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueError};
+use crate::keys::{Keys, GROUP};
+use crate::routing::partition_of;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, RedisError, ServerErrorKind, Value};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+/// How long one command (or pipeline) may take before the caller gets an error. Ingress
+/// answers 503 on it, so it must stay well under Meta's webhook timeout.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Extra response time a blocking read gets on top of its BLOCK time.
+const BLOCK_MARGIN: Duration = Duration::from_secs(5);
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        static $name: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(include_str!(concat!("../lua/", $file))));
+    };
+}
+
+script!(ENQUEUE, "enqueue.lua");
+script!(LEASE_ACQUIRE, "lease_acquire.lua");
+script!(LEASE_RENEW, "lease_renew.lua");
+script!(LEASE_RELEASE, "lease_release.lua");
+script!(CLAIM, "claim.lua");
+script!(ACK, "ack.lua");
+script!(DEAD_LETTER, "dead_letter.lua");
+script!(PROMOTE_TIMERS, "promote_timers.lua");
+script!(REPLAY_DEAD_LETTER, "replay_dead_letter.lua");
+script!(HEARTBEAT, "heartbeat.lua");
+
+/// The Redis-backed queue. Cheap to clone: every clone shares one multiplexed connection,
+/// which pipelines concurrent callers on one socket and reconnects after Redis restarts.
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    dedupe_ttl_secs: u64,
+    stream_maxlen: u64,
+    /// Idle connections for blocking reads: a blocked XREADGROUP would stall every other
+    /// command on a shared socket, and needs a response timeout longer than its BLOCK.
+    /// A read takes one out and puts it back only after a clean answer.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it.
+        f.debug_struct("RedisQueue")
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+impl RedisQueue {
+    /// Connects (failing if Redis is unreachable now) and loads the scripts.
+    pub async fn connect(
+        url: &str,
+        keys: Keys,
+        dedupe_ttl_secs: u64,
+        stream_maxlen: u64,
+    ) -> Result<RedisQueue, QueueError> {
+        let client = redis::Client::open(url)?;
+        // Few, short reconnect retries: while Redis is down, callers should get an error
+        // (ingress: 503, the sender retries) quickly rather than hang.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = client.get_connection_manager_with_config(config).await?;
+        ENQUEUE.load_async(&mut conn).await?;
+        Ok(RedisQueue {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                keys,
+                dedupe_ttl_secs: dedupe_ttl_secs.max(1),
+                stream_maxlen,
+                blocking: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The shared multiplexed connection (cheap clone).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Enqueues a webhook's events: one EVALSHA each, all in one pipeline. Returns one outcome
+    /// per input, in order. Any error means some events may not be durable: the caller must not
+    /// acknowledge the webhook (a retry is safe, dedupe makes it land once).
+    pub async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let mut results: Vec<Option<Enqueued>> = vec![None; batch.len()];
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
+        // script, then re-send just the events that were refused; the others already ran.
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &todo {
+                self.push_enqueue(&mut pipe, &batch[i]);
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            if replies.len() != todo.len() {
+                return Err(QueueError::Other(format!(
+                    "pipeline returned {} replies for {} events",
+                    replies.len(),
+                    todo.len()
+                )));
+            }
+            let mut again = Vec::new();
+            for (&i, reply) in todo.iter().zip(replies) {
+                match reply {
+                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        again.push(i)
+                    }
+                    Value::ServerError(e) => return Err(RedisError::from(e).into()),
+                    v => results[i] = Some(parse_enqueued(v)?),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if round == 1 {
+                return Err(QueueError::Other(
+                    "enqueue script missing even after SCRIPT LOAD".into(),
+                ));
+            }
+            ENQUEUE.load_async(&mut conn).await?;
+            todo = again;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every event answered"))
+            .collect())
+    }
+
+    fn push_enqueue(&self, pipe: &mut redis::Pipeline, ev: &NewEvent) {
+        let keys = &self.inner.keys;
+        let partitions = ev.partitions.max(1);
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(ENQUEUE.get_hash())
+            .arg(2 + partitions);
+        cmd.arg(keys.seen(&ev.channel, &ev.id))
+            .arg(keys.aliases(&ev.channel));
+        for p in 0..partitions {
+            cmd.arg(keys.stream(&ev.channel, p));
+        }
+        cmd.arg(self.inner.dedupe_ttl_secs)
+            .arg(self.inner.stream_maxlen)
+            .arg(&ev.payload);
+        for id in &ev.contact_ids {
+            cmd.arg(id).arg(partition_of(id, partitions));
+        }
+    }
+
+    /// Readiness probe.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Consumer side: leases, reads, acks, dead letters, timers, stats.
+impl RedisQueue {
+    pub async fn acquire_lease(
+        &self,
+        channel: &str,
+        partition: u32,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, QueueError> {
+        let keys = &self.inner.keys;
+        let token: Option<u64> = LEASE_ACQUIRE
+            .key(keys.lease(channel, partition))
+            .key(keys.fence(channel, partition))
+            .arg(owner)
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(token.map(|token| Lease {
+            channel: channel.to_string(),
+            partition,
+            owner: owner.to_string(),
+            token,
+        }))
+    }
+
+    pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
+        let renewed: i64 = LEASE_RENEW
+            .key(self.inner.keys.lease(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Marks `worker` live for `ttl_ms` and returns how many workers are live.
+    pub async fn heartbeat(&self, worker: &str, ttl_ms: u64, live: bool) -> Result<usize, QueueError> {
+        let n: i64 = HEARTBEAT
+            .key(self.inner.keys.workers())
+            .arg(worker)
+            .arg(ttl_ms.max(1))
+            .arg(if live { "1" } else { "0" })
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n.max(0) as usize)
+    }
+
+    pub async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let released: i64 = LEASE_RELEASE
+            .key(self.inner.keys.lease(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(released == 1)
+    }
+
+    pub async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
+        let stream = self.inner.keys.stream(channel, partition);
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn read(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let count = count.max(1);
+        // Recreating the group once covers a Redis restart without persistence.
+        let claimed = match self.claim(lease, consumer, count).await {
+            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                self.ensure_group(&lease.channel, lease.partition).await?;
+                self.claim(lease, consumer, count).await?
+            }
+            other => other?,
+        };
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
+        match self.read_new(lease, consumer, count, block_ms).await {
+            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                self.ensure_group(&lease.channel, lease.partition).await?;
+                self.read_new(lease, consumer, count, block_ms).await
+            }
+            other => other,
+        }
+    }
+
+    /// Fenced XAUTOCLAIM of every pending entry (claim.lua).
+    async fn claim(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let keys = &self.inner.keys;
+        let rows: Result<Vec<(String, String, String, u64)>, RedisError> = CLAIM
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(count)
+            .invoke_async(&mut self.conn())
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|(id, payload, conversation, deliveries)| Entry {
+                    id,
+                    payload,
+                    conversation,
+                    deliveries,
+                })
+                .collect()),
+            Err(e) if is_lease_lost(&e) => Err(lease_lost(lease)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// XREADGROUP `>` on a dedicated connection (BLOCK only when `block_ms > 0`).
+    async fn read_new(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS")
+            .arg(self.inner.keys.stream(&lease.channel, lease.partition))
+            .arg(">");
+        let (mut conn, mut pooled) = self.blocking_connection().await?;
+        let reply: Option<StreamReadReply> = loop {
+            conn.set_response_timeout(Duration::from_millis(block_ms) + BLOCK_MARGIN);
+            match cmd.query_async(&mut conn).await {
+                Ok(reply) => break reply,
+                // A pooled connection may have died idle (Redis restarted): every pooled one
+                // is suspect, so drop them all and try once on a fresh connection. Retrying is
+                // safe: if Redis did deliver, the entries sit in the PEL for the next claim.
+                Err(e) if pooled && (e.is_unrecoverable_error() || e.is_io_error()) => {
+                    self.inner
+                        .blocking
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
+                    conn = self.new_blocking_connection().await?;
+                    pooled = false;
+                }
+                // On error the connection is dropped, not pooled: its state is unknown.
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.inner
+            .blocking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|sid| Entry {
+                payload: field(&sid, "e"),
+                conversation: field(&sid, "c"),
+                id: sid.id,
+                deliveries: 1,
+            })
+            .collect())
+    }
+
+    /// An idle pooled connection (`true`) or a new one (`false`).
+    async fn blocking_connection(&self) -> Result<(MultiplexedConnection, bool), QueueError> {
+        let idle = self
+            .inner
+            .blocking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        match idle {
+            Some(conn) => Ok((conn, true)),
+            None => Ok((self.new_blocking_connection().await?, false)),
+        }
+    }
+
+    async fn new_blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        Ok(self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let acked: i64 = ACK
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(GROUP)
+            .arg(entry_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(acked == 1)
+    }
+
+    pub async fn dead_letter(
+        &self,
+        lease: &Lease,
+        entry: &Entry,
+        error: &str,
+    ) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let moved: i64 = DEAD_LETTER
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .key(keys.dead_letters(&lease.channel))
+            .arg(lease.value())
+            .arg(GROUP)
+            .arg(&entry.id)
+            .arg(&entry.payload)
+            .arg(&entry.conversation)
+            .arg(error)
+            .arg(lease.partition)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(moved == 1)
+    }
+
+    pub async fn arm_timer(
+        &self,
+        channel: &str,
+        partition: u32,
+        member: &str,
+        due_ms: u64,
+    ) -> Result<(), QueueError> {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.inner.keys.timers(channel, partition))
+            .arg(due_ms)
+            .arg(member)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn cancel_timer(
+        &self,
+        channel: &str,
+        partition: u32,
+        member: &str,
+    ) -> Result<bool, QueueError> {
+        let removed: i64 = redis::cmd("ZREM")
+            .arg(self.inner.keys.timers(channel, partition))
+            .arg(member)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(removed == 1)
+    }
+
+    pub async fn promote_due_timers(
+        &self,
+        lease: &Lease,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let keys = &self.inner.keys;
+        let moved: Result<usize, RedisError> = PROMOTE_TIMERS
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.timers(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.inner.stream_maxlen)
+            .invoke_async(&mut self.conn())
+            .await;
+        match moved {
+            Err(e) if is_lease_lost(&e) => Err(lease_lost(lease)),
+            other => Ok(other?),
+        }
+    }
+
+    pub async fn partition_stats(
+        &self,
+        channel: &str,
+        partition: u32,
+    ) -> Result<PartitionStats, QueueError> {
+        let keys = &self.inner.keys;
+        let stream = keys.stream(channel, partition);
+        let mut conn = self.conn();
+        let (length, dead, lease, timers): (u64, u64, Option<String>, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("XLEN")
+            .arg(keys.dead_letters(channel))
+            .cmd("GET")
+            .arg(keys.lease(channel, partition))
+            .cmd("ZCARD")
+            .arg(keys.timers(channel, partition))
+            .query_async(&mut conn)
+            .await?;
+        let groups: Result<StreamInfoGroupsReply, RedisError> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await;
+        let group = match groups {
+            Ok(reply) => reply.groups.into_iter().find(|g| g.name == GROUP),
+            // No stream yet: nothing pending, nothing to deliver.
+            Err(e) if e.to_string().contains("no such key") => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (pending, lag) = match group {
+            // Acked entries are deleted, so the stream holds exactly pending + undelivered:
+            // when Redis cannot tell the lag, that difference is it.
+            Some(g) => {
+                let pending = g.pending as u64;
+                (
+                    pending,
+                    g.lag
+                        .map(|l| l as u64)
+                        .unwrap_or(length.saturating_sub(pending)),
+                )
+            }
+            None => (0, length),
+        };
+        Ok(PartitionStats {
+            length,
+            pending,
+            lag,
+            dead,
+            lease_owner: lease.as_deref().map(owner_of),
+            timers,
+        })
+    }
+
+    pub async fn dead_letters(
+        &self,
+        channel: &str,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.inner.keys.dead_letters(channel))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(reply.ids.iter().map(dead_letter_of).collect())
+    }
+
+    pub async fn replay_dead_letter(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let keys = &self.inner.keys;
+        let dlq = keys.dead_letters(channel);
+        // The partition (and so the stream key the script must declare) is in the entry.
+        let found: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&dlq)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some(dl) = found.ids.first().map(dead_letter_of) else {
+            return Ok(None);
+        };
+        let new_id: Option<String> = REPLAY_DEAD_LETTER
+            .key(&dlq)
+            .key(keys.stream(channel, dl.partition))
+            .arg(id)
+            .arg(dl.partition)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(new_id)
+    }
+}
+
+fn dead_letter_of(sid: &StreamId) -> DeadLetter {
+    DeadLetter {
+        id: sid.id.clone(),
+        payload: field(sid, "e"),
+        conversation: field(sid, "c"),
+        error: field(sid, "error"),
+        partition: field(sid, "partition").parse().unwrap_or(0),
+        source_id: field(sid, "source"),
+    }
+}
+
+/// Decodes enqueue.lua's reply: `{0}` or `{1, partition, conversation, entry id}`.
+fn parse_enqueued(v: Value) -> Result<Enqueued, QueueError> {
+    let items: Vec<Value> = redis::from_redis_value(v).map_err(RedisError::from)?;
+    let mut it = items.into_iter();
+    let flag: i64 = match it.next() {
+        Some(v) => redis::from_redis_value(v).map_err(RedisError::from)?,
+        None => return Err(QueueError::Other("empty reply from enqueue.lua".into())),
+    };
+    if flag == 0 {
+        return Ok(Enqueued::Duplicate);
+    }
+    let (partition, conversation, entry_id): (u32, String, String) =
+        redis::from_redis_value(Value::Array(it.collect())).map_err(RedisError::from)?;
+    Ok(Enqueued::Added {
+        partition,
+        conversation,
+        entry_id,
+    })
+}
+
+/// Is this error Redis saying a consumer group or its stream is gone (restart without
+/// persistence)? Also when raised inside a script.
+fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// A fenced script refused: the lease is not ours.
+fn is_lease_lost(e: &RedisError) -> bool {
+    e.code() == Some("LEASELOST") || e.to_string().contains("LEASELOST")
+}
+
+fn lease_lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        channel: lease.channel.clone(),
+        partition: lease.partition,
+    }
+}
+
+/// Field `name` of a stream entry as a string ("" when absent).
+fn field(sid: &StreamId, name: &str) -> String {
+    sid.get::<String>(name).unwrap_or_default()
+}
+
+/// The owner part of a lease value `<owner>:<token>`.
+fn owner_of(value: &str) -> String {
+    match value.rsplit_once(':') {
+        Some((owner, _)) => owner.to_string(),
+        None => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_owner_is_everything_before_the_last_colon() {
+        assert_eq!(owner_of("host:42:abc:7"), "host:42:abc");
+        assert_eq!(owner_of("w:1"), "w");
+        assert_eq!(owner_of("odd"), "odd");
+    }
+
+    #[test]
+    fn every_script_documents_its_keys_and_args() {
+        for src in [
+            include_str!("../lua/enqueue.lua"),
+            include_str!("../lua/lease_acquire.lua"),
+            include_str!("../lua/lease_renew.lua"),
+            include_str!("../lua/lease_release.lua"),
+            include_str!("../lua/claim.lua"),
+            include_str!("../lua/ack.lua"),
+            include_str!("../lua/dead_letter.lua"),
+            include_str!("../lua/promote_timers.lua"),
+            include_str!("../lua/replay_dead_letter.lua"),
+        ] {
+            assert!(
+                src.contains("-- KEYS[1]") && src.contains("-- ARGV[1]"),
+                "{src}"
+            );
+        }
+    }
+
+    #[test]
+    fn enqueue_reply_decoding() {
+        let dup = Value::Array(vec![Value::Int(0)]);
+        assert_eq!(parse_enqueued(dup).unwrap(), Enqueued::Duplicate);
+        let added = Value::Array(vec![
+            Value::Int(1),
+            Value::Int(3),
+            Value::BulkString(b"1555".to_vec()),
+            Value::BulkString(b"1-0".to_vec()),
+        ]);
+        assert_eq!(
+            parse_enqueued(added).unwrap(),
+            Enqueued::Added {
+                partition: 3,
+                conversation: "1555".into(),
+                entry_id: "1-0".into()
+            }
+        );
+        assert!(parse_enqueued(Value::Array(vec![])).is_err());
+    }
+}
