@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod conversation;
 pub mod event;
 pub mod keys;
 pub mod queue;
@@ -16,3 +17,10 @@ pub mod wire;
 pub use channel::ChannelKind;
 pub use config::Config;
 pub use event::{Event, EventType};
+pub mod ingest;
+pub mod ingress;
+pub mod metrics;
+pub mod runtime;
+pub mod outbound;
+pub mod bot;
+pub mod worker;

@@ -1,1 +1,395 @@
-fn main() {}
+//! The `coexist` command line: one small function per command, nothing else.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use coexist::config::Config;
+use coexist::verify::{self, Algorithm};
+use coexist::wire::{self, ParseError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "coexist", version, about = "WhatsApp Business API and WhatsApp Personal channels side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive webhooks: verify, parse, enqueue (the ingress).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Handle events: hold partition leases, keep conversations and windows, run the bot.
+    Work {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ingress, worker and sender in one process (the embedded in-memory queue without [redis]).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Per channel and partition: stream length, pending, lag, dead letters, lease owner, timers.
+    Queues {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: list them, or put them back on their partition stream.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Print one normalized event per line for a webhook body (file or stdin).
+    Parse {
+        file: Option<PathBuf>,
+        /// Route events to configured channels; without it the channel is the payload's own
+        /// phone_number_id or WAHA session.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the signature header value for the exact bytes of a body (file or stdin).
+    Sign {
+        #[arg(long, env = "COEXIST_SIGN_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, value_enum, default_value_t = Algo::Sha256)]
+        algo: Algo,
+        file: Option<PathBuf>,
+    },
+    /// Sign and POST webhook files to a URL; prints each response code.
+    Replay {
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "COEXIST_SIGN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// sha256 (Meta, X-Hub-Signature-256) or sha512 (WAHA, X-Webhook-Hmac). Default: sha512
+        /// when the URL is a /webhooks/personal/ route, else sha256.
+        #[arg(long, value_enum)]
+        algo: Option<Algo>,
+        /// Rewrite every Unix-seconds `timestamp` in the files to now before signing, so a
+        /// recorded message opens a service window (recorded fixtures are months old).
+        #[arg(long)]
+        fresh: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show the oldest dead letters of a channel.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-enqueue dead letters (all of the channel's, or the given ids) at the tail of their partition.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// Dead-letter ids (from `dlq list`); none = every dead letter of the channel.
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Algo {
+    Sha256,
+    Sha512,
+}
+
+impl From<Algo> for Algorithm {
+    fn from(a: Algo) -> Self {
+        match a {
+            Algo::Sha256 => Algorithm::Sha256,
+            Algo::Sha512 => Algorithm::Sha512,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Work { config } => work(&config),
+        Command::Run { config } => run_all(&config),
+        Command::Queues { config, json } => queues(&config, json),
+        Command::Dlq { action } => dlq(action),
+        Command::Parse { file, config } => parse(file.as_deref(), config.as_deref()),
+        Command::Sign { secret, algo, file } => sign(&secret, algo.into(), file.as_deref()),
+        Command::Replay { url, secret, algo, fresh, files } => replay(&url, &secret, algo, fresh, &files),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("coexist: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
+    match file {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+            Ok(buf)
+        }
+    }
+}
+
+fn serve(config_path: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    actix_web::rt::System::new().block_on(async move {
+        let metrics = coexist::metrics::Metrics::new();
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
+        let listener = std::net::TcpListener::bind(&config.server.listen)
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "ingress listening");
+        let state = coexist::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
+        coexist::ingress::server(state, listener, config.server.workers)?.await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A tokio runtime that stops the worker on SIGTERM / SIGINT.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn work(config_path: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    if config.redis.is_none() {
+        bail!("`work` shares its queue with other processes through Redis: add a [redis] table to {}, or use `coexist run` for the embedded in-memory queue", config_path.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let metrics = coexist::metrics::Metrics::new();
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let worker = coexist::runtime::worker(&config, queue, metrics, coexist::worker::worker_id())?;
+        worker.run(shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_all(config_path: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let system = actix_web::rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    });
+    system.block_on(async move {
+        let metrics = coexist::metrics::Metrics::new();
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let worker = coexist::runtime::worker(&config, queue.clone(), metrics.clone(), coexist::worker::worker_id())?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker_task = tokio::spawn(worker.run(stopped));
+        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
+        let listener = std::net::TcpListener::bind(&config.server.listen)
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
+        let state = coexist::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
+        // The HTTP server stops on SIGTERM / SIGINT; then the worker finishes in-flight events.
+        let served = coexist::ingress::server(state, listener, config.server.workers)?.await;
+        let _ = stop.send(true);
+        worker_task.await??;
+        served?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let mut rows = Vec::new();
+        for channel in &config.channels {
+            for partition in 0..channel.partitions {
+                let stats = queue.partition_stats(&channel.id, partition).await?;
+                rows.push(serde_json::json!({
+                    "channel": channel.id, "kind": channel.kind, "partition": partition,
+                    "length": stats.length, "pending": stats.pending, "lag": stats.lag, "dead": stats.dead,
+                    "lease_owner": stats.lease_owner, "timers": stats.timers,
+                }));
+            }
+        }
+        if json {
+            println!("{}", serde_json::Value::Array(rows));
+        } else {
+            println!("{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  lease owner", "channel", "kind", "part", "length", "pending", "lag", "dead", "timers");
+            for r in &rows {
+                println!(
+                    "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {}",
+                    r["channel"].as_str().unwrap_or(""), r["kind"].as_str().unwrap_or(""), r["partition"], r["length"], r["pending"],
+                    r["lag"], r["dead"], r["timers"], r["lease_owner"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn dlq(action: DlqAction) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match action {
+            DlqAction::List { config, channel, count, json } => {
+                let config = load_config(&config)?;
+                if config.channel(&channel).is_none() {
+                    bail!("no channel {channel:?} in the config");
+                }
+                let queue = coexist::runtime::connect_queue(&config).await?;
+                let dead = queue.dead_letters(&channel, count).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&dead)?);
+                } else {
+                    for d in &dead {
+                        println!("{}  partition {}  {}  error: {}", d.id, d.partition, d.conversation, d.error);
+                    }
+                    eprintln!("{} dead letter(s) on {channel}", dead.len());
+                }
+            }
+            DlqAction::Replay { config, channel, ids } => {
+                let config = load_config(&config)?;
+                if config.channel(&channel).is_none() {
+                    bail!("no channel {channel:?} in the config");
+                }
+                let queue = coexist::runtime::connect_queue(&config).await?;
+                let all = ids.is_empty();
+                let mut pending = ids;
+                let mut replayed = 0;
+                loop {
+                    if all {
+                        // Each round takes the oldest page; replayed letters leave the stream.
+                        pending = queue.dead_letters(&channel, 1000).await?.into_iter().map(|d| d.id).collect();
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                    for id in pending.drain(..) {
+                        match queue.replay_dead_letter(&channel, &id).await? {
+                            Some(new_id) => {
+                                replayed += 1;
+                                println!("{id} -> {new_id}");
+                            }
+                            None => eprintln!("{id}: no such dead letter"),
+                        }
+                    }
+                    if !all {
+                        break;
+                    }
+                }
+                eprintln!("{replayed} dead letter(s) replayed on {channel}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn parse(file: Option<&Path>, config: Option<&Path>) -> Result<ExitCode> {
+    let body = read_input(file)?;
+    let (format, mut events) = match wire::parse_any(&body) {
+        Ok(parsed) => parsed,
+        Err(e @ (ParseError::Json { .. } | ParseError::Shape { .. })) => {
+            eprintln!("coexist parse: {}: {e}", file.map_or("stdin".into(), |p| p.display().to_string()));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(path) = config {
+        let config = load_config(path)?;
+        let router = coexist::routing::Router::new(&config);
+        for e in events.iter_mut() {
+            if format == wire::Format::Meta {
+                router.route_meta(e);
+            }
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for e in &events {
+        writeln!(out, "{}", e.to_json())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(secret: &str, algo: Algorithm, file: Option<&Path>) -> Result<ExitCode> {
+    let body = read_input(file)?;
+    println!("{}", verify::header_value(algo, secret.as_bytes(), &body));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(url: &str, secret: &str, algo: Option<Algo>, fresh: bool, files: &[PathBuf]) -> Result<ExitCode> {
+    let algo: Algorithm = match algo {
+        Some(a) => a.into(),
+        None if url.contains("/webhooks/personal/") => Algorithm::Sha512,
+        None => Algorithm::Sha256,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut failures = 0;
+        for file in files {
+            let mut body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            if fresh {
+                body = coexist::wire::refresh_timestamps(&body, coexist::ingest::now_ms() / 1000);
+            }
+            let signature = verify::header_value(algo, secret.as_bytes(), &body);
+            let mut request = client.post(url).header("content-type", "application/json").body(body);
+            request = match algo {
+                Algorithm::Sha256 => request.header("x-hub-signature-256", signature),
+                Algorithm::Sha512 => request.header("x-webhook-hmac", signature).header("x-webhook-hmac-algorithm", "sha512"),
+            };
+            match request.send().await {
+                Ok(response) => {
+                    let code = response.status().as_u16();
+                    if code != 200 {
+                        failures += 1;
+                    }
+                    println!("{code} {}", file.display());
+                }
+                Err(e) => bail!("POST {url} failed: {e}"),
+            }
+        }
+        Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    })
+}

@@ -49,3 +49,51 @@ pub fn parse_any(body: &[u8]) -> Result<(Format, Vec<Event>), ParseError> {
         Err(ParseError::Shape { format: "Meta or WAHA", reason: "neither an `entry` array nor an `event` name".into() })
     }
 }
+
+/// Rewrites every `"timestamp"` value that looks like Unix seconds (a 10-digit string or
+/// number) to `now_secs`, byte for byte elsewhere. For `coexist replay --fresh`: a recorded
+/// message then opens a service window as if the customer had just written.
+pub fn refresh_timestamps(body: &[u8], now_secs: i64) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(text.len());
+    let mut rest: &str = &text;
+    let key = "\"timestamp\"";
+    while let Some(at) = rest.find(key) {
+        let (head, tail) = rest.split_at(at + key.len());
+        out.push_str(head);
+        let trimmed = tail.trim_start_matches(|c: char| c == ':' || c.is_whitespace());
+        let sep_len = tail.len() - trimmed.len();
+        let (quoted, digits_start) = match trimmed.strip_prefix('"') {
+            Some(t) => (true, t),
+            None => (false, trimmed),
+        };
+        let digits = digits_start.bytes().take_while(u8::is_ascii_digit).count();
+        if sep_len > 0 && digits == 10 && (!quoted || digits_start[digits..].starts_with('"')) {
+            out.push_str(&tail[..sep_len]);
+            if quoted {
+                out.push('"');
+            }
+            out.push_str(&now_secs.to_string());
+            rest = &digits_start[digits..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_rewrites_second_timestamps_only() {
+        let body = br#"{"timestamp": "1749416383", "x": {"timestamp":1750699027}, "timestamp":"1700000000000", "t":"1749416383"}"#;
+        let out = String::from_utf8(refresh_timestamps(body, 1800000000)).unwrap();
+        assert_eq!(
+            out,
+            r#"{"timestamp": "1800000000", "x": {"timestamp":1800000000}, "timestamp":"1700000000000", "t":"1749416383"}"#
+        );
+    }
+}

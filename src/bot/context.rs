@@ -1,0 +1,197 @@
+//! The context a handler gets for one event: the event, its channel, the conversation, and
+//! the actions (replies, state, handover) the handler asks for.
+//!
+//! Sending rules are enforced here, before anything leaves: a free-form reply outside a WABA
+//! service window, or a template on a Personal channel, fails at once with a typed error the
+//! bot can act on (e.g. send a template instead). Replies always leave on the channel the
+//! event came from: the context has no way to address another one.
+
+use crate::channel::ChannelKind;
+use crate::config::ChannelConfig;
+use crate::conversation::window::{self, Window};
+use crate::conversation::ConversationState;
+use crate::event::{Event, EventType};
+use crate::outbound::rules::{self, RuleError};
+use crate::outbound::Reply;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a reply was refused before any HTTP call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendRuleError {
+    /// Window closed, templates on Personal, a feature the channel kind lacks.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The event has no message to react to or mark read.
+    #[error("{0}")]
+    NoTarget(&'static str),
+    /// Account-level events have no conversation to reply into.
+    #[error("this event belongs to no conversation; nothing can be sent in reply")]
+    NoConversation,
+}
+
+/// A handover change the handler asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverRequest {
+    /// Pause the bot for this conversation (a person takes over).
+    Pause(Duration),
+    /// Let the bot answer again.
+    Resume,
+}
+
+/// Everything about one event that a handler may read or ask for.
+pub struct Context {
+    pub event: Event,
+    pub channel: Arc<ChannelConfig>,
+    state: ConversationState,
+    now_ms: i64,
+    replies: Vec<Reply>,
+    handover: Option<HandoverRequest>,
+    state_changed: bool,
+}
+
+impl Context {
+    pub fn new(event: Event, channel: Arc<ChannelConfig>, state: ConversationState, now_ms: i64) -> Self {
+        Context { event, channel, state, now_ms, replies: Vec::new(), handover: None, state_changed: false }
+    }
+
+    pub fn kind(&self) -> ChannelKind {
+        self.channel.kind
+    }
+
+    pub fn channel_id(&self) -> &str {
+        &self.channel.id
+    }
+
+    /// The customer's id in this channel ("" for account-level events).
+    pub fn conversation(&self) -> &str {
+        &self.event.conversation
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.event.event_type
+    }
+
+    /// The message text, if the event is a message that shows text.
+    pub fn text(&self) -> Option<&str> {
+        self.event.message.as_ref().and_then(|m| m.text.as_deref())
+    }
+
+    /// The conversation as stored (window, statuses, handover, bot state).
+    pub fn conversation_state(&self) -> &ConversationState {
+        &self.state
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// The customer service window: open until / closed since / not applicable (Personal).
+    pub fn window(&self) -> Window {
+        window::window(self.kind(), &self.state, self.now_ms)
+    }
+
+    /// Is a person handling this conversation right now (the bot is paused)?
+    pub fn in_handover(&self) -> bool {
+        window::handover_active(&self.state, self.now_ms)
+    }
+
+    /// Queues any reply for this conversation, after checking the channel's sending rules.
+    /// It leaves (in order, once) after the handler returns.
+    pub fn send(&mut self, reply: Reply) -> Result<(), SendRuleError> {
+        if self.event.conversation.is_empty() {
+            return Err(SendRuleError::NoConversation);
+        }
+        rules::check(self.kind(), self.window(), &reply)?;
+        self.replies.push(reply);
+        Ok(())
+    }
+
+    /// Free-form text. On WABA only inside the 24 h window.
+    pub fn reply(&mut self, text: impl Into<String>) -> Result<(), SendRuleError> {
+        self.send(Reply::text(text))
+    }
+
+    /// An approved template (WABA only; allowed outside the window).
+    pub fn send_template(
+        &mut self,
+        name: impl Into<String>,
+        language: impl Into<String>,
+        components: Vec<serde_json::Value>,
+    ) -> Result<(), SendRuleError> {
+        self.send(Reply::Template { name: name.into(), language: language.into(), components })
+    }
+
+    /// An interactive message (buttons, list): a Meta `interactive` object. WABA only.
+    pub fn send_interactive(&mut self, interactive: serde_json::Value) -> Result<(), SendRuleError> {
+        self.send(Reply::Interactive { interactive })
+    }
+
+    /// Reacts to the event's message.
+    pub fn react(&mut self, emoji: impl Into<String>) -> Result<(), SendRuleError> {
+        let message_id = self.message_id().ok_or(SendRuleError::NoTarget("no message to react to"))?;
+        self.send(Reply::Reaction { message_id, emoji: emoji.into() })
+    }
+
+    /// Marks the event's message as read.
+    pub fn mark_read(&mut self) -> Result<(), SendRuleError> {
+        let message_id = self.message_id().ok_or(SendRuleError::NoTarget("no message to mark read"))?;
+        self.send(Reply::MarkRead { message_id, typing: false })
+    }
+
+    fn message_id(&self) -> Option<String> {
+        self.event.message.as_ref().map(|m| m.id.clone()).filter(|id| !id.is_empty())
+    }
+
+    /// The bot author's typed state of this conversation (`None` if never set or not of `T`'s shape).
+    pub fn state<T: DeserializeOwned>(&self) -> Option<T> {
+        self.state.bot_state.clone().and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    /// Stores the bot author's typed state; saved with the conversation after the handler.
+    pub fn set_state<T: Serialize>(&mut self, value: &T) -> Result<(), serde_json::Error> {
+        self.state.bot_state = Some(serde_json::to_value(value)?);
+        self.state_changed = true;
+        Ok(())
+    }
+
+    /// Forgets the bot state of this conversation.
+    pub fn clear_state(&mut self) {
+        self.state.bot_state = None;
+        self.state_changed = true;
+    }
+
+    /// Pauses the bot for this conversation (a person takes over).
+    pub fn handover(&mut self, duration: Duration) {
+        window::start_handover(&mut self.state, self.now_ms, duration.as_millis() as i64);
+        self.handover = Some(HandoverRequest::Pause(duration));
+        self.state_changed = true;
+    }
+
+    /// Lets the bot answer again.
+    pub fn resume(&mut self) {
+        window::end_handover(&mut self.state);
+        self.handover = Some(HandoverRequest::Resume);
+        self.state_changed = true;
+    }
+
+    pub fn replies(&self) -> &[Reply] {
+        &self.replies
+    }
+
+    pub fn handover_request(&self) -> Option<HandoverRequest> {
+        self.handover
+    }
+
+    /// Did the handler change the stored state (bot state or handover)?
+    pub fn state_changed(&self) -> bool {
+        self.state_changed
+    }
+
+    /// Hands back what the worker needs after the handler: the state and the replies.
+    pub fn into_parts(self) -> (Event, ConversationState, Vec<Reply>, bool) {
+        (self.event, self.state, self.replies, self.state_changed)
+    }
+}

@@ -1,0 +1,233 @@
+//! Workers: partition leases, ordered at-least-once handling, rebalancing, shutdown.
+//!
+//! A worker process holds leases on some of the channel partitions (its fair share of all
+//! partitions among the live workers) and runs one task per held partition. A task reads its
+//! partition in order and handles one event at a time, so one conversation's events are
+//! handled in order and never concurrently; different partitions run in parallel.
+//!
+//! Leases expire unless renewed: a worker killed with SIGKILL loses its partitions after
+//! `lease_ms`, and the next owner first re-handles the entries it had not acknowledged.
+//! Every write a task makes (state, ack, dead letter, timers) is fenced by the lease's token,
+//! so a worker that lost its lease while paused cannot overwrite the new owner's work.
+
+mod partition;
+
+use crate::bot::Bot;
+use crate::config::{ChannelConfig, Config};
+use crate::conversation::window::leads_from_minutes;
+use crate::conversation::ConversationStore;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::queue::{Lease, Queue, QueueError};
+use rand::seq::SliceRandom;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long SIGTERM waits for in-flight events before leaving them to the next owner.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Tunables of a worker, from `[worker]` and `[bot]`.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    /// At most this many partitions held by one process.
+    pub concurrency: usize,
+    pub leads_ms: Vec<i64>,
+    pub handover_ms: i64,
+    pub block_ms: u64,
+    /// Entries read per call.
+    pub batch: usize,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        WorkerSettings {
+            lease_ms: config.worker.lease_ms.max(300),
+            max_attempts: config.worker.max_attempts,
+            retry_backoff_ms: config.worker.retry_backoff_ms,
+            concurrency: config.worker.concurrency,
+            leads_ms: leads_from_minutes(&config.worker.window_expiring_minutes),
+            handover_ms: (config.bot.handover_secs as i64).saturating_mul(1000),
+            // Short enough that timers and shutdown are noticed promptly.
+            block_ms: config.worker.block_ms.clamp(10, 5_000),
+            batch: 64,
+        }
+    }
+
+    /// How often leases are renewed and the fair share is recomputed.
+    fn tick(&self) -> Duration {
+        Duration::from_millis((self.lease_ms / 3).max(100))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What every partition task of a process shares.
+pub(crate) struct Shared {
+    pub id: String,
+    pub channels: HashMap<String, Arc<ChannelConfig>>,
+    pub queue: Queue,
+    pub store: ConversationStore,
+    pub bot: Arc<dyn Bot>,
+    pub outbound: Outbound,
+    pub metrics: Metrics,
+    pub settings: WorkerSettings,
+}
+
+/// A worker process's engine.
+pub struct Worker {
+    shared: Arc<Shared>,
+    partitions: Vec<(String, u32)>,
+}
+
+/// A unique consumer name: host, pid and a random part (two processes never share one).
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+struct Held {
+    lease: Lease,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    pub fn new(
+        config: &Config,
+        queue: Queue,
+        store: ConversationStore,
+        bot: Arc<dyn Bot>,
+        outbound: Outbound,
+        metrics: Metrics,
+        id: String,
+    ) -> Self {
+        let channels = config.channels.iter().map(|c| (c.id.clone(), Arc::new(c.clone()))).collect();
+        let partitions = config
+            .channels
+            .iter()
+            .flat_map(|c| (0..c.partitions).map(move |p| (c.id.clone(), p)))
+            .collect();
+        let settings = WorkerSettings::from_config(config);
+        Worker {
+            shared: Arc::new(Shared { id, channels, queue, store, bot, outbound, metrics, settings }),
+            partitions,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Runs until `shutdown` turns true: then stops reading, finishes in-flight events,
+    /// releases every lease and returns.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let shared = self.shared;
+        let settings = shared.settings.clone();
+        let mut held: HashMap<(String, u32), Held> = HashMap::new();
+        tracing::info!(worker = %shared.id, partitions = self.partitions.len(), "worker started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = balance(&shared, &self.partitions, &mut held).await {
+                tracing::warn!(worker = %shared.id, error = %e, "lease round failed; retrying");
+            }
+            shared.metrics.set_gauge("coexist_leases_held", &[("worker", &shared.id)], held.len() as u64);
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(settings.tick()) => {}
+            }
+        }
+        tracing::info!(worker = %shared.id, held = held.len(), "shutting down: finishing in-flight events");
+        for h in held.values() {
+            let _ = h.stop.send(true);
+        }
+        // In-flight events get a bounded grace period; past it the task is aborted without
+        // acking (its entry is handled again by the next owner), so SIGTERM always ends.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for (_, h) in held.drain() {
+            let abort = h.task.abort_handle();
+            if tokio::time::timeout_at(deadline, h.task).await.is_err() {
+                tracing::warn!(worker = %shared.id, channel = %h.lease.channel, partition = h.lease.partition, "in-flight event did not finish in time; leaving it for the next owner");
+                abort.abort();
+            }
+            let _ = shared.queue.release_lease(&h.lease).await;
+        }
+        let _ = shared.queue.leave(&shared.id).await;
+        shared.metrics.set_gauge("coexist_leases_held", &[("worker", &shared.id)], 0);
+        tracing::info!(worker = %shared.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// One round: heartbeat, renew what we hold, give back what exceeds our fair share, take free
+/// partitions up to it.
+async fn balance(
+    shared: &Arc<Shared>,
+    all: &[(String, u32)],
+    held: &mut HashMap<(String, u32), Held>,
+) -> Result<(), QueueError> {
+    let s = &shared.settings;
+    // Tasks that ended by themselves (lease lost, channel gone) free their slot.
+    held.retain(|_, h| !h.task.is_finished());
+
+    let live = shared.queue.heartbeat(&shared.id, s.lease_ms).await?.max(1);
+    let share = all.len().div_ceil(live).min(s.concurrency);
+
+    let mut lost = Vec::new();
+    for (key, h) in held.iter() {
+        if !shared.queue.renew_lease(&h.lease, s.lease_ms).await? {
+            lost.push(key.clone());
+        }
+    }
+    for key in lost {
+        if let Some(h) = held.remove(&key) {
+            tracing::warn!(worker = %shared.id, channel = %key.0, partition = key.1, "lease lost; stopping the partition");
+            let _ = h.stop.send(true);
+        }
+    }
+
+    if held.len() > share {
+        // Give back the extra partitions: each task finishes its current event, then releases.
+        let extra: Vec<_> = held.keys().take(held.len() - share).cloned().collect();
+        for key in extra {
+            if let Some(h) = held.remove(&key) {
+                tracing::info!(worker = %shared.id, channel = %key.0, partition = key.1, "rebalancing: releasing partition");
+                let _ = h.stop.send(true);
+                let queue = shared.queue.clone();
+                tokio::spawn(async move {
+                    let _ = h.task.await;
+                    let _ = queue.release_lease(&h.lease).await;
+                });
+            }
+        }
+    } else if held.len() < share {
+        let mut free: Vec<&(String, u32)> = all.iter().filter(|k| !held.contains_key(*k)).collect();
+        free.shuffle(&mut rand::rng());
+        for (channel, partition) in free {
+            if held.len() >= share {
+                break;
+            }
+            if let Some(lease) = shared.queue.acquire_lease(channel, *partition, &shared.id, s.lease_ms).await? {
+                tracing::info!(worker = %shared.id, channel = %channel, partition, token = lease.token, "partition acquired");
+                shared.store.grant(&partition::fence(&lease));
+                let (stop, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(partition::run(shared.clone(), lease.clone(), stop_rx));
+                held.insert((channel.clone(), *partition), Held { lease, stop, task });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! One held partition: read in order, handle one event at a time, ack after success.
+
+use super::Shared;
+use crate::bot::{Context, HandlerError};
+use crate::channel::ChannelKind;
+use crate::config::ChannelConfig;
+use crate::conversation::store::{Fence, SaveOutcome};
+use crate::conversation::window::{self, timers_for, PlannedTimer};
+use crate::conversation::ConversationState;
+use crate::event::{Event, EventType};
+use crate::ingest::now_ms;
+use crate::outbound::OutgoingMessage;
+use crate::queue::{timer_member, Entry, Lease, QueueError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub(crate) fn fence(lease: &Lease) -> Fence {
+    Fence { channel: lease.channel.clone(), partition: lease.partition, owner: lease.owner.clone(), token: lease.token }
+}
+
+/// How handling one entry ended.
+enum Outcome {
+    /// Handled (or deliberately skipped): acknowledge.
+    Done,
+    /// Failed for good: dead-letter with this error.
+    Dead(String),
+    /// The lease is gone: stop without acking; the new owner handles the entry.
+    LeaseLost,
+    /// Shutting down while the entry waits for a retry: leave it unacked for the next owner.
+    Abandoned,
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    Retry(String),
+    GiveUp(String),
+    LeaseLost,
+}
+
+impl From<HandlerError> for AttemptError {
+    fn from(e: HandlerError) -> Self {
+        match e {
+            HandlerError::Retry(m) => AttemptError::Retry(m),
+            HandlerError::GiveUp(m) => AttemptError::GiveUp(m),
+        }
+    }
+}
+
+/// The partition task: runs until told to stop or the lease is lost.
+pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Receiver<bool>) {
+    let s = &shared.settings;
+    let mut failures = 0u32;
+    while let Err(e) = shared.queue.ensure_group(&lease.channel, lease.partition).await {
+        failures += 1;
+        tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "cannot create the consumer group; retrying");
+        if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
+            return;
+        }
+    }
+    let Some(channel) = shared.channels.get(&lease.channel).cloned() else {
+        tracing::error!(channel = %lease.channel, "lease on a channel that is not configured");
+        return;
+    };
+    failures = 0;
+    'reading: while !*stop.borrow() {
+        if let Err(e) = shared.queue.promote_due_timers(&lease, now_ms() as u64, 256).await {
+            if matches!(e, QueueError::LeaseLost { .. }) {
+                return;
+            }
+            tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "promoting timers failed");
+        }
+        let entries = match shared.queue.read(&lease, &shared.id, s.batch, s.block_ms).await {
+            Ok(entries) => {
+                failures = 0;
+                entries
+            }
+            Err(QueueError::LeaseLost { .. }) => return,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "read failed; retrying");
+                if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        for entry in entries {
+            let outcome = handle_with_retries(&shared, &lease, &channel, &entry, &mut stop).await;
+            let finished = match outcome {
+                Outcome::Done => shared.queue.ack(&lease, &entry.id).await,
+                Outcome::Dead(error) => {
+                    shared.metrics.inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
+                    tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
+                    shared.queue.dead_letter(&lease, &entry, &error).await
+                }
+                Outcome::LeaseLost | Outcome::Abandoned => return,
+            };
+            match finished {
+                Ok(true) => {}
+                Ok(false) | Err(QueueError::LeaseLost { .. }) => return,
+                Err(e) => {
+                    // Not acked: the entry comes back first on the next read (order kept).
+                    tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %e, "ack failed; the entry will be handled again");
+                    wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, 1)).await;
+                    continue 'reading;
+                }
+            }
+            if *stop.borrow() {
+                break 'reading;
+            }
+        }
+    }
+}
+
+/// Sleeps `d` unless told to stop first; `true` when stopping.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+    }
+}
+
+fn backoff(base_ms: u64, attempt: u32) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(10));
+    Duration::from_millis(exp.min(30_000))
+}
+
+/// Handles one entry, retrying with backoff while the partition waits (order is kept).
+async fn handle_with_retries(
+    shared: &Shared,
+    lease: &Lease,
+    channel: &Arc<ChannelConfig>,
+    entry: &Entry,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let s = &shared.settings;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let result = handle_once(shared, lease, channel, entry).await;
+        shared.metrics.observe_seconds("coexist_handler_seconds", &[("channel", &lease.channel)], started.elapsed().as_secs_f64());
+        match result {
+            Ok(event_type) => {
+                shared.metrics.inc("coexist_events_handled_total", &[("channel", &lease.channel), ("type", event_type), ("outcome", "ok")]);
+                return Outcome::Done;
+            }
+            Err(AttemptError::LeaseLost) => return Outcome::LeaseLost,
+            Err(AttemptError::GiveUp(e)) => return Outcome::Dead(e),
+            Err(AttemptError::Retry(e)) if attempt >= s.max_attempts => {
+                return Outcome::Dead(format!("{e} (after {attempt} attempts)"));
+            }
+            Err(AttemptError::Retry(e)) => {
+                shared.metrics.inc("coexist_handler_retries_total", &[("channel", &lease.channel)]);
+                tracing::info!(channel = %lease.channel, entry = %entry.id, attempt, error = %e, "handler failed; retrying");
+                if wait_or_stop(stop, backoff(s.retry_backoff_ms, attempt)).await {
+                    // Shutdown: the entry stays pending and is handled again by the next owner.
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+}
+
+/// One attempt: state, window, bot, replies, save, timers. Returns the event type for metrics.
+async fn handle_once(
+    shared: &Shared,
+    lease: &Lease,
+    channel: &Arc<ChannelConfig>,
+    entry: &Entry,
+) -> Result<&'static str, AttemptError> {
+    let mut event: Event = serde_json::from_str(&entry.payload)
+        .map_err(|e| AttemptError::GiveUp(format!("stored event is not valid JSON: {e}")))?;
+    if !entry.conversation.is_empty() {
+        // The queue resolved aliases: one person, one conversation.
+        event.conversation = entry.conversation.clone();
+    }
+    let event_type = event.event_type.as_str();
+    let now = now_ms();
+
+    if event.conversation.is_empty() {
+        // Account-level: no conversation state; the bot still sees it.
+        let mut ctx = Context::new(event, channel.clone(), ConversationState::default(), now);
+        shared.bot.handle(&mut ctx).await?;
+        return Ok(event_type);
+    }
+
+    let fence = fence(lease);
+    let stored = shared
+        .store
+        .load(&lease.channel, &event.conversation)
+        .await
+        .map_err(|e| AttemptError::Retry(format!("loading conversation: {e}")))?;
+    let mut state = stored.clone().unwrap_or_default();
+    let before = state.clone();
+
+    if let (EventType::Timer, Some(timer)) = (event.event_type, event.timer.as_ref()) {
+        if !window::is_timer_current(&state, timer.window_end) {
+            // A newer message moved the window end after this timer was armed.
+            return Ok("timer_stale");
+        }
+        shared.metrics.inc("coexist_timers_fired_total", &[("channel", &lease.channel), ("timer", &timer.name)]);
+    }
+
+    state.merge_contact(&event.contact);
+    window::apply_event(channel.kind, channel.coexistence, &mut state, &event, now, shared.settings.handover_ms);
+    if let Some(status) = &event.status {
+        if let Some(key) = &status.biz_opaque_callback_data {
+            if let Err(e) = shared.outbound.mark_status_seen(&lease.channel, key, &status.message_id).await {
+                tracing::warn!(channel = %lease.channel, error = %e, "recording a status for the outbox failed");
+            }
+        }
+    }
+
+    // Messages wait while a person handles the conversation; everything else still reaches the bot.
+    let paused = event.event_type == EventType::Message && window::handover_active(&state, now);
+    let (event, mut state, replies) = if paused {
+        (event, state, Vec::new())
+    } else {
+        let mut ctx = Context::new(event, channel.clone(), state, now);
+        shared.bot.handle(&mut ctx).await?;
+        let (event, state, replies, _) = ctx.into_parts();
+        (event, state, replies)
+    };
+
+    // Replies leave in order, each at most once (idempotency key: event id + index).
+    for (index, reply) in replies.into_iter().enumerate() {
+        let message = OutgoingMessage {
+            channel: lease.channel.clone(),
+            to: event.conversation.clone(),
+            reply,
+            outbox_key: format!("{}:{index}", event.id),
+            reply_to: None,
+        };
+        let window_now = window::window(channel.kind, &state, now_ms());
+        match shared.outbound.send(&message, channel.kind, window_now).await {
+            Ok(_) => window::record_outbound(&mut state, now_ms()),
+            Err(e) if e.closes_window() => {
+                // Meta said 131047 (or our rules did): the window is closed whatever we computed.
+                tracing::info!(channel = %lease.channel, event = %event.id, error = %e, "reply refused: window closed");
+                window::mark_window_closed(channel.kind, &mut state, now_ms());
+            }
+            Err(e) if e.is_retryable() => return Err(AttemptError::Retry(format!("sending reply {index}: {e}"))),
+            Err(e) => {
+                tracing::warn!(channel = %lease.channel, event = %event.id, error = %e, "reply not delivered (no retry)");
+            }
+        }
+    }
+
+    if state != before {
+        match shared.store.save(&fence, &lease.channel, &event.conversation, &state).await {
+            Ok(SaveOutcome::Saved { .. }) => {}
+            Ok(SaveOutcome::Fenced) => return Err(AttemptError::LeaseLost),
+            Ok(SaveOutcome::Conflict { stored_version }) => {
+                return Err(AttemptError::Retry(format!("conversation changed under us (version {stored_version})")));
+            }
+            Err(e) => return Err(AttemptError::Retry(format!("saving conversation: {e}"))),
+        }
+        state.version += 1;
+    }
+
+    if channel.kind == ChannelKind::Waba && before.window_end_ms != state.window_end_ms {
+        rearm_timers(shared, lease, &event, &before, &state).await?;
+    }
+    Ok(event_type)
+}
+
+/// Disarms the timers planned for the old window end and arms those of the new one.
+async fn rearm_timers(
+    shared: &Shared,
+    lease: &Lease,
+    event: &Event,
+    before: &ConversationState,
+    after: &ConversationState,
+) -> Result<(), AttemptError> {
+    let now = now_ms();
+    let leads = &shared.settings.leads_ms;
+    // Plan the old timers as of their own window (now may be past some of them: use 0).
+    for old in timers_for(ChannelKind::Waba, before, 0, leads) {
+        let member = timer_member(&timer_event(event, &old).to_json(), &event.conversation);
+        shared
+            .queue
+            .cancel_timer(&lease.channel, lease.partition, &member)
+            .await
+            .map_err(|e| AttemptError::Retry(format!("cancelling timer: {e}")))?;
+    }
+    for timer in timers_for(ChannelKind::Waba, after, now, leads) {
+        let member = timer_member(&timer_event(event, &timer).to_json(), &event.conversation);
+        shared
+            .queue
+            .arm_timer(&lease.channel, lease.partition, &member, timer.due_ms.max(0) as u64)
+            .await
+            .map_err(|e| AttemptError::Retry(format!("arming timer: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The event a timer produces when it fires. Its id is stable for one window end and slot,
+/// so arming the same timer twice yields the same member.
+pub(crate) fn timer_event(source: &Event, timer: &PlannedTimer) -> Event {
+    Event {
+        id: format!("timer:{}:{}:{}", source.conversation, timer.slot(), timer.window_end_ms),
+        channel: source.channel.clone(),
+        kind: source.kind,
+        conversation: source.conversation.clone(),
+        event_type: EventType::Timer,
+        at: timer.due_ms,
+        received_at: None,
+        contact: Default::default(),
+        message: None,
+        status: None,
+        field: None,
+        timer: Some(timer.to_timer()),
+        raw: serde_json::Value::Null,
+    }
+}
