@@ -1,0 +1,336 @@
+//! Send limits shared by every worker process: a token bucket per channel, a per-contact pair
+//! limit, and for Personal channels a per-minute cap plus random jitter.
+//!
+//! Every limit is a GCRA bucket (see `lua/rate_take.lua`): `burst` sends at once, then one per
+//! `interval`. One call reserves a slot in all the limits that apply, at one common time, or in
+//! none of them. Per-contact limits are gates (they must fit now, else the caller asks again
+//! later: a chat waiting for its gap never holds up other chats); channel limits are queues
+//! (a slot may be booked ahead, so waiters in many processes line up). The Redis backend shares the buckets across processes; the memory twin runs
+//! the same arithmetic for the single-process mode and tests. Time is passed in (`now_ms`), so
+//! the behaviour suite runs on a synthetic clock.
+//!
+//! Chosen limits:
+//! - channel: `send_rate_per_second` per second, burst of the same size (Meta: 80 mps, 20 on
+//!   coexistence numbers; counts every API call, read receipts included).
+//! - pair, WABA: Meta allows 1 message per 6 s per contact with bursts of up to 45 that borrow
+//!   from future quota (a burst of 20 then costs a 2 min wait) and answers 131056 beyond it. We
+//!   refill one per `pair_gap_ms` (default 6 s) with a burst of [`WABA_PAIR_BURST`]: a multi-part
+//!   answer goes out at once, while staying far from Meta's ceiling even when the Business app
+//!   also sends on a coexistence number.
+//! - pair, Personal: a strict per-chat minimum gap of `pair_gap_ms` (burst 1).
+//! - cap, Personal: `max_per_minute` spread evenly (burst 1, one send every 60/N s), which
+//!   anti-ban guidance prefers to bursts, and never more than N in any minute.
+//! - jitter, Personal: a random extra 0..=`jitter_ms` before each message, shown as "typing…".
+//!   It moves the reserved time itself, so per-chat gaps hold on arrival times.
+//!
+//! Read receipts (`mark_read`) take only the channel bucket: they are not messages.
+
+use crate::channel::ChannelKind;
+use crate::config::ChannelConfig;
+use crate::keys::Keys;
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// Burst of the WABA pair bucket (see the module doc).
+pub const WABA_PAIR_BURST: u32 = 10;
+
+static RATE_TAKE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../lua/rate_take.lua")));
+
+/// `burst` sends at once, then one per `interval_us`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub interval_us: u64,
+    pub burst: u32,
+}
+
+impl Bucket {
+    /// `rate` per second with a burst of `rate`; `None` for 0 (unlimited).
+    pub fn per_second(rate: u32) -> Option<Bucket> {
+        (rate > 0).then(|| Bucket {
+            interval_us: 1_000_000u64.div_ceil(u64::from(rate)),
+            burst: rate,
+        })
+    }
+
+    /// One per `gap_ms`, bursts of `burst`; `None` for a zero gap.
+    pub fn gap(gap_ms: u64, burst: u32) -> Option<Bucket> {
+        (gap_ms > 0).then(|| Bucket {
+            interval_us: gap_ms.saturating_mul(1000),
+            burst: burst.max(1),
+        })
+    }
+
+    /// `n` per minute, evenly spread; `None` for 0 (no cap).
+    pub fn per_minute(n: u32) -> Option<Bucket> {
+        (n > 0).then(|| Bucket {
+            interval_us: 60_000_000u64.div_ceil(u64::from(n)),
+            burst: 1,
+        })
+    }
+}
+
+/// The limits of one channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub channel: Option<Bucket>,
+    pub pair: Option<Bucket>,
+    pub per_minute: Option<Bucket>,
+    /// Random extra delay before each message, up to this many ms (0: none).
+    pub jitter_ms: u64,
+}
+
+impl Limits {
+    /// The limits a channel's config asks for (see the module doc for the choices).
+    pub fn for_channel(c: &ChannelConfig) -> Limits {
+        match c.kind {
+            ChannelKind::Waba => Limits {
+                channel: Bucket::per_second(c.send_rate_per_second),
+                pair: Bucket::gap(c.pair_gap_ms, WABA_PAIR_BURST),
+                per_minute: None,
+                jitter_ms: c.jitter_ms,
+            },
+            ChannelKind::Personal => Limits {
+                channel: Bucket::per_second(c.send_rate_per_second),
+                pair: Bucket::gap(c.pair_gap_ms, 1),
+                per_minute: Bucket::per_minute(c.max_per_minute),
+                jitter_ms: c.jitter_ms,
+            },
+        }
+    }
+
+    /// No limit at all.
+    pub fn unlimited() -> Limits {
+        Limits {
+            channel: None,
+            pair: None,
+            per_minute: None,
+            jitter_ms: 0,
+        }
+    }
+
+    /// The buckets that apply to one send, with their keys. `contact`: `Some` for a message to
+    /// that contact, `None` for a read receipt.
+    /// `(key, bucket, is_gate)` for every bucket that applies.
+    fn buckets(
+        &self,
+        keys: &Keys,
+        channel: &str,
+        contact: Option<&str>,
+    ) -> Vec<(String, Bucket, bool)> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(b) = self.channel {
+            out.push((keys.send_rate(channel), b, false));
+        }
+        if let Some(contact) = contact {
+            if let Some(b) = self.pair {
+                out.push((keys.pair_rate(channel, contact), b, true));
+            }
+            if let Some(b) = self.per_minute {
+                out.push((keys.send_cap(channel), b, false));
+            }
+        }
+        out
+    }
+}
+
+/// The result of asking for a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Reserved: send after waiting `wait_ms` (0: now).
+    Ready { wait_ms: u64 },
+    /// Nothing reserved: ask again in `wait_ms` (a per-contact gap is still running, or the
+    /// slot is further away than the caller accepts).
+    NotYet { wait_ms: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RateError {
+    #[error("rate limiter: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("rate limiter: unexpected reply {0:?}")]
+    UnexpectedReply(Vec<i64>),
+}
+
+/// Shared (Redis) or single-process (memory) buckets, with the same semantics.
+#[derive(Clone)]
+pub enum RateLimiter {
+    Redis {
+        con: ConnectionManager,
+        keys: Keys,
+    },
+    Memory {
+        keys: Keys,
+        tats: Arc<Mutex<HashMap<String, u64>>>,
+    },
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimiter::Redis { keys, .. } => write!(f, "RateLimiter::Redis({})", keys.prefix()),
+            RateLimiter::Memory { keys, .. } => write!(f, "RateLimiter::Memory({})", keys.prefix()),
+        }
+    }
+}
+
+impl RateLimiter {
+    pub fn redis(con: ConnectionManager, keys: Keys) -> RateLimiter {
+        RateLimiter::Redis { con, keys }
+    }
+
+    pub fn memory(keys: Keys) -> RateLimiter {
+        RateLimiter::Memory {
+            keys,
+            tats: Arc::default(),
+        }
+    }
+
+    /// Reserves a slot for one send at or after `now_ms + jitter_ms` in every bucket that
+    /// applies, unless that slot is more than `max_wait_ms` away.
+    pub async fn take(
+        &self,
+        channel: &str,
+        contact: Option<&str>,
+        limits: &Limits,
+        now_ms: i64,
+        jitter_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<Take, RateError> {
+        let now_us = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
+        let earliest_us = now_us.saturating_add(jitter_ms.saturating_mul(1000));
+        let max_wait_us = max_wait_ms.saturating_mul(1000);
+        let (reserved, wait_us) = match self {
+            RateLimiter::Redis { con, keys } => {
+                let buckets = limits.buckets(keys, channel, contact);
+                if buckets.is_empty() {
+                    return Ok(ready_or_not(earliest_us - now_us, max_wait_us));
+                }
+                let mut inv = RATE_TAKE.prepare_invoke();
+                for (key, _, _) in &buckets {
+                    inv.key(key);
+                }
+                inv.arg(now_us).arg(earliest_us).arg(max_wait_us);
+                for (_, b, gate) in &buckets {
+                    inv.arg(b.interval_us)
+                        .arg(b.burst)
+                        .arg(if *gate { 0 } else { 1 });
+                }
+                let mut con = con.clone();
+                let reply: Vec<i64> = inv.invoke_async(&mut con).await?;
+                match reply.as_slice() {
+                    [r, w] if *w >= 0 => (*r == 1, *w as u64),
+                    _ => return Err(RateError::UnexpectedReply(reply)),
+                }
+            }
+            RateLimiter::Memory { keys, tats } => {
+                let buckets = limits.buckets(keys, channel, contact);
+                let mut tats = tats.lock().unwrap_or_else(|e| e.into_inner());
+                if tats.len() > 10_000 {
+                    // Idle buckets are full buckets: forget them (Redis expires them).
+                    tats.retain(|_, tat| *tat + 1_000_000 > now_us);
+                }
+                gcra(&mut tats, &buckets, now_us, earliest_us, max_wait_us)
+            }
+        };
+        let wait_ms = wait_us.div_ceil(1000);
+        Ok(if reserved {
+            Take::Ready { wait_ms }
+        } else {
+            Take::NotYet { wait_ms }
+        })
+    }
+}
+
+fn ready_or_not(wait_us: u64, max_wait_us: u64) -> Take {
+    let wait_ms = wait_us.div_ceil(1000);
+    if wait_us > max_wait_us {
+        Take::NotYet { wait_ms }
+    } else {
+        Take::Ready { wait_ms }
+    }
+}
+
+/// The memory twin of `rate_take.lua`, line for line.
+fn gcra(
+    tats: &mut HashMap<String, u64>,
+    buckets: &[(String, Bucket, bool)],
+    now: u64,
+    earliest: u64,
+    max_wait: u64,
+) -> (bool, u64) {
+    let mut t = earliest;
+    let mut gate_wait = 0;
+    let mut current = Vec::with_capacity(buckets.len());
+    for (key, b, gate) in buckets {
+        let tat = tats.get(key).copied().unwrap_or(0).max(now);
+        current.push(tat);
+        let allowed_at =
+            tat.saturating_sub(u64::from(b.burst.saturating_sub(1)).saturating_mul(b.interval_us));
+        if *gate {
+            if allowed_at > earliest {
+                gate_wait = gate_wait.max(allowed_at - now);
+            }
+        } else {
+            t = t.max(allowed_at);
+        }
+    }
+    if gate_wait > 0 {
+        return (false, gate_wait);
+    }
+    let wait = t - now;
+    if wait > max_wait {
+        return (false, wait);
+    }
+    for ((key, b, _), tat) in buckets.iter().zip(current) {
+        tats.insert(key.clone(), tat.max(t) + b.interval_us);
+    }
+    (true, wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_from_config_numbers() {
+        assert_eq!(
+            Bucket::per_second(80),
+            Some(Bucket {
+                interval_us: 12_500,
+                burst: 80
+            })
+        );
+        assert_eq!(Bucket::per_second(0), None);
+        assert_eq!(
+            Bucket::per_minute(30),
+            Some(Bucket {
+                interval_us: 2_000_000,
+                burst: 1
+            })
+        );
+        assert_eq!(Bucket::gap(0, 5), None);
+    }
+
+    #[test]
+    fn memory_gcra_burst_then_interval() {
+        let mut tats = HashMap::new();
+        let b = vec![(
+            "k".to_string(),
+            Bucket {
+                interval_us: 1000,
+                burst: 3,
+            },
+            false,
+        )];
+        let waits: Vec<(bool, u64)> = (0..5).map(|_| gcra(&mut tats, &b, 0, 0, 10_000)).collect();
+        assert_eq!(
+            waits,
+            [(true, 0), (true, 0), (true, 0), (true, 1000), (true, 2000)]
+        );
+        // Too far: nothing reserved.
+        assert_eq!(gcra(&mut tats, &b, 0, 0, 1000), (false, 3000));
+        assert_eq!(gcra(&mut tats, &b, 0, 0, 3000), (true, 3000));
+    }
+}

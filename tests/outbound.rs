@@ -1,0 +1,1302 @@
+//! Outbound end to end: rules, outbox idempotency, rate limits and both senders, against a
+//! real redis-server and the fake Graph / WAHA servers in `tests/fakes`.
+
+mod fakes;
+mod support;
+
+use coexist::channel::ChannelKind;
+use coexist::config::Config;
+use coexist::conversation::window::Window;
+use coexist::keys::Keys;
+use coexist::metrics::Metrics;
+use coexist::outbound::outbox::Outbox;
+use coexist::outbound::{
+    Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
+    OutgoingMessage, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
+};
+use fakes::{Answer, FakeServer};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const WABA: &str = "shop-waba";
+const PERSONAL: &str = "shop-personal";
+const PNID: &str = "106540352242922";
+const TOKEN: &str = "waba-token-secret";
+const WAHA_KEY: &str = "waha-api-key-secret";
+const OPEN: Window = Window::Open { until_ms: i64::MAX };
+
+/// Channel settings of one test.
+struct Setup<'a> {
+    graph_url: &'a str,
+    waha_url: Option<&'a str>,
+    token: bool,
+    waba_extra: &'a str,
+    personal_extra: &'a str,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            graph_url: "http://127.0.0.1:9/v23.0",
+            waha_url: None,
+            token: true,
+            // No pacing unless a test asks for it.
+            waba_extra: "pair_gap_ms = 0\nsend_rate_per_second = 1000",
+            personal_extra:
+                "pair_gap_ms = 0\njitter_ms = 0\nmax_per_minute = 0\nsend_rate_per_second = 1000",
+        }
+    }
+}
+
+fn config(prefix: &str, s: &Setup) -> Config {
+    let token = if s.token {
+        "access_token = \"${WABA_TOKEN}\""
+    } else {
+        ""
+    };
+    let api_url = s
+        .waha_url
+        .map(|u| format!("api_url = \"{u}\""))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+[redis]
+url = "{redis}"
+prefix = "{prefix}"
+
+[meta]
+app_secrets = ["${{META_APP_SECRET}}"]
+graph_api_url = "{graph}"
+
+[[channels]]
+id = "{WABA}"
+kind = "waba"
+phone_number_id = "{PNID}"
+{token}
+{waba_extra}
+
+[[channels]]
+id = "{PERSONAL}"
+kind = "personal"
+session = "default"
+webhook_secrets = ["${{WAHA_HMAC_KEY}}"]
+api_key = "${{WAHA_API_KEY}}"
+{api_url}
+{personal_extra}
+"#,
+        redis = support::shared_url(),
+        graph = s.graph_url,
+        waba_extra = s.waba_extra,
+        personal_extra = s.personal_extra,
+    );
+    Config::from_toml(&text, "test.toml", &|name| match name {
+        "META_APP_SECRET" => Some("app-secret".into()),
+        "WABA_TOKEN" => Some(TOKEN.into()),
+        "WAHA_HMAC_KEY" => Some("hmac".into()),
+        "WAHA_API_KEY" => Some(WAHA_KEY.into()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+fn fast_options() -> OutboundOptions {
+    OutboundOptions {
+        max_rate_wait: Duration::from_secs(5),
+        max_attempts: 4,
+        backoff: Backoff {
+            base: Duration::from_millis(10),
+            pair_base: Duration::from_millis(25),
+            max: Duration::from_millis(200),
+        },
+        max_retry_wait: Duration::from_secs(3),
+        inflight_wait: Duration::from_millis(600),
+        inflight_poll: Duration::from_millis(20),
+        http_timeout: Duration::from_millis(700),
+        outbox: OutboxOptions::default(),
+    }
+}
+
+async fn connection() -> ConnectionManager {
+    redis::Client::open(support::shared_url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap()
+}
+
+/// An `Outbound` on its own Redis connection.
+async fn outbound(prefix: &str, setup: &Setup<'_>, metrics: Metrics) -> Outbound {
+    Outbound::with_options(
+        &config(prefix, setup),
+        Some(connection().await),
+        metrics,
+        fast_options(),
+    )
+    .unwrap()
+}
+
+fn waba_msg(to: &str, reply: Reply, key: &str) -> OutgoingMessage {
+    OutgoingMessage::new(WABA, to, reply, key)
+}
+
+fn personal_msg(to: &str, reply: Reply, key: &str) -> OutgoingMessage {
+    OutgoingMessage::new(PERSONAL, to, reply, key)
+}
+
+async fn get(key: &str) -> Option<String> {
+    let mut con = support::connection(&support::shared_url()).await;
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- Graph sender
+
+#[tokio::test]
+async fn waba_text_carries_auth_context_and_callback_data() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let metrics = Metrics::new();
+    let out = outbound(
+        &prefix,
+        &Setup {
+            graph_url: graph.url(),
+            ..Setup::default()
+        },
+        metrics.clone(),
+    )
+    .await;
+    let mut msg = waba_msg("16505551234", Reply::text("Hello"), "evt.1:0");
+    msg.reply_to = Some("wamid.IN".into());
+    let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    assert_eq!(sent.message_id, "wamid.fake1");
+    assert!(!sent.duplicate);
+
+    let reqs = graph.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, format!("/v23.0/{PNID}/messages"));
+    assert_eq!(r.header("authorization"), Some(&*format!("Bearer {TOKEN}")));
+    assert_eq!(
+        r.body,
+        json!({"messaging_product":"whatsapp","recipient_type":"individual","to":"+16505551234",
+               "type":"text","text":{"body":"Hello"},"context":{"message_id":"wamid.IN"},
+               "biz_opaque_callback_data":"evt.1:0"})
+    );
+
+    let keys = Keys::new(&prefix);
+    assert_eq!(
+        get(&keys.sent(WABA, "evt.1:0")).await.as_deref(),
+        Some("sent:wamid.fake1")
+    );
+    assert_eq!(
+        out.lookup_message(WABA, "wamid.fake1").await.unwrap(),
+        Some(SentRef {
+            outbox_key: "evt.1:0".into(),
+            conversation: "16505551234".into()
+        })
+    );
+    let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].field("outcome"), "sent");
+    assert_eq!(log[0].field("message_id"), "wamid.fake1");
+    assert_eq!(log[0].field("key"), "evt.1:0");
+    assert_eq!(
+        metrics.counter(
+            "coexist_messages_sent_total",
+            &[("channel", WABA), ("outcome", "sent")]
+        ),
+        1
+    );
+    // The token never shows in Debug output.
+    assert!(!format!("{out:?}").contains(TOKEN));
+}
+
+#[tokio::test]
+async fn business_scoped_ids_use_recipient_and_every_body_shape() {
+    let graph = FakeServer::graph();
+    let out = outbound(
+        &support::prefix(),
+        &Setup {
+            graph_url: graph.url(),
+            ..Setup::default()
+        },
+        Metrics::new(),
+    )
+    .await;
+    let replies = [
+        Reply::text("x"),
+        Reply::Template {
+            name: "order_update".into(),
+            language: "en_US".into(),
+            components: vec![json!({"type":"body","parameters":[{"type":"text","text":"#1"}]})],
+        },
+        Reply::Interactive {
+            interactive: json!({"type":"button","body":{"text":"?"},"action":{"buttons":[]}}),
+        },
+        Reply::Reaction {
+            message_id: "wamid.IN".into(),
+            emoji: "👍".into(),
+        },
+        Reply::MarkRead {
+            message_id: "wamid.IN".into(),
+            typing: true,
+        },
+    ];
+    for (i, reply) in replies.iter().enumerate() {
+        let msg = waba_msg("US.13491208655302741918", reply.clone(), &format!("e:{i}"));
+        let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+        if matches!(reply, Reply::MarkRead { .. }) {
+            assert_eq!(sent.message_id, "wamid.IN");
+        }
+    }
+    let bodies: Vec<_> = graph.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies.len(), 5);
+    for b in &bodies[..4] {
+        assert_eq!(b["recipient"], "US.13491208655302741918", "{b}");
+        assert!(b.get("to").is_none(), "{b}");
+        assert!(b["biz_opaque_callback_data"]
+            .as_str()
+            .unwrap()
+            .starts_with("e:"));
+    }
+    assert_eq!(bodies[1]["template"]["language"], json!({"code":"en_US"}));
+    assert_eq!(bodies[2]["interactive"]["type"], "button");
+    assert_eq!(
+        bodies[3]["reaction"],
+        json!({"message_id":"wamid.IN","emoji":"👍"})
+    );
+    assert_eq!(
+        bodies[4],
+        json!({"messaging_product":"whatsapp","status":"read","message_id":"wamid.IN",
+               "typing_indicator":{"type":"text"}})
+    );
+}
+
+#[tokio::test]
+async fn same_outbox_key_twice_sends_once() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let metrics = Metrics::new();
+    let setup = Setup {
+        graph_url: graph.url(),
+        ..Setup::default()
+    };
+    let a = outbound(&prefix, &setup, metrics.clone()).await;
+    let b = outbound(&prefix, &setup, metrics.clone()).await;
+    let msg = waba_msg("1555", Reply::text("once"), "evt:0");
+    let first = a.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let again = a.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let other_process = b.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    assert_eq!(graph.count(), 1);
+    assert_eq!(again.message_id, first.message_id);
+    assert!(again.duplicate && other_process.duplicate);
+    assert_eq!(
+        metrics.counter(
+            "coexist_messages_sent_total",
+            &[("channel", WABA), ("outcome", "duplicate")]
+        ),
+        2
+    );
+
+    // Concurrently from two processes while the first request is still in flight: the second
+    // waits for the first one's result instead of sending again.
+    graph.push(Answer::slow(300));
+    let msg = waba_msg("1555", Reply::text("race"), "evt:1");
+    let (ra, rb) = tokio::join!(a.send(&msg, ChannelKind::Waba, OPEN), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.send(&msg, ChannelKind::Waba, OPEN).await
+    });
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(graph.count(), 2);
+    assert_eq!(ra.message_id, rb.message_id);
+    assert!(!ra.duplicate && rb.duplicate);
+}
+
+#[tokio::test]
+async fn in_flight_send_after_a_crash_waits_for_a_status_then_resends() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let out = outbound(
+        &prefix,
+        &Setup {
+            graph_url: graph.url(),
+            ..Setup::default()
+        },
+        Metrics::new(),
+    )
+    .await;
+    let outbox = Outbox::redis(
+        connection().await,
+        Keys::new(&prefix),
+        OutboxOptions::default(),
+    );
+
+    // A sender claimed the key and crashed; its status arrives while we wait.
+    let msg = waba_msg("1555", Reply::text("x"), "crash:0");
+    let now = coexist::outbound::now_ms();
+    assert!(matches!(
+        outbox.record(&msg, now).await.unwrap(),
+        OutboxState::Claimed { .. }
+    ));
+    let started = Instant::now();
+    let (sent, _) = tokio::join!(out.send(&msg, ChannelKind::Waba, OPEN), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        out.mark_status_seen(WABA, "crash:0", "wamid.BEFORE")
+            .await
+            .unwrap()
+    });
+    let sent = sent.unwrap();
+    assert_eq!(sent.message_id, "wamid.BEFORE");
+    assert!(sent.duplicate);
+    assert_eq!(graph.count(), 0, "the status proved it was sent");
+    assert!(started.elapsed() < Duration::from_millis(600));
+
+    // No status ever comes: after the bounded wait the claim is taken over and sent again.
+    let msg = waba_msg("1555", Reply::text("y"), "crash:1");
+    outbox
+        .record(&msg, coexist::outbound::now_ms())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    assert!(!sent.duplicate);
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(graph.count(), 1);
+    assert_eq!(
+        graph.requests()[0].body["biz_opaque_callback_data"],
+        "crash:1"
+    );
+}
+
+#[tokio::test]
+async fn rules_refuse_before_any_request() {
+    let graph = FakeServer::graph();
+    let waha = FakeServer::waha();
+    let prefix = support::prefix();
+    let out = outbound(
+        &prefix,
+        &Setup {
+            graph_url: graph.url(),
+            waha_url: Some(waha.url()),
+            ..Setup::default()
+        },
+        Metrics::new(),
+    )
+    .await;
+    let closed = Window::Closed { since_ms: Some(42) };
+    let e = out
+        .send(
+            &waba_msg("1", Reply::text("late"), "r:0"),
+            ChannelKind::Waba,
+            closed,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        SendError::Rule(RuleError::WindowClosed {
+            closed_at: Some(42)
+        })
+    );
+    assert!(e.closes_window() && !e.is_retryable());
+    // Templates and read receipts still go out when the window is closed.
+    let template = Reply::Template {
+        name: "hello".into(),
+        language: "en_US".into(),
+        components: vec![],
+    };
+    out.send(
+        &waba_msg("1", template.clone(), "r:1"),
+        ChannelKind::Waba,
+        closed,
+    )
+    .await
+    .unwrap();
+    let read = Reply::MarkRead {
+        message_id: "wamid.X".into(),
+        typing: false,
+    };
+    out.send(&waba_msg("1", read, "r:2"), ChannelKind::Waba, closed)
+        .await
+        .unwrap();
+    assert_eq!(graph.count(), 2);
+
+    let e = out
+        .send(
+            &personal_msg("1@c.us", template, "p:0"),
+            ChannelKind::Personal,
+            Window::NotApplicable,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        SendError::Rule(RuleError::TemplatesUnsupported {
+            kind: ChannelKind::Personal
+        })
+    );
+    let e = out
+        .send(
+            &personal_msg(
+                "1@c.us",
+                Reply::Interactive {
+                    interactive: json!({}),
+                },
+                "p:1",
+            ),
+            ChannelKind::Personal,
+            Window::NotApplicable,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        SendError::Rule(RuleError::UnsupportedOnChannel { .. })
+    ));
+    assert_eq!(waha.count(), 0);
+    // A refused reply claims nothing.
+    assert_eq!(get(&Keys::new(&prefix).sent(WABA, "r:0")).await, None);
+}
+
+#[tokio::test]
+async fn graph_error_paths() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let metrics = Metrics::new();
+    let out = outbound(
+        &prefix,
+        &Setup {
+            graph_url: graph.url(),
+            ..Setup::default()
+        },
+        metrics.clone(),
+    )
+    .await;
+    let keys = Keys::new(&prefix);
+    let send = |key: &str| {
+        let msg = waba_msg("1555", Reply::text("x"), key);
+        let out = out.clone();
+        async move { out.send(&msg, ChannelKind::Waba, OPEN).await }
+    };
+
+    // 131047: window closed, no retry, claim released.
+    graph.push(Answer::window_closed());
+    let e = send("k:131047").await.unwrap_err();
+    assert!(
+        matches!(e, SendError::WindowClosed { code: 131047, .. }),
+        "{e:?}"
+    );
+    assert!(e.closes_window());
+    assert_eq!(graph.count(), 1);
+    assert_eq!(get(&keys.sent(WABA, "k:131047")).await, None);
+
+    // 131026: undeliverable, no retry.
+    graph.push(Answer::undeliverable());
+    let e = send("k:131026").await.unwrap_err();
+    assert!(matches!(e, SendError::Undeliverable { .. }), "{e:?}");
+    assert_eq!(graph.count(), 2);
+
+    // 130429 then OK: retried.
+    graph.push(Answer::rate_limited());
+    send("k:130429").await.unwrap();
+    assert_eq!(graph.count(), 4);
+
+    // 131056 twice then OK: retried after 1x and 4x the pair base (25 ms, 100 ms).
+    graph.push(Answer::pair_rate_limited());
+    graph.push(Answer::pair_rate_limited());
+    send("k:131056").await.unwrap();
+    let reqs = graph.requests();
+    assert_eq!(reqs.len(), 7);
+    let gap1 = reqs[5].at - reqs[4].at;
+    let gap2 = reqs[6].at - reqs[5].at;
+    assert!(gap1 >= Duration::from_millis(25), "{gap1:?}");
+    assert!(gap2 >= Duration::from_millis(100), "{gap2:?}");
+
+    // 500 then OK: retried; 500 every time: Transient after max_attempts, claim released.
+    graph.push(Answer::server_error());
+    send("k:500").await.unwrap();
+    assert_eq!(graph.count(), 9);
+    for _ in 0..4 {
+        graph.push(Answer::server_error());
+    }
+    let e = send("k:500x4").await.unwrap_err();
+    assert!(
+        matches!(e, SendError::Transient { .. }) && e.is_retryable(),
+        "{e:?}"
+    );
+    assert_eq!(graph.count(), 13);
+    assert_eq!(get(&keys.sent(WABA, "k:500x4")).await, None);
+    send("k:500x4").await.unwrap();
+    assert_eq!(graph.count(), 14);
+
+    // 131000 (something went wrong) is transient too.
+    graph.push(Answer::graph_error(500, 131000, "Something went wrong"));
+    send("k:131000").await.unwrap();
+    assert_eq!(graph.count(), 16);
+
+    // A slow answer beyond the HTTP timeout: retried.
+    graph.push(Answer::slow(2_000));
+    send("k:slow").await.unwrap();
+    assert_eq!(graph.count(), 18);
+
+    // Other 4xx: rejected, no retry; the code may arrive as a string.
+    graph.push(Answer::GraphError {
+        status: 400,
+        code: json!("100"),
+        message: "(#100) Invalid parameter".into(),
+    });
+    let e = send("k:100").await.unwrap_err();
+    assert!(matches!(e, SendError::Rejected { code: 100, .. }), "{e:?}");
+    assert_eq!(graph.count(), 19);
+    let by = |outcome| {
+        metrics.counter(
+            "coexist_messages_sent_total",
+            &[("channel", WABA), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (
+            by("window_closed"),
+            by("undeliverable"),
+            by("transient"),
+            by("rejected")
+        ),
+        (1, 1, 1, 1)
+    );
+    let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
+    assert!(log.iter().any(|e| e.field("outcome") == "window_closed"
+        && e.field("key") == "k:131047"
+        && e.field("error").contains("131047")));
+}
+
+#[tokio::test]
+async fn token_refused_marks_the_channel_unhealthy() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let metrics = Metrics::new();
+    let setup = Setup {
+        graph_url: graph.url(),
+        ..Setup::default()
+    };
+    let out = outbound(&prefix, &setup, metrics.clone()).await;
+    let gauge = |m: &Metrics| {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with(&format!("coexist_channel_unhealthy{{channel=\"{WABA}\"}}")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+    assert_eq!(out.channel_health(WABA).await.unwrap(), None);
+
+    graph.push(Answer::unauthorized());
+    let e = out
+        .send(
+            &waba_msg("1", Reply::text("x"), "u:0"),
+            ChannelKind::Waba,
+            OPEN,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SendError::Unauthorized { .. }) && !e.is_retryable(),
+        "{e:?}"
+    );
+    assert_eq!(graph.count(), 1, "no retry");
+    assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+    // The flag is in Redis: another process (an operator command) sees it.
+    let other = outbound(&prefix, &setup, Metrics::new()).await;
+    let health = other.channel_health(WABA).await.unwrap().unwrap();
+    assert!(health.starts_with("unhealthy since"), "{health}");
+    assert!(!health.contains(TOKEN));
+
+    // Plain HTTP 401 without a Graph body counts too.
+    graph.push(Answer::Status(401));
+    let e = out
+        .send(
+            &waba_msg("1", Reply::text("x"), "u:1"),
+            ChannelKind::Waba,
+            OPEN,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SendError::Unauthorized { .. }), "{e:?}");
+
+    // A later success (token fixed) clears it.
+    out.send(
+        &waba_msg("1", Reply::text("x"), "u:2"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap();
+    assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+    assert_eq!(out.channel_health(WABA).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn dry_run_without_credentials() {
+    let graph = FakeServer::graph();
+    let metrics = Metrics::new();
+    let out = outbound(
+        &support::prefix(),
+        &Setup {
+            graph_url: graph.url(),
+            token: false,
+            waha_url: None,
+            ..Setup::default()
+        },
+        metrics.clone(),
+    )
+    .await;
+    let sent = out
+        .send(
+            &waba_msg("1", Reply::text("x"), "d:0"),
+            ChannelKind::Waba,
+            OPEN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.message_id, "dry-run:d:0");
+    let sent = out
+        .send(
+            &personal_msg("1@s.whatsapp.net", Reply::text("x"), "d:1"),
+            ChannelKind::Personal,
+            Window::NotApplicable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.message_id, "dry-run:d:1");
+    assert_eq!(graph.count(), 0);
+    assert_eq!(
+        metrics.counter(
+            "coexist_messages_sent_total",
+            &[("channel", WABA), ("outcome", "dry_run")]
+        ),
+        1
+    );
+    // Still once per key.
+    let again = out
+        .send(
+            &waba_msg("1", Reply::text("x"), "d:0"),
+            ChannelKind::Waba,
+            OPEN,
+        )
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+}
+
+#[tokio::test]
+async fn unknown_channel_and_memory_mode() {
+    let graph = FakeServer::graph();
+    let mut cfg = config(
+        &support::prefix(),
+        &Setup {
+            graph_url: graph.url(),
+            ..Setup::default()
+        },
+    );
+    cfg.redis = None;
+    let out = Outbound::with_options(&cfg, None, Metrics::new(), fast_options()).unwrap();
+    let e = out
+        .send(
+            &OutgoingMessage::new("nope", "1", Reply::text("x"), "n:0"),
+            ChannelKind::Waba,
+            OPEN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e, SendError::UnknownChannel("nope".into()));
+    let msg = waba_msg("1", Reply::text("x"), "m:0");
+    out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    assert!(
+        out.send(&msg, ChannelKind::Waba, OPEN)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(graph.count(), 1);
+    assert_eq!(out.outbox().memory_log(WABA).len(), 1);
+}
+
+#[tokio::test]
+async fn rate_wait_too_long_returns_rate_limited() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let cfg = config(
+        &prefix,
+        &Setup {
+            graph_url: graph.url(),
+            waba_extra: "pair_gap_ms = 0\nsend_rate_per_second = 1",
+            ..Setup::default()
+        },
+    );
+    let mut options = fast_options();
+    options.max_rate_wait = Duration::from_millis(100);
+    let out =
+        Outbound::with_options(&cfg, Some(connection().await), Metrics::new(), options).unwrap();
+    out.send(
+        &waba_msg("1", Reply::text("a"), "rl:0"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap();
+    let msg = waba_msg("2", Reply::text("b"), "rl:1");
+    let e = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap_err();
+    match e {
+        SendError::RateLimited {
+            retry_after: Some(d),
+        } => assert!(d > Duration::from_millis(500), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(graph.count(), 1);
+    // The claim was released: a retry after the hinted wait sends it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    assert_eq!(graph.count(), 2);
+}
+
+// ---------------------------------------------------------------- token bucket across processes
+
+/// Largest number of arrivals within any window of `width` starting at an arrival.
+fn max_in_window(arrivals: &[Instant], width: Duration) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| **t - sorted[i] < width)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn token_bucket_holds_across_two_processes() {
+    let graph = FakeServer::graph();
+    let prefix = support::prefix();
+    let setup = Setup {
+        graph_url: graph.url(),
+        waba_extra: "pair_gap_ms = 0\nsend_rate_per_second = 5",
+        ..Setup::default()
+    };
+    // Two independent instances with separate Redis connections, as two worker processes.
+    let a = outbound(&prefix, &setup, Metrics::new()).await;
+    let b = outbound(&prefix, &setup, Metrics::new()).await;
+    let started = Instant::now();
+    let task = |out: Outbound, name: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..12 {
+                let msg = waba_msg(
+                    &format!("1555{i}"),
+                    Reply::text("x"),
+                    &format!("{name}:{i}"),
+                );
+                out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+            }
+        })
+    };
+    let (ra, rb) = tokio::join!(task(a, "a"), task(b, "b"));
+    ra.unwrap();
+    rb.unwrap();
+    let arrivals: Vec<Instant> = graph.requests().iter().map(|r| r.at).collect();
+    assert_eq!(arrivals.len(), 24);
+    let peak = max_in_window(&arrivals, Duration::from_secs(1));
+    // rate 5/s + burst 5.
+    assert!(peak <= 10, "{peak} requests within one second");
+    // 24 sends at 5/s after a burst of 5 take at least (24 - 5) / 5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3_600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------- WAHA sender and pacing
+
+#[tokio::test]
+async fn waha_send_text_seen_typing_reaction() {
+    let waha = FakeServer::waha();
+    let out = outbound(
+        &support::prefix(),
+        &Setup {
+            waha_url: Some(waha.url()),
+            ..Setup::default()
+        },
+        Metrics::new(),
+    )
+    .await;
+    let na = Window::NotApplicable;
+    let mut msg = personal_msg(
+        "491711234567@s.whatsapp.net",
+        Reply::text("Hi there!"),
+        "w:0",
+    );
+    msg.reply_to = Some("false_491711234567@c.us_AAA".into());
+    let sent = out.send(&msg, ChannelKind::Personal, na).await.unwrap();
+    assert_eq!(sent.message_id, "true_491711234567@c.us_FAKE1");
+    let r = &waha.requests_to("/api/sendText")[0];
+    assert_eq!(r.header("x-api-key"), Some(WAHA_KEY));
+    assert_eq!(
+        r.body,
+        json!({"session":"default","chatId":"491711234567@c.us","text":"Hi there!",
+               "reply_to":"false_491711234567@c.us_AAA"})
+    );
+
+    let read = personal_msg(
+        "123456789@lid",
+        Reply::MarkRead {
+            message_id: "false_123456789@lid_BBB".into(),
+            typing: true,
+        },
+        "w:1",
+    );
+    out.send(&read, ChannelKind::Personal, na).await.unwrap();
+    let seen = waha.requests_to("/api/sendSeen");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].body,
+        json!({"session":"default","chatId":"123456789@lid"})
+    );
+    assert_eq!(waha.requests_to("/api/startTyping").len(), 1);
+
+    let react = personal_msg(
+        "1203630@g.us",
+        Reply::Reaction {
+            message_id: "false_1203630@g.us_CCC".into(),
+            emoji: "👍".into(),
+        },
+        "w:2",
+    );
+    out.send(&react, ChannelKind::Personal, na).await.unwrap();
+    let r = &waha.requests_to("/api/reaction")[0];
+    assert_eq!(r.method, "PUT");
+    assert_eq!(
+        r.body,
+        json!({"session":"default","messageId":"false_1203630@g.us_CCC","reaction":"👍"})
+    );
+}
+
+#[tokio::test]
+async fn waha_error_paths() {
+    let waha = FakeServer::waha();
+    let prefix = support::prefix();
+    let out = outbound(
+        &prefix,
+        &Setup {
+            waha_url: Some(waha.url()),
+            ..Setup::default()
+        },
+        Metrics::new(),
+    )
+    .await;
+    let send = |key: &str| {
+        let msg = personal_msg("1@c.us", Reply::text("x"), key);
+        let out = out.clone();
+        async move {
+            out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
+                .await
+        }
+    };
+    waha.push(Answer::Status(401));
+    let e = send("we:401").await.unwrap_err();
+    assert!(matches!(e, SendError::Unauthorized { .. }), "{e:?}");
+    assert!(out.channel_health(PERSONAL).await.unwrap().is_some());
+    waha.push(Answer::Status(500));
+    send("we:500").await.unwrap();
+    waha.push(Answer::Status(422));
+    let e = send("we:422").await.unwrap_err();
+    assert!(matches!(e, SendError::Rejected { code: 422, .. }), "{e:?}");
+    waha.push(Answer::slow(2_000));
+    send("we:slow").await.unwrap();
+    assert_eq!(waha.requests_to("/api/sendText").len(), 6);
+}
+
+#[tokio::test]
+async fn personal_pacing_per_chat_gap_and_per_minute_cap() {
+    let waha = FakeServer::waha();
+    let prefix = support::prefix();
+    // Per-chat gap 400 ms, jitter up to 100 ms, shared by two processes.
+    let setup = Setup {
+        waha_url: Some(waha.url()),
+        personal_extra:
+            "pair_gap_ms = 400\njitter_ms = 100\nmax_per_minute = 0\nsend_rate_per_second = 100",
+        ..Setup::default()
+    };
+    let a = outbound(&prefix, &setup, Metrics::new()).await;
+    let b = outbound(&prefix, &setup, Metrics::new()).await;
+    let task = |out: Outbound, name: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let msg = personal_msg(
+                    "491711234567@s.whatsapp.net",
+                    Reply::text("x"),
+                    &format!("{name}:{i}"),
+                );
+                out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let (ra, rb) = tokio::join!(task(a, "a"), task(b, "b"));
+    ra.unwrap();
+    rb.unwrap();
+    let mut sends: Vec<Instant> = waha
+        .requests_to("/api/sendText")
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    sends.sort();
+    assert_eq!(sends.len(), 6);
+    for w in sends.windows(2) {
+        let gap = w[1] - w[0];
+        // Arrivals may bunch by a few ms of scheduling noise; the reservations are 400 ms apart.
+        assert!(gap >= Duration::from_millis(380), "per-chat gap {gap:?}");
+    }
+    // Waiting sends show "typing…" first.
+    assert!(!waha.requests_to("/api/startTyping").is_empty());
+    assert_eq!(
+        waha.requests_to("/api/startTyping").len(),
+        waha.requests_to("/api/stopTyping").len()
+    );
+
+    // Per-minute cap: 300/min = one every 200 ms on the channel, different chats.
+    let waha = FakeServer::waha();
+    let prefix = support::prefix();
+    let setup = Setup {
+        waha_url: Some(waha.url()),
+        personal_extra:
+            "pair_gap_ms = 0\njitter_ms = 0\nmax_per_minute = 300\nsend_rate_per_second = 100",
+        ..Setup::default()
+    };
+    let out = outbound(&prefix, &setup, Metrics::new()).await;
+    for i in 0..4 {
+        let msg = personal_msg(
+            &format!("4917{i}@c.us"),
+            Reply::text("x"),
+            &format!("c:{i}"),
+        );
+        out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
+            .await
+            .unwrap();
+    }
+    let sends: Vec<Instant> = waha
+        .requests_to("/api/sendText")
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    for w in sends.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(180),
+            "{:?}",
+            w[1] - w[0]
+        );
+    }
+}
+
+// ---------------------------------------------------------------- one behaviour suite, two backends
+
+async fn rate_suite(rate: RateLimiter) {
+    let per_second = Limits {
+        channel: Bucket::per_second(5),
+        pair: None,
+        per_minute: None,
+        jitter_ms: 0,
+    };
+    let t0 = 1_700_000_000_000i64;
+    let take = |ch: &'static str,
+                contact: Option<&'static str>,
+                limits: Limits,
+                now: i64,
+                jitter: u64,
+                max: u64| {
+        let rate = rate.clone();
+        async move {
+            rate.take(ch, contact, &limits, now, jitter, max)
+                .await
+                .unwrap()
+        }
+    };
+    // Burst of 5, then one every 200 ms.
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        waits.push(take("c1", Some("a"), per_second.clone(), t0, 0, 10_000).await);
+    }
+    let ready = |w| Take::Ready { wait_ms: w };
+    let not_yet = |w| Take::NotYet { wait_ms: w };
+    assert_eq!(
+        waits,
+        [
+            ready(0),
+            ready(0),
+            ready(0),
+            ready(0),
+            ready(0),
+            ready(200),
+            ready(400)
+        ]
+    );
+    // Too far: nothing reserved, the same wait is offered again.
+    assert_eq!(
+        take("c1", Some("a"), per_second.clone(), t0, 0, 100).await,
+        Take::NotYet { wait_ms: 600 }
+    );
+    assert_eq!(
+        take("c1", Some("a"), per_second.clone(), t0, 0, 600).await,
+        ready(600)
+    );
+    // Time passes: refilled.
+    assert_eq!(
+        take("c1", None, per_second.clone(), t0 + 10_000, 0, 0).await,
+        ready(0)
+    );
+    // Channels are independent.
+    assert_eq!(
+        take("c2", Some("a"), per_second.clone(), t0, 0, 0).await,
+        ready(0)
+    );
+
+    // Pair: a per-contact gate, independent of other contacts (a chat waiting for its gap
+    // books nothing, so it never holds up the channel); read receipts (no contact) skip it.
+    let pair = Limits {
+        channel: Bucket::per_second(100),
+        pair: Bucket::gap(1_000, 1),
+        per_minute: None,
+        jitter_ms: 0,
+    };
+    assert_eq!(
+        take("c3", Some("a"), pair.clone(), t0, 0, 10_000).await,
+        ready(0)
+    );
+    assert_eq!(
+        take("c3", Some("a"), pair.clone(), t0, 0, 10_000).await,
+        not_yet(1_000)
+    );
+    assert_eq!(
+        take("c3", Some("b"), pair.clone(), t0, 0, 10_000).await,
+        ready(0)
+    );
+    assert_eq!(
+        take("c3", None, pair.clone(), t0, 0, 10_000).await,
+        ready(0)
+    );
+    // WABA-style pair burst: 3 at once, then one per gap.
+    let burst = Limits {
+        channel: None,
+        pair: Bucket::gap(6_000, 3),
+        per_minute: None,
+        jitter_ms: 0,
+    };
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        waits.push(take("c4", Some("a"), burst.clone(), t0, 0, 60_000).await);
+    }
+    assert_eq!(waits, [ready(0), ready(0), ready(0), not_yet(6_000)]);
+
+    // Jitter moves the slot, and the next slot is counted from it (gaps hold on arrival).
+    assert_eq!(
+        take("c5", Some("a"), pair.clone(), t0, 70, 10_000).await,
+        ready(70)
+    );
+    assert_eq!(
+        take("c5", Some("a"), pair.clone(), t0, 0, 10_000).await,
+        not_yet(1_070)
+    );
+
+    // Per-minute cap: 60/min = one per second, burst 1, across contacts.
+    let cap = Limits {
+        channel: None,
+        pair: None,
+        per_minute: Bucket::per_minute(60),
+        jitter_ms: 0,
+    };
+    assert_eq!(
+        take("c6", Some("a"), cap.clone(), t0, 0, 10_000).await,
+        ready(0)
+    );
+    assert_eq!(
+        take("c6", Some("b"), cap.clone(), t0, 0, 10_000).await,
+        ready(1_000)
+    );
+    assert_eq!(take("c6", None, cap.clone(), t0, 0, 10_000).await, ready(0));
+
+    // Several limits agree on one slot; a refusal reserves in none of them.
+    let all = Limits {
+        channel: Bucket::per_second(1),
+        pair: Bucket::gap(3_000, 1),
+        per_minute: None,
+        jitter_ms: 0,
+    };
+    assert_eq!(
+        take("c7", Some("a"), all.clone(), t0, 0, 10_000).await,
+        ready(0)
+    );
+    assert_eq!(
+        take("c7", Some("a"), all.clone(), t0, 0, 1_000).await,
+        Take::NotYet { wait_ms: 3_000 }
+    );
+    // The channel bucket was not charged by the refusal: another contact goes at 1 s.
+    assert_eq!(
+        take("c7", Some("b"), all.clone(), t0, 0, 10_000).await,
+        ready(1_000)
+    );
+    assert_eq!(
+        take("c7", Some("a"), all.clone(), t0, 0, 10_000).await,
+        not_yet(3_000)
+    );
+    // When the gap has passed, the channel slot after b's (t0 + 2 s) is free at t0 + 3 s.
+    assert_eq!(
+        take("c7", Some("a"), all.clone(), t0 + 3_000, 0, 10_000).await,
+        ready(0)
+    );
+    // Too far for the caller: nothing reserved, same answer again.
+    assert_eq!(
+        take("c7", Some("c"), all.clone(), t0 + 3_000, 0, 500).await,
+        not_yet(1_000)
+    );
+    assert_eq!(
+        take("c7", Some("c"), all.clone(), t0 + 3_000, 0, 1_000).await,
+        ready(1_000)
+    );
+}
+
+#[tokio::test]
+async fn rate_suite_redis() {
+    rate_suite(RateLimiter::redis(connection().await, support::keys())).await;
+}
+
+#[tokio::test]
+async fn rate_suite_memory() {
+    rate_suite(RateLimiter::memory(support::keys())).await;
+}
+
+async fn outbox_suite(o: Outbox) {
+    let m = waba_msg("1555", Reply::text("x"), "ev:0");
+    let OutboxState::Claimed { marker } = o.record(&m, 1_000).await.unwrap() else {
+        panic!("a fresh key is claimed")
+    };
+    assert!(marker.starts_with("pending:1000:"), "{marker}");
+    let OutboxState::InFlight {
+        since_ms,
+        marker: seen,
+    } = o.record(&m, 2_000).await.unwrap()
+    else {
+        panic!("a claimed key is in flight")
+    };
+    assert_eq!((since_ms, seen.as_str()), (1_000, marker.as_str()));
+    assert_eq!(
+        o.get(WABA, "ev:0", 2_000).await.unwrap(),
+        Some(marker.clone())
+    );
+
+    // Take-over is conditional on the marker seen.
+    let OutboxState::Claimed { marker: mine } = o.take_over(&m, &seen, 3_000).await.unwrap() else {
+        panic!("take-over of the seen marker")
+    };
+    assert!(matches!(
+        o.take_over(&m, &seen, 3_001).await.unwrap(),
+        OutboxState::InFlight {
+            since_ms: 3_000,
+            ..
+        }
+    ));
+    // A failure releases only our own claim.
+    let err = SendError::Transient { detail: "x".into() };
+    o.mark_failed(&m, &marker, &err, 3_002).await.unwrap();
+    assert!(matches!(
+        o.record(&m, 3_003).await.unwrap(),
+        OutboxState::InFlight { .. }
+    ));
+    o.mark_failed(&m, &mine, &err, 3_004).await.unwrap();
+    let OutboxState::Claimed { .. } = o.record(&m, 3_005).await.unwrap() else {
+        panic!("released")
+    };
+
+    // Sent: skipped from now on, message id maps back to the conversation.
+    o.mark_sent(&m, &Sent::new("wamid.S"), 4_000).await.unwrap();
+    assert_eq!(
+        o.record(&m, 5_000).await.unwrap(),
+        OutboxState::AlreadySent("wamid.S".into())
+    );
+    assert_eq!(
+        o.lookup_message(WABA, "wamid.S", 5_000).await.unwrap(),
+        Some(SentRef {
+            outbox_key: "ev:0".into(),
+            conversation: "1555".into()
+        })
+    );
+    // A status never overwrites a recorded send; it completes a pending one.
+    assert!(!o
+        .mark_status_seen(WABA, "ev:0", "wamid.OTHER", 5_000)
+        .await
+        .unwrap());
+    let m1 = waba_msg("1555", Reply::text("y"), "ev:1");
+    o.record(&m1, 6_000).await.unwrap();
+    assert!(o
+        .mark_status_seen(WABA, "ev:1", "wamid.T", 6_100)
+        .await
+        .unwrap());
+    assert_eq!(
+        o.record(&m1, 6_200).await.unwrap(),
+        OutboxState::AlreadySent("wamid.T".into())
+    );
+    // Read receipts leave no message-id mapping.
+    let read = waba_msg(
+        "1555",
+        Reply::MarkRead {
+            message_id: "wamid.IN".into(),
+            typing: false,
+        },
+        "ev:2",
+    );
+    o.record(&read, 7_000).await.unwrap();
+    o.mark_sent(&read, &Sent::new("wamid.IN"), 7_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        o.lookup_message(WABA, "wamid.IN", 7_000).await.unwrap(),
+        None
+    );
+    // Health flag.
+    assert_eq!(o.health(WABA, 8_000).await.unwrap(), None);
+    o.set_unhealthy(WABA, "token expired", 8_000).await.unwrap();
+    assert_eq!(
+        o.health(WABA, 8_001).await.unwrap().as_deref(),
+        Some("unhealthy since 8000: token expired")
+    );
+    o.clear_health(WABA).await.unwrap();
+    assert_eq!(o.health(WABA, 8_002).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn outbox_suite_redis() {
+    let keys = support::keys();
+    let o = Outbox::redis(connection().await, keys.clone(), OutboxOptions::default());
+    outbox_suite(o).await;
+    // The audit stream: one entry per outcome (2 failures, 2 sends).
+    let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
+    let outcomes: Vec<&str> = log.iter().map(|e| e.field("outcome")).collect();
+    assert_eq!(outcomes, ["transient", "transient", "sent", "sent"]);
+    assert_eq!(log[2].field("reply"), r#"{"type":"text","text":"x"}"#);
+    assert_eq!(log[2].field("to"), "1555");
+}
+
+#[tokio::test]
+async fn outbox_suite_memory() {
+    let o = Outbox::memory(support::keys(), OutboxOptions::default());
+    outbox_suite(o.clone()).await;
+    assert_eq!(o.memory_log(WABA).len(), 4);
+}
