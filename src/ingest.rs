@@ -5,7 +5,9 @@
 
 use crate::config::{Config, Secret};
 use crate::event::Event;
+use crate::event::EventType;
 use crate::metrics::Metrics;
+use crate::outbound::Outbox;
 use crate::queue::{Enqueued, NewEvent, Queue, QueueError};
 use crate::routing::{Route, Router};
 use crate::verify::{self, SignatureError};
@@ -47,6 +49,8 @@ pub struct Ingest {
     verify_token: Option<Secret>,
     personal_secrets: HashMap<String, Vec<Secret>>,
     metrics: Metrics,
+    /// Where statuses of our own sends are recorded as soon as they arrive (see `enqueue`).
+    outbox: Option<Outbox>,
 }
 
 pub fn now_ms() -> i64 {
@@ -66,7 +70,17 @@ impl Ingest {
                 .map(|c| (c.id.clone(), c.webhook_secrets.clone()))
                 .collect(),
             metrics,
+            outbox: None,
         }
+    }
+
+    /// Records statuses that carry our outbox key (`biz_opaque_callback_data`) in `outbox` as
+    /// they arrive. A worker recovering an in-flight send after a crash waits for exactly this
+    /// signal; the status event itself sits behind the blocked event in the partition, so
+    /// ingress is the only place that can give it in time.
+    pub fn with_outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn queue(&self) -> &Queue {
@@ -152,7 +166,25 @@ impl Ingest {
                 }
             }
         }
+        self.record_own_statuses(&events, &routes, received_at).await;
         Ok(accepted)
+    }
+}
+
+impl Ingest {
+    async fn record_own_statuses(&self, events: &[Event], routes: &[Route], now_ms: i64) {
+        let Some(outbox) = &self.outbox else { return };
+        for (event, route) in events.iter().zip(routes) {
+            let Some(status) = event.status.as_ref().filter(|_| event.event_type == EventType::Status) else {
+                continue;
+            };
+            let Some(key) = &status.biz_opaque_callback_data else { continue };
+            // Best effort: the event is durably queued already; without this mark a recovering
+            // worker only waits its bounded time before resending.
+            if let Err(e) = outbox.mark_status_seen(&route.channel, key, &status.message_id, now_ms).await {
+                tracing::warn!(channel = %route.channel, error = %e, "could not record a status in the outbox");
+            }
+        }
     }
 }
 

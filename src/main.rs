@@ -172,7 +172,11 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
     actix_web::rt::System::new().block_on(async move {
         let metrics = coexist::metrics::Metrics::new();
         let queue = coexist::runtime::connect_queue(&config).await?;
-        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
+        let outbox = coexist::runtime::ingress_outbox(&queue);
+        let mut ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
+        if let Some(outbox) = outbox {
+            ingest = ingest.with_outbox(outbox);
+        }
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "ingress listening");
@@ -222,8 +226,9 @@ fn run_all(config_path: &Path) -> Result<ExitCode> {
         let queue = coexist::runtime::connect_queue(&config).await?;
         let worker = coexist::runtime::worker(&config, queue.clone(), metrics.clone(), coexist::worker::worker_id())?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let outbox = worker.outbox();
         let worker_task = tokio::spawn(worker.run(stopped));
-        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
+        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics).with_outbox(outbox);
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");

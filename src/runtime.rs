@@ -71,3 +71,17 @@ pub fn outbound(config: &Config, queue: &Queue, metrics: Metrics) -> anyhow::Res
     };
     Outbound::new(config, connection, metrics).map_err(|e| anyhow::anyhow!("cannot set up the sender: {e}"))
 }
+
+/// The outbox a stand-alone ingress (`serve`) records statuses of our own sends into: the
+/// workers' outbox in the same Redis. With the in-memory queue there is no worker in a
+/// `serve` process, so nothing to tell.
+pub fn ingress_outbox(queue: &Queue) -> Option<crate::outbound::Outbox> {
+    match queue {
+        Queue::Redis(q) => Some(crate::outbound::Outbox::redis(
+            q.conn(),
+            q.keys().clone(),
+            crate::outbound::OutboxOptions::default(),
+        )),
+        Queue::Memory(_) => None,
+    }
+}

@@ -95,7 +95,9 @@ fn start_ingress(config: Config) -> Ingress {
                 .await
                 .unwrap();
             let metrics = Metrics::new();
-            let ingest = Ingest::new(&config, Queue::Redis(queue), metrics.clone());
+            let queue = Queue::Redis(queue);
+            let outbox = coexist::runtime::ingress_outbox(&queue).expect("redis ingress has an outbox");
+            let ingest = Ingest::new(&config, queue, metrics.clone()).with_outbox(outbox);
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             let state = AppState { ingest, max_body_bytes: config.server.max_body_bytes };
@@ -402,4 +404,28 @@ async fn business_scoped_ids_keep_one_conversation() {
     assert_eq!(a2.3, "15551230000", "the business-scoped id resolves to the first conversation");
     assert_eq!(a1.1, a2.1, "same partition, so order is kept");
     assert_eq!(a2.2.message.as_ref().unwrap().text.as_deref(), Some("café"));
+}
+
+/// A status of one of our own sends (it carries our outbox key in `biz_opaque_callback_data`)
+/// is recorded in the outbox as it arrives, so a worker recovering an in-flight send sees it
+/// without waiting for the status to come through the (blocked) partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_of_our_sends_reach_the_outbox_on_arrival() {
+    let url = support::shared_url();
+    let prefix = support::prefix();
+    let keys = Keys::new(prefix.clone());
+    let ingress = start_ingress(config(&url, &prefix, 4 * 1024 * 1024));
+    let name = "meta/status_biz_opaque_callback_data.json";
+    let body = std::fs::read(fixtures_dir().join(name)).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let status = &value["entry"][0]["changes"][0]["value"]["statuses"][0];
+    let outbox_key = status["biz_opaque_callback_data"].as_str().unwrap();
+    let wamid = status["id"].as_str().unwrap();
+
+    let mut con = support::connection(&url).await;
+    let before: Option<String> = redis::cmd("GET").arg(keys.sent(WABA, outbox_key)).query_async(&mut con).await.unwrap();
+    assert_eq!(before, None);
+    assert_eq!(post_fixture(&ingress.base, name).await.status(), 200);
+    let after: Option<String> = redis::cmd("GET").arg(keys.sent(WABA, outbox_key)).query_async(&mut con).await.unwrap();
+    assert_eq!(after, Some(format!("sent:{wamid}")));
 }

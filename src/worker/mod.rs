@@ -130,6 +130,11 @@ impl Worker {
         &self.shared.id
     }
 
+    /// The sender's outbox, so an ingress in the same process records statuses into it.
+    pub fn outbox(&self) -> crate::outbound::Outbox {
+        self.shared.outbound.outbox().clone()
+    }
+
     /// Runs until `shutdown` turns true: then stops reading, finishes in-flight events,
     /// releases every lease and returns.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
