@@ -14,6 +14,9 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Shared state of the HTTP workers.
 #[derive(Clone)]
@@ -165,17 +168,28 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.ingest.metrics().render())
 }
 
-/// The routes, for `App::configure` (tests use it with `actix_web::test` without a socket).
-pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
-    move |cfg| {
-        cfg.app_data(web::Data::new(state))
-            .route("/webhooks/meta", web::get().to(meta_handshake))
+/// The routes, for `App::configure`; the handlers read `web::Data<AppState>`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks/meta", web::get().to(meta_handshake))
             .route("/webhooks/meta", web::post().to(meta_post))
             .route("/webhooks/personal/{channel}", web::post().to(personal_post))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics));
-    }
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Builds the state of one HTTP worker thread. Called once per worker, on that worker's own
+/// runtime, so a Redis connection made here is driven by the same thread that serves the
+/// requests (no hop to another thread per request).
+pub type StateFactory =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AppState, String>>>> + Send + Sync>;
+
+/// A factory that hands every worker the same state (the in-memory queue, tests).
+pub fn shared_state(state: AppState) -> StateFactory {
+    Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move { Ok(state) })
+    })
 }
 
 /// Serves on an already bound listener (tests bind port 0) until the server is stopped.
@@ -184,7 +198,19 @@ pub fn server(
     listener: std::net::TcpListener,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let mut server = HttpServer::new(move || App::new().configure(configure(state.clone())))
+    server_with(shared_state(state), listener, workers)
+}
+
+/// Like [`server`], with state built per HTTP worker by `factory`.
+pub fn server_with(
+    factory: StateFactory,
+    listener: std::net::TcpListener,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let mut server = HttpServer::new(move || {
+        let factory = factory.clone();
+        App::new().data_factory(move || factory()).configure(routes)
+    })
         .backlog(4096)
         .max_connection_rate(1024)
         .shutdown_timeout(10)

@@ -9,6 +9,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "coexist", version, about = "WhatsApp Business API and WhatsApp Personal channels side by side")]
 struct Cli {
@@ -168,20 +171,33 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
 }
 
 fn serve(config_path: &Path) -> Result<ExitCode> {
-    let config = load_config(config_path)?;
+    let config = std::sync::Arc::new(load_config(config_path)?);
     actix_web::rt::System::new().block_on(async move {
         let metrics = coexist::metrics::Metrics::new();
+        // Connect once up front so a wrong URL or a Redis that is down fails at start-up.
         let queue = coexist::runtime::connect_queue(&config).await?;
-        let outbox = coexist::runtime::ingress_outbox(&queue);
-        let mut ingest = coexist::ingest::Ingest::new(&config, queue, metrics);
-        if let Some(outbox) = outbox {
-            ingest = ingest.with_outbox(outbox);
-        }
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "ingress listening");
-        let state = coexist::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
-        coexist::ingress::server(state, listener, config.server.workers)?.await?;
+        let workers = config.server.workers;
+        let factory: coexist::ingress::StateFactory = match queue {
+            // One Redis connection per HTTP worker, made on the worker's own thread.
+            coexist::queue::Queue::Redis(_) => std::sync::Arc::new(move || {
+                let (config, metrics) = (config.clone(), metrics.clone());
+                Box::pin(async move {
+                    let queue = coexist::runtime::connect_queue(&config).await.map_err(|e| format!("{e:#}"))?;
+                    Ok(coexist::ingress::AppState {
+                        ingest: coexist::runtime::ingest(&config, queue, metrics),
+                        max_body_bytes: config.server.max_body_bytes,
+                    })
+                })
+            }),
+            memory => coexist::ingress::shared_state(coexist::ingress::AppState {
+                ingest: coexist::runtime::ingest(&config, memory, metrics),
+                max_body_bytes: config.server.max_body_bytes,
+            }),
+        };
+        coexist::ingress::server_with(factory, listener, workers)?.await?;
         Ok(ExitCode::SUCCESS)
     })
 }

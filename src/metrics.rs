@@ -1,9 +1,10 @@
 //! A small Prometheus text registry: labelled counters and histograms, rendered on `/metrics`.
 //!
-//! Hand-rolled (a few dozen lines) instead of a metrics crate: the hot path is one read lock
-//! and one atomic add per series, and the output is the plain text format.
+//! Hand-rolled (a few dozen lines) instead of a metrics crate. The hot path allocates nothing:
+//! a series is found by a 64-bit FNV hash of its name and labels (one read lock, one map
+//! lookup, one atomic add); its text form is built once, when the series is first seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -29,6 +30,8 @@ const HELP: &[(&str, &str, &str)] = &[
 /// Upper bounds of histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// Counts per bucket are stored non-cumulatively (one atomic add per observation) and summed
+/// when rendered.
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -42,11 +45,31 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+/// Series by hash: the rendered `name{labels}` and the value.
+type Series<T> = RwLock<HashMap<u64, (String, Arc<T>)>>;
+
 #[derive(Default)]
 struct Inner {
-    counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
-    gauges: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
-    histograms: RwLock<BTreeMap<String, Arc<Histogram>>>,
+    counters: Series<AtomicU64>,
+    gauges: Series<AtomicU64>,
+    histograms: Series<Histogram>,
+}
+
+/// FNV-1a over the name and labels, with separators so ("ab","c") ≠ ("a","bc").
+fn series_hash(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8], sep: u8| {
+        for b in bytes.iter().chain(std::iter::once(&sep)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(name.as_bytes(), 0xff);
+    for (k, v) in labels {
+        eat(k.as_bytes(), 0xfe);
+        eat(v.as_bytes(), 0xfd);
+    }
+    h
 }
 
 fn series(name: &str, labels: &[(&str, &str)]) -> String {
@@ -74,11 +97,26 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
     s
 }
 
-fn get_or_insert<T: Default>(map: &RwLock<BTreeMap<String, Arc<T>>>, key: String) -> Arc<T> {
-    if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+fn get_or_insert<T: Default>(map: &Series<T>, name: &str, labels: &[(&str, &str)]) -> Arc<T> {
+    let hash = series_hash(name, labels);
+    if let Some((_, v)) = map.read().unwrap_or_else(|e| e.into_inner()).get(&hash) {
         return v.clone();
     }
-    map.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+    map.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(hash)
+        .or_insert_with(|| (series(name, labels), Arc::default()))
+        .1
+        .clone()
+}
+
+/// The series sorted by their text, for a stable exposition.
+fn sorted<T>(map: &Series<T>) -> BTreeMap<String, Arc<T>> {
+    map.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl Metrics {
@@ -91,19 +129,17 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &str, labels: &[(&str, &str)], n: u64) {
-        get_or_insert(&self.inner.counters, series(name, labels)).fetch_add(n, Ordering::Relaxed);
+        get_or_insert(&self.inner.counters, name, labels).fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn set_gauge(&self, name: &str, labels: &[(&str, &str)], value: u64) {
-        get_or_insert(&self.inner.gauges, series(name, labels)).store(value, Ordering::Relaxed);
+        get_or_insert(&self.inner.gauges, name, labels).store(value, Ordering::Relaxed);
     }
 
     pub fn observe_seconds(&self, name: &str, labels: &[(&str, &str)], seconds: f64) {
-        let h = get_or_insert(&self.inner.histograms, series(name, labels));
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                h.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        let h = get_or_insert(&self.inner.histograms, name, labels);
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         h.count.fetch_add(1, Ordering::Relaxed);
         h.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
@@ -115,8 +151,8 @@ impl Metrics {
             .counters
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&series(name, labels))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+            .get(&series_hash(name, labels))
+            .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
     /// The Prometheus text exposition format.
@@ -131,23 +167,25 @@ impl Metrics {
                 }
             }
         };
-        for (k, v) in self.inner.counters.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (k, v) in sorted(&self.inner.counters).iter() {
             describe(&mut out, k);
             let _ = writeln!(out, "{k} {}", v.load(Ordering::Relaxed));
         }
-        for (k, v) in self.inner.gauges.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (k, v) in sorted(&self.inner.gauges).iter() {
             describe(&mut out, k);
             let _ = writeln!(out, "{k} {}", v.load(Ordering::Relaxed));
         }
-        for (k, h) in self.inner.histograms.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (k, h) in sorted(&self.inner.histograms).iter() {
             describe(&mut out, k);
             let (name, labels) = match k.split_once('{') {
                 Some((n, l)) => (n, l.trim_end_matches('}').to_string()),
                 None => (k.as_str(), String::new()),
             };
             let sep = if labels.is_empty() { "" } else { "," };
+            let mut cumulative = 0;
             for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}", h.buckets[i].load(Ordering::Relaxed));
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
             }
             let count = h.count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");

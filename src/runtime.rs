@@ -58,9 +58,82 @@ pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
 
 /// A worker for this process, sharing `queue` (and its Redis connection).
 pub fn worker(config: &Config, queue: Queue, metrics: Metrics, id: String) -> anyhow::Result<Worker> {
+    let bot = bot(config, &id);
+    worker_with_bot(config, queue, metrics, id, bot)
+}
+
+/// A worker running your own bot (e.g. a [`crate::bot::Router`]) instead of `[bot] mode`.
+pub fn worker_with_bot(
+    config: &Config,
+    queue: Queue,
+    metrics: Metrics,
+    id: String,
+    bot: Arc<dyn Bot>,
+) -> anyhow::Result<Worker> {
     let store = conversation_store(config, &queue);
     let outbound = outbound(config, &queue, metrics.clone())?;
-    Ok(Worker::new(config, queue, store, bot(config, &id), outbound, metrics, id))
+    Ok(Worker::new(config, queue, store, bot, outbound, metrics, id))
+}
+
+/// A watch that turns true on SIGTERM / SIGINT (call it inside a tokio runtime).
+pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            tracing::error!("cannot listen for SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// What `coexist work` does, with your bot: a worker process on the configured Redis, until
+/// SIGTERM / SIGINT (then in-flight events finish and leases are released).
+pub fn work_with_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
+    if config.redis.is_none() {
+        anyhow::bail!("a worker shares its queue with other processes through Redis: add a [redis] table, or run ingress and worker together (`run_with_bot`)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let metrics = Metrics::new();
+        let queue = connect_queue(config).await?;
+        let worker = worker_with_bot(config, queue, metrics, crate::worker::worker_id(), bot)?;
+        worker.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// What `coexist run` does, with your bot: ingress, worker and sender in one process (on the
+/// embedded in-memory queue without `[redis]`), until SIGTERM / SIGINT.
+pub fn run_with_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let system = actix_web::rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    });
+    system.block_on(async move {
+        let metrics = Metrics::new();
+        let queue = connect_queue(config).await?;
+        let worker = worker_with_bot(config, queue.clone(), metrics.clone(), crate::worker::worker_id(), bot)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker_task = tokio::spawn(worker.run(stopped));
+        let ingest = crate::ingest::Ingest::new(config, queue, metrics);
+        let listener = std::net::TcpListener::bind(&config.server.listen)
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
+        let state = crate::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
+        // The HTTP server stops on SIGTERM / SIGINT; then the worker finishes in-flight events.
+        let served = crate::ingress::server(state, listener, config.server.workers)?.await;
+        let _ = stop.send(true);
+        worker_task.await??;
+        served?;
+        Ok(())
+    })
 }
 
 /// The sender next to `queue`: outbox and rate limits in the same Redis, or in memory.
@@ -83,5 +156,15 @@ pub fn ingress_outbox(queue: &Queue) -> Option<crate::outbound::Outbox> {
             crate::outbound::OutboxOptions::default(),
         )),
         Queue::Memory(_) => None,
+    }
+}
+
+/// The ingress pipeline for `queue`, recording statuses of our own sends in its outbox.
+pub fn ingest(config: &Config, queue: Queue, metrics: Metrics) -> crate::ingest::Ingest {
+    let outbox = ingress_outbox(&queue);
+    let ingest = crate::ingest::Ingest::new(config, queue, metrics);
+    match outbox {
+        Some(outbox) => ingest.with_outbox(outbox),
+        None => ingest,
     }
 }

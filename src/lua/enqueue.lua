@@ -15,6 +15,8 @@
 -- The seen marker is written last: a script that fails half way (e.g. OOM on XADD) leaves no
 -- marker, so the sender's retry is not mistaken for a duplicate. Scripts run atomically, so
 -- checking with EXISTS first and setting at the end is as safe as SET NX up front.
+--
+-- Cost per event on the hot path (a known contact): EXISTS, HMGET, XADD, SET.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0}
@@ -26,10 +28,16 @@ local conversation = ''
 
 local n = (#ARGV - 3) / 2
 if n >= 1 then
-  local value = false
+  local ids = {}
   for i = 0, n - 1 do
-    value = redis.call('HGET', KEYS[2], ARGV[4 + 2 * i])
-    if value then
+    ids[i + 1] = ARGV[4 + 2 * i]
+  end
+  -- One round for every id of this person; the first one known names the conversation.
+  local known = redis.call('HMGET', KEYS[2], unpack(ids))
+  local value = false
+  for i = 1, n do
+    if known[i] then
+      value = known[i]
       break
     end
   end
@@ -44,10 +52,12 @@ if n >= 1 then
     partition = partition % partitions
     value = partition .. ':' .. conversation
   end
-  -- Learn every id of this person: a later payload carrying only one of them still lands
-  -- in the same conversation and partition.
-  for i = 0, n - 1 do
-    redis.call('HSETNX', KEYS[2], ARGV[4 + 2 * i], value)
+  -- Learn the ids not known yet: a later payload carrying only one of them still lands in
+  -- the same conversation and partition. Known ids keep their first mapping.
+  for i = 1, n do
+    if not known[i] then
+      redis.call('HSETNX', KEYS[2], ids[i], value)
+    end
   end
 end
 
