@@ -72,7 +72,10 @@ mod tests {
 
     #[test]
     fn kind_serializes_lowercase() {
-        assert_eq!(serde_json::to_string(&ChannelKind::Personal).unwrap(), "\"personal\"");
+        assert_eq!(
+            serde_json::to_string(&ChannelKind::Personal).unwrap(),
+            "\"personal\""
+        );
         let k: ChannelKind = serde_json::from_str("\"waba\"").unwrap();
         assert_eq!(k, ChannelKind::Waba);
     }

@@ -33,9 +33,16 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: line {line}: {message}")]
-    Invalid { path: String, line: usize, message: String },
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Missing { path: String, message: String },
 }
@@ -230,9 +237,13 @@ struct RawWorker {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::from_toml(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// Parses `text`; `env` looks up variables for `${VAR}` (injected so tests need no globals).
@@ -244,7 +255,11 @@ impl Config {
         let ctx = Ctx { text, path, env };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| ctx.line(s.start)).unwrap_or(1);
-            ConfigError::Invalid { path: path.into(), line, message: e.message().trim().to_string() }
+            ConfigError::Invalid {
+                path: path.into(),
+                line,
+                message: e.message().trim().to_string(),
+            }
         })?;
         ctx.build(raw)
     }
@@ -255,9 +270,13 @@ impl Config {
 
     /// A config with no channels and the embedded queue: what `parse` uses without `--config`.
     pub fn empty() -> Config {
-        Ctx { text: "", path: "", env: &|_| None }
-            .build(RawFile::default())
-            .expect("the empty config is valid")
+        Ctx {
+            text: "",
+            path: "",
+            env: &|_| None,
+        }
+        .build(RawFile::default())
+        .expect("the empty config is valid")
     }
 }
 
@@ -269,10 +288,18 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
-    fn err<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl fmt::Display) -> Result<T, ConfigError> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError::Invalid {
             path: self.path.into(),
             line: self.line(span.start),
@@ -282,20 +309,34 @@ impl Ctx<'_> {
 
     /// Expands `${VAR}` and `${VAR:-default}`. `Ok(None)`: a variable it needs is unset.
     fn expand(&self, value: &Spanned<String>, key: &str) -> Result<Option<String>, ConfigError> {
-        expand_vars(value.get_ref(), self.env)
-            .map_err(|m| ConfigError::Invalid { path: self.path.into(), line: self.line(value.span().start), message: format!("`{key}`: {m}") })
+        expand_vars(value.get_ref(), self.env).map_err(|m| ConfigError::Invalid {
+            path: self.path.into(),
+            line: self.line(value.span().start),
+            message: format!("`{key}`: {m}"),
+        })
     }
 
     /// A required plain value (variables allowed, all must be set).
     fn required(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         match self.expand(value, key)? {
             Some(v) => Ok(v),
-            None => self.err(value.span(), key, format!("{} uses an environment variable that is not set", value.get_ref())),
+            None => self.err(
+                value.span(),
+                key,
+                format!(
+                    "{} uses an environment variable that is not set",
+                    value.get_ref()
+                ),
+            ),
         }
     }
 
     /// An optional secret: an unset variable means "not configured".
-    fn secret(&self, value: &Option<Spanned<String>>, key: &str) -> Result<Option<Secret>, ConfigError> {
+    fn secret(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
         let Some(v) = value else { return Ok(None) };
         warn_if_literal_secret(v.get_ref(), key);
         Ok(self.expand(v, key)?.filter(|s| !s.is_empty()).map(Secret))
@@ -361,21 +402,42 @@ impl Ctx<'_> {
             let c = spanned.get_ref();
             let key = |k: &str| format!("channels[{i}].{k}");
             let id = self.required(&c.id, &key("id"))?;
-            if id.is_empty() || id.starts_with('_') || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            if id.is_empty()
+                || id.starts_with('_')
+                || !id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
                 return self.err(c.id.span(), &key("id"), format!("{id:?} is not a valid channel id (letters, digits, '-', '_', '.'; not starting with '_')"));
             }
             if let Some(prev) = ids.insert(id.clone(), self.line(c.id.span().start)) {
-                return self.err(c.id.span(), &key("id"), format!("duplicate channel id {id:?} (first defined on line {prev})"));
+                return self.err(
+                    c.id.span(),
+                    &key("id"),
+                    format!("duplicate channel id {id:?} (first defined on line {prev})"),
+                );
             }
             let kind = match c.kind.get_ref().as_str() {
                 "waba" => ChannelKind::Waba,
                 "personal" => ChannelKind::Personal,
-                other => return self.err(c.kind.span(), &key("kind"), format!("unknown kind {other:?} (expected \"waba\" or \"personal\")")),
+                other => {
+                    return self.err(
+                        c.kind.span(),
+                        &key("kind"),
+                        format!("unknown kind {other:?} (expected \"waba\" or \"personal\")"),
+                    )
+                }
             };
             let partitions = match &c.partitions {
                 None => 4,
                 Some(p) if (1..=1024).contains(p.get_ref()) => *p.get_ref() as u32,
-                Some(p) => return self.err(p.span(), &key("partitions"), format!("{} is out of range (1 to 1024)", p.get_ref())),
+                Some(p) => {
+                    return self.err(
+                        p.span(),
+                        &key("partitions"),
+                        format!("{} is out of range (1 to 1024)", p.get_ref()),
+                    )
+                }
             };
             let phone_number_id = match &c.phone_number_id {
                 Some(p) => Some(self.required(p, &key("phone_number_id"))?),
@@ -389,26 +451,50 @@ impl Ctx<'_> {
             match kind {
                 ChannelKind::Waba => {
                     let Some(pid) = &phone_number_id else {
-                        return self.err(spanned.span(), &key("phone_number_id"), format!("channel {id:?} of kind \"waba\" needs a phone_number_id"));
+                        return self.err(
+                            spanned.span(),
+                            &key("phone_number_id"),
+                            format!("channel {id:?} of kind \"waba\" needs a phone_number_id"),
+                        );
                     };
                     if let Some(prev) = phone_ids.insert(pid.clone(), i) {
-                        let span = c.phone_number_id.as_ref().map(|p| p.span()).unwrap_or(spanned.span());
-                        return self.err(span, &key("phone_number_id"), format!("duplicate phone_number_id {pid:?} (also on channels[{prev}])"));
+                        let span = c
+                            .phone_number_id
+                            .as_ref()
+                            .map(|p| p.span())
+                            .unwrap_or(spanned.span());
+                        return self.err(
+                            span,
+                            &key("phone_number_id"),
+                            format!("duplicate phone_number_id {pid:?} (also on channels[{prev}])"),
+                        );
                     }
                     if meta.app_secrets.is_empty() {
                         return self.err(spanned.span(), "meta.app_secrets", format!("channel {id:?} is a waba channel but no Meta app secret is set (set meta.app_secrets = [\"${{META_APP_SECRET}}\"] and export the variable)"));
                     }
                     if c.session.is_some() || c.gateway.is_some() {
-                        return self.err(spanned.span(), &key("kind"), "gateway/session belong to personal channels, not waba");
+                        return self.err(
+                            spanned.span(),
+                            &key("kind"),
+                            "gateway/session belong to personal channels, not waba",
+                        );
                     }
                 }
                 ChannelKind::Personal => {
                     if phone_number_id.is_some() {
-                        return self.err(spanned.span(), &key("phone_number_id"), "phone_number_id belongs to waba channels, not personal");
+                        return self.err(
+                            spanned.span(),
+                            &key("phone_number_id"),
+                            "phone_number_id belongs to waba channels, not personal",
+                        );
                     }
                     if let Some(g) = &c.gateway {
                         if g.get_ref() != "waha" {
-                            return self.err(g.span(), &key("gateway"), format!("unknown gateway {:?} (supported: \"waha\")", g.get_ref()));
+                            return self.err(
+                                g.span(),
+                                &key("gateway"),
+                                format!("unknown gateway {:?} (supported: \"waha\")", g.get_ref()),
+                            );
                         }
                     }
                     if webhook_secrets.is_empty() {
@@ -416,8 +502,16 @@ impl Ctx<'_> {
                     }
                     let s = session.clone().unwrap_or_else(|| "default".into());
                     if let Some(prev) = sessions.insert(s.clone(), i) {
-                        let span = c.session.as_ref().map(|p| p.span()).unwrap_or(spanned.span());
-                        return self.err(span, &key("session"), format!("duplicate session {s:?} (also on channels[{prev}])"));
+                        let span = c
+                            .session
+                            .as_ref()
+                            .map(|p| p.span())
+                            .unwrap_or(spanned.span());
+                        return self.err(
+                            span,
+                            &key("session"),
+                            format!("duplicate session {s:?} (also on channels[{prev}])"),
+                        );
                     }
                 }
             }
@@ -429,8 +523,13 @@ impl Ctx<'_> {
                 phone_number_id,
                 access_token: self.secret(&c.access_token, &key("access_token"))?,
                 coexistence: c.coexistence,
-                gateway: c.gateway.as_ref().map(|g| g.get_ref().clone()).or_else(|| (kind == ChannelKind::Personal).then(|| "waha".into())),
-                session: session.or_else(|| (kind == ChannelKind::Personal).then(|| "default".into())),
+                gateway: c
+                    .gateway
+                    .as_ref()
+                    .map(|g| g.get_ref().clone())
+                    .or_else(|| (kind == ChannelKind::Personal).then(|| "waha".into())),
+                session: session
+                    .or_else(|| (kind == ChannelKind::Personal).then(|| "default".into())),
                 webhook_secrets,
                 api_url: c.api_url.clone(),
                 api_key: self.secret(&c.api_key, &key("api_key"))?,
@@ -452,7 +551,13 @@ impl Ctx<'_> {
         debug_assert!(!ids.contains_key(UNROUTED_CHANNEL));
 
         let bot = match &raw.bot {
-            None => BotConfig { mode: BotMode::Echo, url: None, secret: None, timeout_ms: 10_000, handover_secs: 1800 },
+            None => BotConfig {
+                mode: BotMode::Echo,
+                url: None,
+                secret: None,
+                timeout_ms: 10_000,
+                handover_secs: 1800,
+            },
             Some(b) => {
                 let r = b.get_ref();
                 let mode = match r.mode.as_ref().map(|m| m.get_ref().as_str()) {
@@ -477,7 +582,13 @@ impl Ctx<'_> {
                         return self.err(b.span(), "bot.secret", "mode \"forward\" needs a secret to sign requests (secret = \"${FORWARD_SECRET}\" and export the variable)");
                     }
                 }
-                BotConfig { mode, url, secret, timeout_ms: r.timeout_ms.unwrap_or(10_000), handover_secs: r.handover_secs.unwrap_or(1800) }
+                BotConfig {
+                    mode,
+                    url,
+                    secret,
+                    timeout_ms: r.timeout_ms.unwrap_or(10_000),
+                    handover_secs: r.handover_secs.unwrap_or(1800),
+                }
             }
         };
 
@@ -487,12 +598,22 @@ impl Ctx<'_> {
             max_attempts: w.max_attempts.unwrap_or(5).max(1),
             retry_backoff_ms: w.retry_backoff_ms.unwrap_or(200),
             concurrency: w.concurrency.unwrap_or(64).max(1),
-            window_expiring_minutes: w.window_expiring_minutes.clone().unwrap_or_else(|| vec![60, 10]),
+            window_expiring_minutes: w
+                .window_expiring_minutes
+                .clone()
+                .unwrap_or_else(|| vec![60, 10]),
             conversation_ttl_secs: w.conversation_ttl_secs.unwrap_or(30 * 24 * 3600),
             block_ms: w.block_ms.unwrap_or(2_000),
         };
 
-        Ok(Config { server, redis, meta, channels, bot, worker })
+        Ok(Config {
+            server,
+            redis,
+            meta,
+            channels,
+            bot,
+            worker,
+        })
     }
 }
 
@@ -504,7 +625,10 @@ fn warn_if_literal_secret(value: &str, key: &str) {
 
 /// Expands `${NAME}` and `${NAME:-default}`. Returns `Ok(None)` when a variable without a
 /// default is unset, `Err` for malformed syntax.
-pub fn expand_vars(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+pub fn expand_vars(
+    input: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(start) = rest.find("${") {
@@ -521,7 +645,10 @@ pub fn expand_vars(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("{:?} is not a valid variable name", name));
         }
-        match env(name).filter(|v| !v.is_empty()).or_else(|| default.map(str::to_string)) {
+        match env(name)
+            .filter(|v| !v.is_empty())
+            .or_else(|| default.map(str::to_string))
+        {
             Some(v) => out.push_str(&v),
             None => return Ok(None),
         }
@@ -593,9 +720,15 @@ secret = "${FORWARD_SECRET}"
         assert_eq!(c.meta.app_secrets, vec![Secret::new("s3cret")]);
         assert!(c.meta.verify_token.is_none());
         let w = c.channel("shop-waba").unwrap();
-        assert_eq!(w.send_rate_per_second, 20, "coexistence numbers default to 20 mps");
+        assert_eq!(
+            w.send_rate_per_second, 20,
+            "coexistence numbers default to 20 mps"
+        );
         assert!(w.access_token.is_none(), "unset token = dry run");
-        assert_eq!(c.channel("shop-personal").unwrap().webhook_secrets, vec![Secret::new("waha-key")]);
+        assert_eq!(
+            c.channel("shop-personal").unwrap().webhook_secrets,
+            vec![Secret::new("waha-key")]
+        );
         assert_eq!(c.bot.mode, BotMode::Forward);
         assert_eq!(c.redis.unwrap().prefix, "cx");
     }
@@ -615,19 +748,28 @@ secret = "${FORWARD_SECRET}"
     #[test]
     fn duplicate_channel_id() {
         let e = error_of("[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"2\"\n");
-        assert!(e.contains("line 8") && e.contains("duplicate channel id"), "{e}");
+        assert!(
+            e.contains("line 8") && e.contains("duplicate channel id"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_phone_number_id() {
         let e = error_of("[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n[[channels]]\nid = \"b\"\nkind = \"waba\"\nphone_number_id = \"1\"\n");
-        assert!(e.contains("line 10") && e.contains("duplicate phone_number_id"), "{e}");
+        assert!(
+            e.contains("line 10") && e.contains("duplicate phone_number_id"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_meta_secret() {
         let e = error_of("[meta]\napp_secrets=[\"${NOT_SET}\"]\n[[channels]]\nid = \"a\"\nkind = \"waba\"\nphone_number_id = \"1\"\n");
-        assert!(e.contains("meta.app_secrets") && e.contains("no Meta app secret"), "{e}");
+        assert!(
+            e.contains("meta.app_secrets") && e.contains("no Meta app secret"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -655,8 +797,16 @@ secret = "${FORWARD_SECRET}"
 
     #[test]
     fn expansion() {
-        assert_eq!(expand_vars("a${META_APP_SECRET}b", &env).unwrap().as_deref(), Some("as3cretb"));
-        assert_eq!(expand_vars("${NOPE:-dflt}", &env).unwrap().as_deref(), Some("dflt"));
+        assert_eq!(
+            expand_vars("a${META_APP_SECRET}b", &env)
+                .unwrap()
+                .as_deref(),
+            Some("as3cretb")
+        );
+        assert_eq!(
+            expand_vars("${NOPE:-dflt}", &env).unwrap().as_deref(),
+            Some("dflt")
+        );
         assert_eq!(expand_vars("${NOPE}", &env).unwrap(), None);
         assert!(expand_vars("${OPEN", &env).is_err());
     }
@@ -665,6 +815,9 @@ secret = "${FORWARD_SECRET}"
     fn secrets_never_debug_print() {
         let c = parse(DESIGN_EXAMPLE).unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("s3cret") && !dbg.contains("waha-key") && !dbg.contains("fwd"), "{dbg}");
+        assert!(
+            !dbg.contains("s3cret") && !dbg.contains("waha-key") && !dbg.contains("fwd"),
+            "{dbg}"
+        );
     }
 }

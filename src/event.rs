@@ -263,8 +263,16 @@ mod tests {
             event_type: EventType::Message,
             at: 1_700_000_000_000,
             received_at: None,
-            contact: Contact { wa_id: Some("16505551234".into()), ..Default::default() },
-            message: Some(Message { id: "wamid.X".into(), kind: "text".into(), text: Some("hé".into()), ..Default::default() }),
+            contact: Contact {
+                wa_id: Some("16505551234".into()),
+                ..Default::default()
+            },
+            message: Some(Message {
+                id: "wamid.X".into(),
+                kind: "text".into(),
+                text: Some("hé".into()),
+                ..Default::default()
+            }),
             status: None,
             field: None,
             timer: None,
@@ -280,16 +288,32 @@ mod tests {
 
     #[test]
     fn contact_ids_prefer_phone() {
-        let c = Contact { user_id: Some("US.1".into()), wa_id: Some("1555".into()), ..Default::default() };
+        let c = Contact {
+            user_id: Some("US.1".into()),
+            wa_id: Some("1555".into()),
+            ..Default::default()
+        };
         assert_eq!(c.ids().collect::<Vec<_>>(), vec!["1555", "US.1"]);
         assert!(Contact::default().is_empty());
     }
 
     #[test]
     fn window_closing_codes() {
-        let s = Status { errors: vec![ErrorDetail { code: 470, ..Default::default() }], ..Default::default() };
+        let s = Status {
+            errors: vec![ErrorDetail {
+                code: 470,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         assert!(s.closes_window());
-        let s = Status { errors: vec![ErrorDetail { code: 131026, ..Default::default() }], ..Default::default() };
+        let s = Status {
+            errors: vec![ErrorDetail {
+                code: 131026,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         assert!(!s.closes_window());
     }
 }

@@ -54,7 +54,9 @@ pub struct Ingest {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Ingest {
@@ -92,22 +94,37 @@ impl Ingest {
     }
 
     /// Meta's subscription handshake: the challenge to echo, or `None` (answer 403).
-    pub fn handshake(&self, mode: Option<&str>, token: Option<&str>, challenge: Option<&str>) -> Option<String> {
+    pub fn handshake(
+        &self,
+        mode: Option<&str>,
+        token: Option<&str>,
+        challenge: Option<&str>,
+    ) -> Option<String> {
         let expected = self.verify_token.as_ref()?;
         let token = token?;
-        if mode != Some("subscribe") || !verify::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+        if mode != Some("subscribe")
+            || !verify::constant_time_eq(token.as_bytes(), expected.expose().as_bytes())
+        {
             return None;
         }
         Some(challenge.unwrap_or_default().to_string())
     }
 
     /// A `POST /webhooks/meta`: `signature` is the `X-Hub-Signature-256` header value.
-    pub async fn accept_meta(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Accepted, IngestError> {
+    pub async fn accept_meta(
+        &self,
+        signature: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Accepted, IngestError> {
         verify::verify_meta(signature, body, &self.meta_secrets).inspect_err(|_| {
-            self.metrics.inc("coexist_signature_failures_total", &[("route", "meta")]);
+            self.metrics
+                .inc("coexist_signature_failures_total", &[("route", "meta")]);
         })?;
         let mut events = wire::meta::parse(body)?;
-        let routes: Vec<Route> = events.iter_mut().map(|e| self.router.route_meta(e)).collect();
+        let routes: Vec<Route> = events
+            .iter_mut()
+            .map(|e| self.router.route_meta(e))
+            .collect();
         self.enqueue(events, routes).await
     }
 
@@ -123,20 +140,33 @@ impl Ingest {
         let secrets = self
             .personal_secrets
             .get(channel)
-            .filter(|_| self.router.channel(channel).is_some_and(|r| r.kind == crate::ChannelKind::Personal))
+            .filter(|_| {
+                self.router
+                    .channel(channel)
+                    .is_some_and(|r| r.kind == crate::ChannelKind::Personal)
+            })
             .ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?;
         verify::verify_waha(hmac, algorithm, body, secrets).inspect_err(|_| {
-            self.metrics.inc("coexist_signature_failures_total", &[("route", "personal")]);
+            self.metrics
+                .inc("coexist_signature_failures_total", &[("route", "personal")]);
         })?;
         let mut events = wire::waha::parse(body)?;
         let mut routes = Vec::with_capacity(events.len());
         for e in events.iter_mut() {
-            routes.push(self.router.route_personal(channel, e).ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?);
+            routes.push(
+                self.router
+                    .route_personal(channel, e)
+                    .ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?,
+            );
         }
         self.enqueue(events, routes).await
     }
 
-    async fn enqueue(&self, mut events: Vec<Event>, routes: Vec<Route>) -> Result<Accepted, IngestError> {
+    async fn enqueue(
+        &self,
+        mut events: Vec<Event>,
+        routes: Vec<Route>,
+    ) -> Result<Accepted, IngestError> {
         let received_at = now_ms();
         let batch: Vec<NewEvent> = events
             .iter_mut()
@@ -145,7 +175,11 @@ impl Ingest {
             .collect();
         let started = Instant::now();
         let outcomes = self.queue.enqueue(&batch).await?;
-        self.metrics.observe_seconds("coexist_enqueue_seconds", &[], started.elapsed().as_secs_f64());
+        self.metrics.observe_seconds(
+            "coexist_enqueue_seconds",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
         let mut accepted = Accepted::default();
         for ((outcome, event), route) in outcomes.iter().zip(&events).zip(&routes) {
             match outcome {
@@ -153,7 +187,10 @@ impl Ingest {
                     accepted.enqueued += 1;
                     self.metrics.inc(
                         "coexist_events_enqueued_total",
-                        &[("channel", &route.channel), ("type", event.event_type.as_str())],
+                        &[
+                            ("channel", &route.channel),
+                            ("type", event.event_type.as_str()),
+                        ],
                     );
                     if !route.routed {
                         accepted.unrouted += 1;
@@ -162,11 +199,15 @@ impl Ingest {
                 }
                 Enqueued::Duplicate => {
                     accepted.duplicates += 1;
-                    self.metrics.inc("coexist_events_duplicate_total", &[("channel", &route.channel)]);
+                    self.metrics.inc(
+                        "coexist_events_duplicate_total",
+                        &[("channel", &route.channel)],
+                    );
                 }
             }
         }
-        self.record_own_statuses(&events, &routes, received_at).await;
+        self.record_own_statuses(&events, &routes, received_at)
+            .await;
         Ok(accepted)
     }
 }
@@ -175,13 +216,22 @@ impl Ingest {
     async fn record_own_statuses(&self, events: &[Event], routes: &[Route], now_ms: i64) {
         let Some(outbox) = &self.outbox else { return };
         for (event, route) in events.iter().zip(routes) {
-            let Some(status) = event.status.as_ref().filter(|_| event.event_type == EventType::Status) else {
+            let Some(status) = event
+                .status
+                .as_ref()
+                .filter(|_| event.event_type == EventType::Status)
+            else {
                 continue;
             };
-            let Some(key) = &status.biz_opaque_callback_data else { continue };
+            let Some(key) = &status.biz_opaque_callback_data else {
+                continue;
+            };
             // Best effort: the event is durably queued already; without this mark a recovering
             // worker only waits its bounded time before resending.
-            if let Err(e) = outbox.mark_status_seen(&route.channel, key, &status.message_id, now_ms).await {
+            if let Err(e) = outbox
+                .mark_status_seen(&route.channel, key, &status.message_id, now_ms)
+                .await
+            {
                 tracing::warn!(channel = %route.channel, error = %e, "could not record a status in the outbox");
             }
         }
@@ -242,10 +292,17 @@ mod tests {
 
     #[test]
     fn contact_ids_put_the_conversation_first() {
-        let c = Contact { wa_id: Some("1555".into()), user_id: Some("US.9".into()), ..Default::default() };
+        let c = Contact {
+            wa_id: Some("1555".into()),
+            user_id: Some("US.9".into()),
+            ..Default::default()
+        };
         assert_eq!(contact_ids(&ev("1555", c.clone())), vec!["1555", "US.9"]);
         assert_eq!(contact_ids(&ev("US.9", c)), vec!["US.9", "1555"]);
-        assert_eq!(contact_ids(&ev("chat@s.whatsapp.net", Contact::default())), vec!["chat@s.whatsapp.net"]);
+        assert_eq!(
+            contact_ids(&ev("chat@s.whatsapp.net", Contact::default())),
+            vec!["chat@s.whatsapp.net"]
+        );
         assert!(contact_ids(&ev("", Contact::default())).is_empty());
     }
 }

@@ -38,7 +38,9 @@ enum HttpError {
 impl ResponseError for HttpError {
     fn status_code(&self) -> StatusCode {
         match self {
-            HttpError::Ingest(IngestError::Signature(SignatureError::Missing)) => StatusCode::UNAUTHORIZED,
+            HttpError::Ingest(IngestError::Signature(SignatureError::Missing)) => {
+                StatusCode::UNAUTHORIZED
+            }
             HttpError::Ingest(IngestError::Signature(_)) => StatusCode::FORBIDDEN,
             HttpError::Ingest(IngestError::Parse(_)) => StatusCode::BAD_REQUEST,
             HttpError::Ingest(IngestError::UnknownChannel(_)) => StatusCode::NOT_FOUND,
@@ -68,7 +70,9 @@ impl ResponseError for HttpError {
 fn outcome_of(result: &Result<Accepted, HttpError>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(HttpError::Ingest(IngestError::Signature(SignatureError::Missing))) => "missing_signature",
+        Err(HttpError::Ingest(IngestError::Signature(SignatureError::Missing))) => {
+            "missing_signature"
+        }
         Err(HttpError::Ingest(IngestError::Signature(_))) => "bad_signature",
         Err(HttpError::Ingest(IngestError::Parse(_))) => "bad_request",
         Err(HttpError::Ingest(IngestError::UnknownChannel(_))) => "unknown_channel",
@@ -79,7 +83,11 @@ fn outcome_of(result: &Result<Accepted, HttpError>) -> &'static str {
 }
 
 /// Reads the whole body, refusing it as soon as it passes the limit.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<BytesMut, HttpError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, HttpError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -103,15 +111,29 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
     req.headers().get(name).map(|v| v.as_bytes())
 }
 
-fn respond(state: &AppState, route: &'static str, result: Result<Accepted, HttpError>) -> Result<HttpResponse, HttpError> {
-    state.ingest.metrics().inc("coexist_http_requests_total", &[("route", route), ("outcome", outcome_of(&result))]);
+fn respond(
+    state: &AppState,
+    route: &'static str,
+    result: Result<Accepted, HttpError>,
+) -> Result<HttpResponse, HttpError> {
+    state.ingest.metrics().inc(
+        "coexist_http_requests_total",
+        &[("route", route), ("outcome", outcome_of(&result))],
+    );
     result.map(|_| HttpResponse::Ok().content_type("text/plain").body("OK"))
 }
 
-async fn meta_post(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+async fn meta_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HttpError> {
     let result = async {
         let body = read_body(&req, payload, state.max_body_bytes).await?;
-        Ok(state.ingest.accept_meta(header(&req, "x-hub-signature-256"), &body).await?)
+        Ok(state
+            .ingest
+            .accept_meta(header(&req, "x-hub-signature-256"), &body)
+            .await?)
     }
     .await;
     respond(&state, "meta", result)
@@ -127,23 +149,44 @@ async fn personal_post(
         let body = read_body(&req, payload, state.max_body_bytes).await?;
         Ok(state
             .ingest
-            .accept_personal(&path, header(&req, "x-webhook-hmac"), header(&req, "x-webhook-hmac-algorithm"), &body)
+            .accept_personal(
+                &path,
+                header(&req, "x-webhook-hmac"),
+                header(&req, "x-webhook-hmac-algorithm"),
+                &body,
+            )
             .await?)
     }
     .await;
     respond(&state, "personal", result)
 }
 
-async fn meta_handshake(query: web::Query<HashMap<String, String>>, state: web::Data<AppState>) -> HttpResponse {
+async fn meta_handshake(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let q = |k: &str| query.get(k).map(String::as_str);
-    match state.ingest.handshake(q("hub.mode"), q("hub.verify_token"), q("hub.challenge")) {
+    match state
+        .ingest
+        .handshake(q("hub.mode"), q("hub.verify_token"), q("hub.challenge"))
+    {
         Some(challenge) => {
-            state.ingest.metrics().inc("coexist_http_requests_total", &[("route", "meta_handshake"), ("outcome", "ok")]);
-            HttpResponse::Ok().content_type("text/plain").body(challenge)
+            state.ingest.metrics().inc(
+                "coexist_http_requests_total",
+                &[("route", "meta_handshake"), ("outcome", "ok")],
+            );
+            HttpResponse::Ok()
+                .content_type("text/plain")
+                .body(challenge)
         }
         None => {
-            state.ingest.metrics().inc("coexist_http_requests_total", &[("route", "meta_handshake"), ("outcome", "refused")]);
-            HttpResponse::Forbidden().content_type("text/plain").body("verification failed")
+            state.ingest.metrics().inc(
+                "coexist_http_requests_total",
+                &[("route", "meta_handshake"), ("outcome", "refused")],
+            );
+            HttpResponse::Forbidden()
+                .content_type("text/plain")
+                .body("verification failed")
         }
     }
 }
@@ -157,7 +200,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready"),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body("queue unreachable")
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("queue unreachable")
         }
     }
 }
@@ -171,10 +216,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// The routes, for `App::configure`; the handlers read `web::Data<AppState>`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/meta", web::get().to(meta_handshake))
-            .route("/webhooks/meta", web::post().to(meta_post))
-            .route("/webhooks/personal/{channel}", web::post().to(personal_post))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
+        .route("/webhooks/meta", web::post().to(meta_post))
+        .route(
+            "/webhooks/personal/{channel}",
+            web::post().to(personal_post),
+        )
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
 }
 
@@ -211,10 +259,10 @@ pub fn server_with(
         let factory = factory.clone();
         App::new().data_factory(move || factory()).configure(routes)
     })
-        .backlog(4096)
-        .max_connection_rate(1024)
-        .shutdown_timeout(10)
-        .listen(listener)?;
+    .backlog(4096)
+    .max_connection_rate(1024)
+    .shutdown_timeout(10)
+    .listen(listener)?;
     if let Some(n) = workers {
         server = server.workers(n);
     }

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "coexist", version, about = "WhatsApp Business API and WhatsApp Personal channels side by side")]
+#[command(
+    name = "coexist",
+    version,
+    about = "WhatsApp Business API and WhatsApp Personal channels side by side"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,7 +137,13 @@ fn main() -> ExitCode {
         Command::Dlq { action } => dlq(action),
         Command::Parse { file, config } => parse(file.as_deref(), config.as_deref()),
         Command::Sign { secret, algo, file } => sign(&secret, algo.into(), file.as_deref()),
-        Command::Replay { url, secret, algo, fresh, files } => replay(&url, &secret, algo, fresh, &files),
+        Command::Replay {
+            url,
+            secret,
+            algo,
+            fresh,
+            files,
+        } => replay(&url, &secret, algo, fresh, &files),
     };
     match result {
         Ok(code) => code,
@@ -164,7 +174,9 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
             Ok(buf)
         }
     }
@@ -202,65 +214,26 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
     })
 }
 
-/// A tokio runtime that stops the worker on SIGTERM / SIGINT.
-fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutdown requested");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 fn work(config_path: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     if config.redis.is_none() {
         bail!("`work` shares its queue with other processes through Redis: add a [redis] table to {}, or use `coexist run` for the embedded in-memory queue", config_path.display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let metrics = coexist::metrics::Metrics::new();
-        let queue = coexist::runtime::connect_queue(&config).await?;
-        let worker = coexist::runtime::worker(&config, queue, metrics, coexist::worker::worker_id())?;
-        worker.run(shutdown_signal()).await?;
-        Ok(ExitCode::SUCCESS)
-    })
+    coexist::runtime::work(&config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_all(config_path: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let system = actix_web::rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
-    });
-    system.block_on(async move {
-        let metrics = coexist::metrics::Metrics::new();
-        let queue = coexist::runtime::connect_queue(&config).await?;
-        let worker = coexist::runtime::worker(&config, queue.clone(), metrics.clone(), coexist::worker::worker_id())?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let outbox = worker.outbox();
-        let worker_task = tokio::spawn(worker.run(stopped));
-        let ingest = coexist::ingest::Ingest::new(&config, queue, metrics).with_outbox(outbox);
-        let listener = std::net::TcpListener::bind(&config.server.listen)
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
-        let state = coexist::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
-        // The HTTP server stops on SIGTERM / SIGINT; then the worker finishes in-flight events.
-        let served = coexist::ingress::server(state, listener, config.server.workers)?.await;
-        let _ = stop.send(true);
-        worker_task.await??;
-        served?;
-        Ok(ExitCode::SUCCESS)
-    })
+    coexist::runtime::run(&config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let queue = coexist::runtime::connect_queue(&config).await?;
         let mut rows = Vec::new();
@@ -291,10 +264,17 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
 }
 
 fn dlq(action: DlqAction) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match action {
-            DlqAction::List { config, channel, count, json } => {
+            DlqAction::List {
+                config,
+                channel,
+                count,
+                json,
+            } => {
                 let config = load_config(&config)?;
                 if config.channel(&channel).is_none() {
                     bail!("no channel {channel:?} in the config");
@@ -305,12 +285,19 @@ fn dlq(action: DlqAction) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(&dead)?);
                 } else {
                     for d in &dead {
-                        println!("{}  partition {}  {}  error: {}", d.id, d.partition, d.conversation, d.error);
+                        println!(
+                            "{}  partition {}  {}  error: {}",
+                            d.id, d.partition, d.conversation, d.error
+                        );
                     }
                     eprintln!("{} dead letter(s) on {channel}", dead.len());
                 }
             }
-            DlqAction::Replay { config, channel, ids } => {
+            DlqAction::Replay {
+                config,
+                channel,
+                ids,
+            } => {
                 let config = load_config(&config)?;
                 if config.channel(&channel).is_none() {
                     bail!("no channel {channel:?} in the config");
@@ -322,7 +309,12 @@ fn dlq(action: DlqAction) -> Result<ExitCode> {
                 loop {
                     if all {
                         // Each round takes the oldest page; replayed letters leave the stream.
-                        pending = queue.dead_letters(&channel, 1000).await?.into_iter().map(|d| d.id).collect();
+                        pending = queue
+                            .dead_letters(&channel, 1000)
+                            .await?
+                            .into_iter()
+                            .map(|d| d.id)
+                            .collect();
                     }
                     if pending.is_empty() {
                         break;
@@ -352,7 +344,10 @@ fn parse(file: Option<&Path>, config: Option<&Path>) -> Result<ExitCode> {
     let (format, mut events) = match wire::parse_any(&body) {
         Ok(parsed) => parsed,
         Err(e @ (ParseError::Json { .. } | ParseError::Shape { .. })) => {
-            eprintln!("coexist parse: {}: {e}", file.map_or("stdin".into(), |p| p.display().to_string()));
+            eprintln!(
+                "coexist parse: {}: {e}",
+                file.map_or("stdin".into(), |p| p.display().to_string())
+            );
             return Ok(ExitCode::from(2));
         }
     };
@@ -379,26 +374,40 @@ fn sign(secret: &str, algo: Algorithm, file: Option<&Path>) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay(url: &str, secret: &str, algo: Option<Algo>, fresh: bool, files: &[PathBuf]) -> Result<ExitCode> {
+fn replay(
+    url: &str,
+    secret: &str,
+    algo: Option<Algo>,
+    fresh: bool,
+    files: &[PathBuf],
+) -> Result<ExitCode> {
     let algo: Algorithm = match algo {
         Some(a) => a.into(),
         None if url.contains("/webhooks/personal/") => Algorithm::Sha512,
         None => Algorithm::Sha256,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let mut failures = 0;
         for file in files {
-            let mut body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut body =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             if fresh {
                 body = coexist::wire::refresh_timestamps(&body, coexist::ingest::now_ms() / 1000);
             }
             let signature = verify::header_value(algo, secret.as_bytes(), &body);
-            let mut request = client.post(url).header("content-type", "application/json").body(body);
+            let mut request = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body);
             request = match algo {
                 Algorithm::Sha256 => request.header("x-hub-signature-256", signature),
-                Algorithm::Sha512 => request.header("x-webhook-hmac", signature).header("x-webhook-hmac-algorithm", "sha512"),
+                Algorithm::Sha512 => request
+                    .header("x-webhook-hmac", signature)
+                    .header("x-webhook-hmac-algorithm", "sha512"),
             };
             match request.send().await {
                 Ok(response) => {
@@ -411,6 +420,10 @@ fn replay(url: &str, secret: &str, algo: Option<Algo>, fresh: bool, files: &[Pat
                 Err(e) => bail!("POST {url} failed: {e}"),
             }
         }
-        Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        Ok(if failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        })
     })
 }

@@ -11,24 +11,82 @@ use std::sync::{Arc, RwLock};
 
 /// Help text of every metric coexist exports; a series whose name is not here still renders.
 const HELP: &[(&str, &str, &str)] = &[
-    ("coexist_http_requests_total", "counter", "HTTP requests by route and outcome."),
-    ("coexist_signature_failures_total", "counter", "Webhooks refused for a missing or wrong signature."),
-    ("coexist_events_enqueued_total", "counter", "Events durably enqueued, by channel and type."),
-    ("coexist_events_duplicate_total", "counter", "Events dropped as duplicates (already enqueued), by channel."),
-    ("coexist_events_unrouted_total", "counter", "Events for a number no channel claims (kept on the unrouted stream)."),
-    ("coexist_enqueue_seconds", "histogram", "Time to enqueue all events of one webhook in Redis."),
-    ("coexist_events_handled_total", "counter", "Events handled by workers, by channel, type and outcome."),
-    ("coexist_handler_seconds", "histogram", "Handler latency per event."),
-    ("coexist_handler_retries_total", "counter", "Handler attempts that failed and were retried."),
-    ("coexist_dead_letters_total", "counter", "Events moved to a dead-letter stream."),
-    ("coexist_leases_held", "gauge", "Partition leases held by this process."),
-    ("coexist_timers_fired_total", "counter", "Window timers promoted into partition streams."),
-    ("coexist_messages_sent_total", "counter", "Outbound messages by channel and outcome."),
-    ("coexist_channel_unhealthy", "gauge", "1 when a channel's credentials were refused (e.g. Graph error 190)."),
+    (
+        "coexist_http_requests_total",
+        "counter",
+        "HTTP requests by route and outcome.",
+    ),
+    (
+        "coexist_signature_failures_total",
+        "counter",
+        "Webhooks refused for a missing or wrong signature.",
+    ),
+    (
+        "coexist_events_enqueued_total",
+        "counter",
+        "Events durably enqueued, by channel and type.",
+    ),
+    (
+        "coexist_events_duplicate_total",
+        "counter",
+        "Events dropped as duplicates (already enqueued), by channel.",
+    ),
+    (
+        "coexist_events_unrouted_total",
+        "counter",
+        "Events for a number no channel claims (kept on the unrouted stream).",
+    ),
+    (
+        "coexist_enqueue_seconds",
+        "histogram",
+        "Time to enqueue all events of one webhook in Redis.",
+    ),
+    (
+        "coexist_events_handled_total",
+        "counter",
+        "Events handled by workers, by channel, type and outcome.",
+    ),
+    (
+        "coexist_handler_seconds",
+        "histogram",
+        "Handler latency per event.",
+    ),
+    (
+        "coexist_handler_retries_total",
+        "counter",
+        "Handler attempts that failed and were retried.",
+    ),
+    (
+        "coexist_dead_letters_total",
+        "counter",
+        "Events moved to a dead-letter stream.",
+    ),
+    (
+        "coexist_leases_held",
+        "gauge",
+        "Partition leases held by this process.",
+    ),
+    (
+        "coexist_timers_fired_total",
+        "counter",
+        "Window timers promoted into partition streams.",
+    ),
+    (
+        "coexist_messages_sent_total",
+        "counter",
+        "Outbound messages by channel and outcome.",
+    ),
+    (
+        "coexist_channel_unhealthy",
+        "gauge",
+        "1 when a channel's credentials were refused (e.g. Graph error 190).",
+    ),
 ];
 
 /// Upper bounds of histogram buckets, in seconds.
-const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// Counts per bucket are stored non-cumulatively (one atomic add per observation) and summed
 /// when rendered.
@@ -142,7 +200,8 @@ impl Metrics {
             h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        h.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
     }
 
     /// Current value of a counter series (tests and `queues` use it).
@@ -185,12 +244,23 @@ impl Metrics {
             let mut cumulative = 0;
             for (i, le) in BUCKETS.iter().enumerate() {
                 cumulative += h.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+                );
             }
             let count = h.count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-            let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-            let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+            let braces = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            let _ = writeln!(
+                out,
+                "{name}_sum{braces} {}",
+                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
             let _ = writeln!(out, "{name}_count{braces} {count}");
         }
         out
@@ -204,16 +274,40 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::new();
-        m.inc("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]);
-        m.inc("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]);
+        m.inc(
+            "coexist_http_requests_total",
+            &[("route", "meta"), ("outcome", "ok")],
+        );
+        m.inc(
+            "coexist_http_requests_total",
+            &[("route", "meta"), ("outcome", "ok")],
+        );
         m.observe_seconds("coexist_enqueue_seconds", &[], 0.0003);
         let text = m.render();
-        assert!(text.contains("# TYPE coexist_http_requests_total counter"), "{text}");
-        assert!(text.contains("coexist_http_requests_total{route=\"meta\",outcome=\"ok\"} 2"), "{text}");
-        assert!(text.contains("coexist_enqueue_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
-        assert!(text.contains("coexist_enqueue_seconds_bucket{le=\"0.00025\"} 0"), "{text}");
+        assert!(
+            text.contains("# TYPE coexist_http_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coexist_http_requests_total{route=\"meta\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coexist_enqueue_seconds_bucket{le=\"0.0005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coexist_enqueue_seconds_bucket{le=\"0.00025\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("coexist_enqueue_seconds_count 1"), "{text}");
-        assert_eq!(m.counter("coexist_http_requests_total", &[("route", "meta"), ("outcome", "ok")]), 2);
+        assert_eq!(
+            m.counter(
+                "coexist_http_requests_total",
+                &[("route", "meta"), ("outcome", "ok")]
+            ),
+            2
+        );
     }
 
     #[test]

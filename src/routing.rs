@@ -77,18 +77,32 @@ impl Router {
 
     /// Routes an event parsed from a personal gateway webhook posted to `/webhooks/personal/{channel}`.
     pub fn route_personal(&self, channel: &str, event: &mut Event) -> Option<Route> {
-        let route = self.by_id.get(channel).filter(|r| r.kind == ChannelKind::Personal)?.clone();
+        let route = self
+            .by_id
+            .get(channel)
+            .filter(|r| r.kind == ChannelKind::Personal)?
+            .clone();
         event.channel = route.channel.clone();
         Some(route)
     }
 }
 
 fn route_of(c: &ChannelConfig) -> Route {
-    Route { channel: c.id.clone(), kind: c.kind, partitions: c.partitions, routed: true }
+    Route {
+        channel: c.id.clone(),
+        kind: c.kind,
+        partitions: c.partitions,
+        routed: true,
+    }
 }
 
 fn unrouted(kind: ChannelKind) -> Route {
-    Route { channel: UNROUTED_CHANNEL.to_string(), kind, partitions: 1, routed: false }
+    Route {
+        channel: UNROUTED_CHANNEL.to_string(),
+        kind,
+        partitions: 1,
+        routed: false,
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use crate::bot::echo::EchoBot;
 use crate::bot::forward::ForwardBot;
 use crate::bot::{Bot, NoBot};
 use crate::config::{BotMode, Config};
-use crate::conversation::{ConversationStore, MemoryConversationStore, MemoryLeases, RedisConversationStore};
+use crate::conversation::{
+    ConversationStore, MemoryConversationStore, MemoryLeases, RedisConversationStore,
+};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -17,12 +19,19 @@ use std::time::Duration;
 pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
     Ok(match &config.redis {
         Some(r) => Queue::Redis(
-            RedisQueue::connect(r.url.expose(), Keys::new(r.prefix.clone()), r.dedupe_ttl_secs, r.stream_maxlen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to redis: {e}"))?,
+            RedisQueue::connect(
+                r.url.expose(),
+                Keys::new(r.prefix.clone()),
+                r.dedupe_ttl_secs,
+                r.stream_maxlen,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to redis: {e}"))?,
         ),
         None => {
-            tracing::info!("no [redis] table: using the embedded in-memory queue (one process, not durable)");
+            tracing::info!(
+                "no [redis] table: using the embedded in-memory queue (one process, not durable)"
+            );
             Queue::Memory(MemoryQueue::with_options(8 * 24 * 3600, 0))
         }
     })
@@ -31,9 +40,12 @@ pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
 /// The conversation store next to `queue`: the same Redis, or the in-memory twin.
 pub fn conversation_store(config: &Config, queue: &Queue) -> ConversationStore {
     match queue {
-        Queue::Redis(q) => {
-            RedisConversationStore::new(q.conn(), q.keys().clone(), config.worker.conversation_ttl_secs).into()
-        }
+        Queue::Redis(q) => RedisConversationStore::new(
+            q.conn(),
+            q.keys().clone(),
+            config.worker.conversation_ttl_secs,
+        )
+        .into(),
         Queue::Memory(_) => MemoryConversationStore::new(
             MemoryLeases::new(),
             Duration::from_secs(config.worker.conversation_ttl_secs),
@@ -48,8 +60,16 @@ pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
         BotMode::Echo => Arc::new(EchoBot),
         BotMode::None => Arc::new(NoBot),
         BotMode::Forward => Arc::new(ForwardBot::new(
-            config.bot.url.clone().expect("validated: forward has a url"),
-            config.bot.secret.clone().expect("validated: forward has a secret"),
+            config
+                .bot
+                .url
+                .clone()
+                .expect("validated: forward has a url"),
+            config
+                .bot
+                .secret
+                .clone()
+                .expect("validated: forward has a secret"),
             Duration::from_millis(config.bot.timeout_ms),
             worker_id.to_string(),
         )),
@@ -57,7 +77,12 @@ pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
 }
 
 /// A worker for this process, sharing `queue` (and its Redis connection).
-pub fn worker(config: &Config, queue: Queue, metrics: Metrics, id: String) -> anyhow::Result<Worker> {
+pub fn worker(
+    config: &Config,
+    queue: Queue,
+    metrics: Metrics,
+    id: String,
+) -> anyhow::Result<Worker> {
     let bot = bot(config, &id);
     worker_with_bot(config, queue, metrics, id, bot)
 }
@@ -72,14 +97,18 @@ pub fn worker_with_bot(
 ) -> anyhow::Result<Worker> {
     let store = conversation_store(config, &queue);
     let outbound = outbound(config, &queue, metrics.clone())?;
-    Ok(Worker::new(config, queue, store, bot, outbound, metrics, id))
+    Ok(Worker::new(
+        config, queue, store, bot, outbound, metrics, id,
+    ))
 }
 
 /// A watch that turns true on SIGTERM / SIGINT (call it inside a tokio runtime).
 pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             tracing::error!("cannot listen for SIGTERM");
             return;
         };
@@ -96,14 +125,27 @@ pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
 /// What `coexist work` does, with your bot: a worker process on the configured Redis, until
 /// SIGTERM / SIGINT (then in-flight events finish and leases are released).
 pub fn work_with_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
+    work_as(config, crate::worker::worker_id(), bot)
+}
+
+/// `coexist work`: a worker process running the bot `[bot] mode` names.
+pub fn work(config: &Config) -> anyhow::Result<()> {
+    let id = crate::worker::worker_id();
+    let bot = bot(config, &id);
+    work_as(config, id, bot)
+}
+
+fn work_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
     if config.redis.is_none() {
         anyhow::bail!("a worker shares its queue with other processes through Redis: add a [redis] table, or run ingress and worker together (`run_with_bot`)");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let metrics = Metrics::new();
         let queue = connect_queue(config).await?;
-        let worker = worker_with_bot(config, queue, metrics, crate::worker::worker_id(), bot)?;
+        let worker = worker_with_bot(config, queue, metrics, id, bot)?;
         worker.run(shutdown_signal()).await?;
         Ok(())
     })
@@ -112,17 +154,33 @@ pub fn work_with_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
 /// What `coexist run` does, with your bot: ingress, worker and sender in one process (on the
 /// embedded in-memory queue without `[redis]`), until SIGTERM / SIGINT.
 pub fn run_with_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
+    run_as(config, crate::worker::worker_id(), bot)
+}
+
+/// `coexist run`: ingress, worker and sender in one process with the bot `[bot] mode` names.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let id = crate::worker::worker_id();
+    let bot = bot(config, &id);
+    run_as(config, id, bot)
+}
+
+fn run_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let system = actix_web::rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
     });
     system.block_on(async move {
         let metrics = Metrics::new();
         let queue = connect_queue(config).await?;
-        let worker = worker_with_bot(config, queue.clone(), metrics.clone(), crate::worker::worker_id(), bot)?;
+        let worker = worker_with_bot(config, queue.clone(), metrics.clone(), id, bot)?;
+        // Statuses of our own sends go into the worker's outbox as they arrive.
+        let outbox = worker.outbox();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker_task = tokio::spawn(worker.run(stopped));
-        let ingest = crate::ingest::Ingest::new(config, queue, metrics);
+        let ingest = crate::ingest::Ingest::new(config, queue, metrics).with_outbox(outbox);
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
@@ -142,7 +200,8 @@ pub fn outbound(config: &Config, queue: &Queue, metrics: Metrics) -> anyhow::Res
         Queue::Redis(q) => Some(q.conn()),
         Queue::Memory(_) => None,
     };
-    Outbound::new(config, connection, metrics).map_err(|e| anyhow::anyhow!("cannot set up the sender: {e}"))
+    Outbound::new(config, connection, metrics)
+        .map_err(|e| anyhow::anyhow!("cannot set up the sender: {e}"))
 }
 
 /// The outbox a stand-alone ingress (`serve`) records statuses of our own sends into: the

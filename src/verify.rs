@@ -40,12 +40,14 @@ pub enum SignatureError {
 pub fn sign_hex(algorithm: Algorithm, secret: &[u8], body: &[u8]) -> String {
     match algorithm {
         Algorithm::Sha256 => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
             mac.update(body);
             hex::encode(mac.finalize().into_bytes())
         }
         Algorithm::Sha512 => {
-            let mut mac = Hmac::<Sha512>::new_from_slice(secret).expect("HMAC takes any key length");
+            let mut mac =
+                Hmac::<Sha512>::new_from_slice(secret).expect("HMAC takes any key length");
             mac.update(body);
             hex::encode(mac.finalize().into_bytes())
         }
@@ -61,7 +63,11 @@ pub fn header_value(algorithm: Algorithm, secret: &[u8], body: &[u8]) -> String 
 }
 
 /// Verifies a Meta `X-Hub-Signature-256` header value against every secret.
-pub fn verify_meta(header: Option<&[u8]>, body: &[u8], secrets: &[Secret]) -> Result<(), SignatureError> {
+pub fn verify_meta(
+    header: Option<&[u8]>,
+    body: &[u8],
+    secrets: &[Secret],
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let hex_part = header
         .strip_prefix(b"sha256=")
@@ -88,7 +94,12 @@ pub fn verify_waha(
     verify_hex(algorithm, header, body, secrets)
 }
 
-fn verify_hex(algorithm: Algorithm, hex_sig: &[u8], body: &[u8], secrets: &[Secret]) -> Result<(), SignatureError> {
+fn verify_hex(
+    algorithm: Algorithm,
+    hex_sig: &[u8],
+    body: &[u8],
+    secrets: &[Secret],
+) -> Result<(), SignatureError> {
     if secrets.is_empty() {
         return Err(SignatureError::NoSecret);
     }
@@ -105,12 +116,14 @@ fn verify_hex(algorithm: Algorithm, hex_sig: &[u8], body: &[u8], secrets: &[Secr
     for secret in secrets {
         ok |= match algorithm {
             Algorithm::Sha256 => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("any key length");
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+                    .expect("any key length");
                 mac.update(body);
                 mac.verify_slice(sig).is_ok()
             }
             Algorithm::Sha512 => {
-                let mut mac = Hmac::<Sha512>::new_from_slice(secret.expose().as_bytes()).expect("any key length");
+                let mut mac = Hmac::<Sha512>::new_from_slice(secret.expose().as_bytes())
+                    .expect("any key length");
                 mac.update(body);
                 mac.verify_slice(sig).is_ok()
             }
@@ -124,8 +137,14 @@ fn verify_hex(algorithm: Algorithm, hex_sig: &[u8], body: &[u8], secrets: &[Secr
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -149,7 +168,15 @@ mod tests {
         let body = br#"{"event":"message","session":"default","engine":"WEBJS"}"#;
         let sig = "208f8a55dde9e05519e898b10b89bf0d0b3b0fdf11fdbf09b6b90476301b98d8097c462b2b17a6ce93b6b47a136cf2e78a33a63f6752c2c1631777076153fa89";
         assert_eq!(sign_hex(Algorithm::Sha512, b"my-secret-key", body), sig);
-        assert_eq!(verify_waha(Some(sig.as_bytes()), Some(b"sha512"), body, &secrets(&["my-secret-key"])), Ok(()));
+        assert_eq!(
+            verify_waha(
+                Some(sig.as_bytes()),
+                Some(b"sha512"),
+                body,
+                &secrets(&["my-secret-key"])
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -157,8 +184,14 @@ mod tests {
         let body = br#"{"text":"caf\u00e9 \/ ok"}"#;
         let header = header_value(Algorithm::Sha256, b"old", body);
         assert!(header.starts_with("sha256="));
-        assert_eq!(verify_meta(Some(header.as_bytes()), body, &secrets(&["new", "old"])), Ok(()));
-        assert_eq!(verify_meta(Some(header.as_bytes()), body, &secrets(&["new"])), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_meta(Some(header.as_bytes()), body, &secrets(&["new", "old"])),
+            Ok(())
+        );
+        assert_eq!(
+            verify_meta(Some(header.as_bytes()), body, &secrets(&["new"])),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -167,8 +200,14 @@ mod tests {
         let escaped = br#"{"t":"caf\u00e9"}"#;
         let decoded = "{\"t\":\"café\"}".as_bytes();
         let header = header_value(Algorithm::Sha256, b"k", escaped);
-        assert_eq!(verify_meta(Some(header.as_bytes()), escaped, &secrets(&["k"])), Ok(()));
-        assert_eq!(verify_meta(Some(header.as_bytes()), decoded, &secrets(&["k"])), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_meta(Some(header.as_bytes()), escaped, &secrets(&["k"])),
+            Ok(())
+        );
+        assert_eq!(
+            verify_meta(Some(header.as_bytes()), decoded, &secrets(&["k"])),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -176,13 +215,29 @@ mod tests {
         let body = b"{}";
         let s = secrets(&["k"]);
         assert_eq!(verify_meta(None, body, &s), Err(SignatureError::Missing));
-        assert_eq!(verify_meta(Some(b"md5=abc"), body, &s), Err(SignatureError::Malformed));
-        assert_eq!(verify_meta(Some(b"sha256=zz"), body, &s), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify_meta(Some(b"md5=abc"), body, &s),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_meta(Some(b"sha256=zz"), body, &s),
+            Err(SignatureError::Malformed)
+        );
         let good = header_value(Algorithm::Sha256, b"k", body);
-        assert_eq!(verify_meta(Some(good.as_bytes()), b"{ }", &s), Err(SignatureError::Mismatch), "tampered body");
-        assert_eq!(verify_meta(Some(good.as_bytes()), body, &[]), Err(SignatureError::NoSecret));
+        assert_eq!(
+            verify_meta(Some(good.as_bytes()), b"{ }", &s),
+            Err(SignatureError::Mismatch),
+            "tampered body"
+        );
+        assert_eq!(
+            verify_meta(Some(good.as_bytes()), body, &[]),
+            Err(SignatureError::NoSecret)
+        );
         let waha = header_value(Algorithm::Sha512, b"k", body);
-        assert_eq!(verify_waha(Some(waha.as_bytes()), Some(b"md5"), body, &s), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify_waha(Some(waha.as_bytes()), Some(b"md5"), body, &s),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(verify_waha(Some(waha.as_bytes()), None, body, &s), Ok(()));
     }
 

@@ -76,23 +76,31 @@ window_expiring_minutes = [1]
             ),
         )
         .unwrap();
-        Deployment { dir, config, redis_url: redis_url.to_string(), keys: Keys::new(prefix), recorder }
+        Deployment {
+            dir,
+            config,
+            redis_url: redis_url.to_string(),
+            keys: Keys::new(prefix),
+            recorder,
+        }
     }
 
     fn spawn_worker(&self, name: &str) -> WorkerProcess {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        WorkerProcess(Command::new(env!("CARGO_BIN_EXE_coexist"))
-            .args(["work", "--config"])
-            .arg(&self.config)
-            .env("META_APP_SECRET", "meta")
-            .env("WAHA_HMAC_KEY", "waha")
-            .env("FORWARD_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap())
+        WorkerProcess(
+            Command::new(env!("CARGO_BIN_EXE_coexist"))
+                .args(["work", "--config"])
+                .arg(&self.config)
+                .env("META_APP_SECRET", "meta")
+                .env("WAHA_HMAC_KEY", "waha")
+                .env("FORWARD_SECRET", SECRET)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     }
 
     fn log(&self, name: &str) -> String {
@@ -100,7 +108,11 @@ window_expiring_minutes = [1]
     }
 
     async fn queue(&self) -> Queue {
-        Queue::Redis(RedisQueue::connect(&self.redis_url, self.keys.clone(), 3600, 0).await.unwrap())
+        Queue::Redis(
+            RedisQueue::connect(&self.redis_url, self.keys.clone(), 3600, 0)
+                .await
+                .unwrap(),
+        )
     }
 
     fn queues_json(&self) -> serde_json::Value {
@@ -112,7 +124,11 @@ window_expiring_minutes = [1]
             .env("FORWARD_SECRET", SECRET)
             .output()
             .unwrap();
-        assert!(out.status.success(), "queues failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "queues failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -153,8 +169,16 @@ fn message(channel: &str, kind: ChannelKind, conversation: &str, seq: usize, at_
         event_type: EventType::Message,
         at: at_ms,
         received_at: None,
-        contact: Contact { wa_id: Some(conversation.to_string()), ..Default::default() },
-        message: Some(Message { id, kind: "text".into(), text: Some(seq.to_string()), ..Default::default() }),
+        contact: Contact {
+            wa_id: Some(conversation.to_string()),
+            ..Default::default()
+        },
+        message: Some(Message {
+            id,
+            kind: "text".into(),
+            text: Some(seq.to_string()),
+            ..Default::default()
+        }),
         status: None,
         field: None,
         timer: None,
@@ -177,12 +201,22 @@ fn now_ms() -> i64 {
 }
 
 /// `conversations` × `per_conversation` messages, interleaved, enqueued in batches.
-async fn enqueue_messages(queue: &Queue, conversations: usize, per_conversation: usize) -> Vec<String> {
+async fn enqueue_messages(
+    queue: &Queue,
+    conversations: usize,
+    per_conversation: usize,
+) -> Vec<String> {
     let mut ids = Vec::new();
     let mut batch = Vec::new();
     for seq in 0..per_conversation {
         for c in 0..conversations {
-            let e = message(CHANNEL, ChannelKind::Waba, &format!("1555{c:06}"), seq, now_ms());
+            let e = message(
+                CHANNEL,
+                ChannelKind::Waba,
+                &format!("1555{c:06}"),
+                seq,
+                now_ms(),
+            );
             ids.push(e.id.clone());
             batch.push(new_event(&e, PARTITIONS));
             if batch.len() == 100 {
@@ -196,7 +230,11 @@ async fn enqueue_messages(queue: &Queue, conversations: usize, per_conversation:
 }
 
 fn sigterm(child: &WorkerProcess) {
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
 }
 
 fn wait_exit(child: &mut WorkerProcess, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -220,7 +258,10 @@ fn assert_complete_and_ordered(calls: &[Call], expected: &[String], per_conversa
     for c in ordered {
         assert!(c.signature_ok, "forward requests are signed");
         if seen.insert(c.event_id.clone()) {
-            firsts.entry(c.conversation().to_string()).or_default().push(c.text().parse().unwrap());
+            firsts
+                .entry(c.conversation().to_string())
+                .or_default()
+                .push(c.text().parse().unwrap());
         }
     }
     for id in expected {
@@ -236,17 +277,31 @@ fn assert_complete_and_ordered(calls: &[Call], expected: &[String], per_conversa
 fn assert_one_owner_at_a_time(calls: &[Call], dead_worker: Option<&str>) {
     let mut by_partition: HashMap<u32, Vec<&Call>> = HashMap::new();
     for c in calls {
-        by_partition.entry(partition_of(c.conversation(), PARTITIONS)).or_default().push(c);
+        by_partition
+            .entry(partition_of(c.conversation(), PARTITIONS))
+            .or_default()
+            .push(c);
     }
     for (p, mut list) in by_partition {
         list.sort_by_key(|c| c.started);
         for pair in list.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            if a.worker != b.worker && Some(a.worker.as_str()) != dead_worker && Some(b.worker.as_str()) != dead_worker {
-                assert!(b.started >= a.finished, "partition {p}: {} and {} overlapped", a.worker, b.worker);
+            if a.worker != b.worker
+                && Some(a.worker.as_str()) != dead_worker
+                && Some(b.worker.as_str()) != dead_worker
+            {
+                assert!(
+                    b.started >= a.finished,
+                    "partition {p}: {} and {} overlapped",
+                    a.worker,
+                    b.worker
+                );
             }
             if a.worker == b.worker {
-                assert!(b.started >= a.finished, "partition {p}: one worker ran two events of a partition at once");
+                assert!(
+                    b.started >= a.finished,
+                    "partition {p}: one worker ran two events of a partition at once"
+                );
             }
         }
     }
@@ -257,12 +312,23 @@ async fn three_workers_one_killed_nothing_lost_order_kept() {
     let url = support::shared_url();
     let d = Deployment::new(&url, "");
     let queue = d.queue().await;
-    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
+    let mut workers: Vec<WorkerProcess> =
+        (0..3).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
     let ids = enqueue_messages(&queue, 300, 10).await;
 
-    d.recorder.wait_for("a third of the events", Duration::from_secs(60), |c| c.len() >= 1000).await;
+    d.recorder
+        .wait_for("a third of the events", Duration::from_secs(60), |c| {
+            c.len() >= 1000
+        })
+        .await;
     let victim = workers.remove(0);
-    let victim_name = d.recorder.calls().iter().map(|c| c.worker.clone()).find(|w| w.contains(&format!("-{}-", victim.id()))).unwrap_or_default();
+    let victim_name = d
+        .recorder
+        .calls()
+        .iter()
+        .map(|c| c.worker.clone())
+        .find(|w| w.contains(&format!("-{}-", victim.id())))
+        .unwrap_or_default();
     let mut victim = victim;
     victim.kill().unwrap(); // SIGKILL: no goodbye, leases expire
     victim.wait().unwrap();
@@ -270,30 +336,57 @@ async fn three_workers_one_killed_nothing_lost_order_kept() {
 
     let total = ids.len();
     d.recorder
-        .wait_for("every event handled", Duration::from_secs(90), |_| d.recorder.distinct_handled() >= total)
+        .wait_for("every event handled", Duration::from_secs(90), |_| {
+            d.recorder.distinct_handled() >= total
+        })
         .await;
     let calls = d.recorder.calls();
     assert_complete_and_ordered(&calls, &ids, 10);
     assert_one_owner_at_a_time(&calls, Some(&victim_name));
-    assert!(!victim_name.is_empty(), "the victim had handled events before the kill");
-    let after_kill: std::collections::HashSet<_> =
-        calls.iter().filter(|c| c.started > killed_at).map(|c| c.worker.clone()).collect();
-    assert!(!after_kill.contains(&victim_name), "the killed worker handled nothing after its death");
-    assert!(after_kill.len() >= 2, "both survivors took part: {after_kill:?}");
+    assert!(
+        !victim_name.is_empty(),
+        "the victim had handled events before the kill"
+    );
+    let after_kill: std::collections::HashSet<_> = calls
+        .iter()
+        .filter(|c| c.started > killed_at)
+        .map(|c| c.worker.clone())
+        .collect();
+    assert!(
+        !after_kill.contains(&victim_name),
+        "the killed worker handled nothing after its death"
+    );
+    assert!(
+        after_kill.len() >= 2,
+        "both survivors took part: {after_kill:?}"
+    );
 
     for w in &workers {
         sigterm(w);
     }
     for (i, mut w) in workers.into_iter().enumerate() {
-        let status = wait_exit(&mut w, Duration::from_secs(20)).expect("worker exits after SIGTERM");
-        assert!(status.success(), "worker {i} exit status {status}:\n{}", d.log(&format!("w{}", i + 1)));
+        let status =
+            wait_exit(&mut w, Duration::from_secs(20)).expect("worker exits after SIGTERM");
+        assert!(
+            status.success(),
+            "worker {i} exit status {status}:\n{}",
+            d.log(&format!("w{}", i + 1))
+        );
     }
     // Everything acknowledged: nothing pending, nothing left unread, no lease held.
     let rows = d.queues_json();
-    for row in rows.as_array().unwrap().iter().filter(|r| r["channel"] == CHANNEL) {
+    for row in rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["channel"] == CHANNEL)
+    {
         assert_eq!(row["pending"], 0, "{row}");
         assert_eq!(row["lag"], 0, "{row}");
-        assert!(row["lease_owner"].is_null(), "leases released on SIGTERM: {row}");
+        assert!(
+            row["lease_owner"].is_null(),
+            "leases released on SIGTERM: {row}"
+        );
     }
 }
 
@@ -304,13 +397,19 @@ async fn redis_restart_mid_run_workers_reconnect_and_finish() {
     let queue = d.queue().await;
     let workers: Vec<WorkerProcess> = (0..2).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
     let ids = enqueue_messages(&queue, 200, 8).await;
-    d.recorder.wait_for("some events", Duration::from_secs(60), |c| c.len() >= 400).await;
+    d.recorder
+        .wait_for("some events", Duration::from_secs(60), |c| c.len() >= 400)
+        .await;
     redis.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
     let total = ids.len();
     d.recorder
-        .wait_for("every event after the restart", Duration::from_secs(90), |_| d.recorder.distinct_handled() >= total)
+        .wait_for(
+            "every event after the restart",
+            Duration::from_secs(90),
+            |_| d.recorder.distinct_handled() >= total,
+        )
         .await;
     assert_complete_and_ordered(&d.recorder.calls(), &ids, 8);
     for mut w in workers {
@@ -325,7 +424,9 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
     let d = Deployment::new(&url, "");
     let queue = d.queue().await;
     let conv = "15550001111";
-    let events: Vec<Event> = (0..4).map(|i| message(CHANNEL, ChannelKind::Waba, conv, i, now_ms())).collect();
+    let events: Vec<Event> = (0..4)
+        .map(|i| message(CHANNEL, ChannelKind::Waba, conv, i, now_ms()))
+        .collect();
     d.recorder.script(&events[1].id, Script::FailTimes(1)); // flaky: succeeds on attempt 2
     d.recorder.script(&events[2].id, Script::AlwaysFail); // poison: 3 attempts, then dead letter
     let batch: Vec<NewEvent> = events.iter().map(|e| new_event(e, PARTITIONS)).collect();
@@ -333,13 +434,31 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
     let mut w = d.spawn_worker("w0");
 
     let last = events[3].id.clone();
-    d.recorder.wait_for("the event after the poison one", Duration::from_secs(30), |c| c.iter().any(|c| c.event_id == last && c.status == 200)).await;
+    d.recorder
+        .wait_for(
+            "the event after the poison one",
+            Duration::from_secs(30),
+            |c| c.iter().any(|c| c.event_id == last && c.status == 200),
+        )
+        .await;
     let calls = d.recorder.calls();
-    let order: Vec<(String, u16)> = calls.iter().filter(|c| c.conversation() == conv).map(|c| (c.text().to_string(), c.status)).collect();
-    let want: Vec<(String, u16)> = vec![("0", 200), ("1", 500), ("1", 200), ("2", 500), ("2", 500), ("2", 500), ("3", 200)]
-        .into_iter()
-        .map(|(t, s)| (t.to_string(), s))
+    let order: Vec<(String, u16)> = calls
+        .iter()
+        .filter(|c| c.conversation() == conv)
+        .map(|c| (c.text().to_string(), c.status))
         .collect();
+    let want: Vec<(String, u16)> = vec![
+        ("0", 200),
+        ("1", 500),
+        ("1", 200),
+        ("2", 500),
+        ("2", 500),
+        ("2", 500),
+        ("3", 200),
+    ]
+    .into_iter()
+    .map(|(t, s)| (t.to_string(), s))
+    .collect();
     assert_eq!(order, want, "retries keep the partition waiting; after 3 attempts the event is dead-lettered and the next one runs");
 
     let dead = queue.dead_letters(CHANNEL, 10).await.unwrap();
@@ -357,9 +476,17 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
         .env("FORWARD_SECRET", SECRET)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let poison = events[2].id.clone();
-    d.recorder.wait_for("the replayed event", Duration::from_secs(30), |c| c.iter().any(|c| c.event_id == poison && c.status == 200)).await;
+    d.recorder
+        .wait_for("the replayed event", Duration::from_secs(30), |c| {
+            c.iter().any(|c| c.event_id == poison && c.status == 200)
+        })
+        .await;
     assert!(queue.dead_letters(CHANNEL, 10).await.unwrap().is_empty());
     sigterm(&w);
     assert!(wait_exit(&mut w, Duration::from_secs(20)).is_some_and(|s| s.success()));
@@ -373,33 +500,51 @@ async fn a_joining_worker_gets_its_share_and_a_leaving_one_hands_over() {
         let mut m = HashMap::new();
         for row in d.queues_json().as_array().unwrap() {
             if let Some(o) = row["lease_owner"].as_str() {
-                *m.entry(o.split(':').next().unwrap().to_string()).or_default() += 1;
+                *m.entry(o.split(':').next().unwrap().to_string())
+                    .or_default() += 1;
             }
         }
         m
     };
     let total = (PARTITIONS + 2) as usize;
     let mut first = d.spawn_worker("w0");
-    support::eventually(Duration::from_secs(15), "one worker holds every partition", || async {
-        (owners(&d).values().sum::<usize>() == total).then_some(())
-    })
+    support::eventually(
+        Duration::from_secs(15),
+        "one worker holds every partition",
+        || async { (owners(&d).values().sum::<usize>() == total).then_some(()) },
+    )
     .await;
     let mut second = d.spawn_worker("w1");
     let started = Instant::now();
-    support::eventually(Duration::from_secs(15), "two workers share the partitions", || async {
-        let o = owners(&d);
-        (o.len() == 2 && o.values().all(|n| *n == total / 2)).then_some(())
-    })
+    support::eventually(
+        Duration::from_secs(15),
+        "two workers share the partitions",
+        || async {
+            let o = owners(&d);
+            (o.len() == 2 && o.values().all(|n| *n == total / 2)).then_some(())
+        },
+    )
     .await;
     let rebalance = started.elapsed();
-    assert!(rebalance < Duration::from_secs(10), "rebalanced in {rebalance:?}");
+    assert!(
+        rebalance < Duration::from_secs(10),
+        "rebalanced in {rebalance:?}"
+    );
 
     sigterm(&first);
-    assert!(wait_exit(&mut first, Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", d.log("w0"));
-    support::eventually(Duration::from_secs(15), "the remaining worker holds everything", || async {
-        let o = owners(&d);
-        (o.len() == 1 && o.values().sum::<usize>() == total).then_some(())
-    })
+    assert!(
+        wait_exit(&mut first, Duration::from_secs(20)).is_some_and(|s| s.success()),
+        "{}",
+        d.log("w0")
+    );
+    support::eventually(
+        Duration::from_secs(15),
+        "the remaining worker holds everything",
+        || async {
+            let o = owners(&d);
+            (o.len() == 1 && o.values().sum::<usize>() == total).then_some(())
+        },
+    )
     .await;
     sigterm(&second);
     assert!(wait_exit(&mut second, Duration::from_secs(20)).is_some_and(|s| s.success()));
@@ -413,34 +558,85 @@ async fn window_timers_fire_per_channel_and_stale_ones_are_dropped() {
     let day = 24 * 3600 * 1000;
     let now = now_ms();
     // a: window closes in 3 s (no expiring timer: 1 min lead already past).
-    let a = message(CHANNEL, ChannelKind::Waba, "15550000001", 0, now - day + 3_000);
+    let a = message(
+        CHANNEL,
+        ChannelKind::Waba,
+        "15550000001",
+        0,
+        now - day + 3_000,
+    );
     // b: the 1-minute expiring timer fires in 2 s; the window closes a minute later.
-    let b = message(CHANNEL, ChannelKind::Waba, "15550000002", 0, now - day + 62_000);
+    let b = message(
+        CHANNEL,
+        ChannelKind::Waba,
+        "15550000002",
+        0,
+        now - day + 62_000,
+    );
     // c: would close in 3 s, but a fresh message re-arms it a day ahead: nothing may fire.
-    let c1 = message(CHANNEL, ChannelKind::Waba, "15550000003", 0, now - day + 3_000);
+    let c1 = message(
+        CHANNEL,
+        ChannelKind::Waba,
+        "15550000003",
+        0,
+        now - day + 3_000,
+    );
     let c2 = message(CHANNEL, ChannelKind::Waba, "15550000003", 1, now);
     // The same phone number as `a`, on the Personal channel: no window, no timers, separate state.
-    let p = message("phone", ChannelKind::Personal, "15550000001", 0, now - day + 3_000);
-    let mut batch: Vec<NewEvent> = [&a, &b, &c1, &c2].iter().map(|e| new_event(e, PARTITIONS)).collect();
+    let p = message(
+        "phone",
+        ChannelKind::Personal,
+        "15550000001",
+        0,
+        now - day + 3_000,
+    );
+    let mut batch: Vec<NewEvent> = [&a, &b, &c1, &c2]
+        .iter()
+        .map(|e| new_event(e, PARTITIONS))
+        .collect();
     batch.push(new_event(&p, 2));
     queue.enqueue(&batch).await.unwrap();
     let mut w = d.spawn_worker("w0");
 
     d.recorder
-        .wait_for("window.closed for a and window.expiring for b", Duration::from_secs(20), |calls| {
-            let timer = |conv: &str, name: &str| {
-                calls.iter().any(|c| c.event_type() == "timer" && c.conversation() == conv && c.event["timer"]["name"] == name)
-            };
-            timer("15550000001", "window.closed") && timer("15550000002", "window.expiring")
-        })
+        .wait_for(
+            "window.closed for a and window.expiring for b",
+            Duration::from_secs(20),
+            |calls| {
+                let timer = |conv: &str, name: &str| {
+                    calls.iter().any(|c| {
+                        c.event_type() == "timer"
+                            && c.conversation() == conv
+                            && c.event["timer"]["name"] == name
+                    })
+                };
+                timer("15550000001", "window.closed") && timer("15550000002", "window.expiring")
+            },
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let calls = d.recorder.calls();
     let timers: Vec<&Call> = calls.iter().filter(|c| c.event_type() == "timer").collect();
-    assert!(timers.iter().all(|c| c.conversation() != "15550000003"), "a re-armed window fires no stale timer");
-    assert!(timers.iter().all(|c| c.event["channel"] == CHANNEL), "no timers on the Personal channel");
-    assert_eq!(timers.iter().filter(|c| c.conversation() == "15550000001").count(), 1, "a fired once");
-    let closed = timers.iter().find(|c| c.conversation() == "15550000001").unwrap();
+    assert!(
+        timers.iter().all(|c| c.conversation() != "15550000003"),
+        "a re-armed window fires no stale timer"
+    );
+    assert!(
+        timers.iter().all(|c| c.event["channel"] == CHANNEL),
+        "no timers on the Personal channel"
+    );
+    assert_eq!(
+        timers
+            .iter()
+            .filter(|c| c.conversation() == "15550000001")
+            .count(),
+        1,
+        "a fired once"
+    );
+    let closed = timers
+        .iter()
+        .find(|c| c.conversation() == "15550000001")
+        .unwrap();
     assert_eq!(closed.event["timer"]["window_end"], a.at + day);
 
     // Two conversations for one number: WABA has a window that ended, Personal has none.
@@ -449,14 +645,22 @@ async fn window_timers_fire_per_channel_and_stale_ones_are_dropped() {
         let url = url.clone();
         async move {
             let mut con = support::connection(&url).await;
-            let s: Option<String> = redis::cmd("HGET").arg(key).arg("s").query_async(&mut con).await.unwrap();
+            let s: Option<String> = redis::cmd("HGET")
+                .arg(key)
+                .arg("s")
+                .query_async(&mut con)
+                .await
+                .unwrap();
             serde_json::from_str::<serde_json::Value>(&s.expect("state saved")).unwrap()
         }
     };
     let waba = store_state(CHANNEL, "15550000001").await;
     let personal = store_state("phone", "15550000001").await;
     assert_eq!(waba["window_end_ms"], a.at + day);
-    assert!(personal.get("window_end_ms").is_none(), "personal channels have no window: {personal}");
+    assert!(
+        personal.get("window_end_ms").is_none(),
+        "personal channels have no window: {personal}"
+    );
     sigterm(&w);
     assert!(wait_exit(&mut w, Duration::from_secs(20)).is_some_and(|s| s.success()));
 }

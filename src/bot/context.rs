@@ -8,9 +8,9 @@
 
 use crate::channel::ChannelKind;
 use crate::config::ChannelConfig;
-use crate::conversation::window::{self, Window};
+use crate::conversation::window::{self, Effects, Window};
 use crate::conversation::ConversationState;
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Timer};
 use crate::outbound::rules::{self, RuleError};
 use crate::outbound::Reply;
 use serde::de::DeserializeOwned;
@@ -48,13 +48,95 @@ pub struct Context {
     state: ConversationState,
     now_ms: i64,
     replies: Vec<Reply>,
+    /// For each queued reply, its position among every reply the handler asked for, refused
+    /// ones included: the outbox key. A reply refused on a later handling of the same event
+    /// (the window closed meanwhile) must not shift the keys of the replies after it.
+    reply_slots: Vec<usize>,
+    requested: usize,
     handover: Option<HandoverRequest>,
     state_changed: bool,
+    effects: Effects,
 }
 
 impl Context {
-    pub fn new(event: Event, channel: Arc<ChannelConfig>, state: ConversationState, now_ms: i64) -> Self {
-        Context { event, channel, state, now_ms, replies: Vec::new(), handover: None, state_changed: false }
+    pub fn new(
+        event: Event,
+        channel: Arc<ChannelConfig>,
+        state: ConversationState,
+        now_ms: i64,
+    ) -> Self {
+        Context {
+            event,
+            channel,
+            state,
+            now_ms,
+            replies: Vec::new(),
+            reply_slots: Vec::new(),
+            requested: 0,
+            handover: None,
+            state_changed: false,
+            effects: Effects::default(),
+        }
+    }
+
+    /// What applying the event to the conversation did (the worker sets it): whether this
+    /// echo started a handover, whether the window moved, how a status changed.
+    pub fn with_effects(mut self, effects: Effects) -> Self {
+        self.effects = effects;
+        self
+    }
+
+    /// What applying the event to the conversation did.
+    pub fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    /// This event is an echo of a person answering from the phone: the bot is now paused for
+    /// this conversation (its messages do not reach the bot until the handover ends).
+    pub fn is_handover_event(&self) -> bool {
+        self.event.event_type == EventType::Echo && self.effects.handover_started
+    }
+
+    /// The message's type as the provider names it (`text`, `image`, `button_reply`, …).
+    pub fn message_type(&self) -> Option<&str> {
+        self.event.message.as_ref().map(|m| m.kind.as_str())
+    }
+
+    /// The id of the tapped reply button or list row, or the template quick-reply payload.
+    pub fn button_id(&self) -> Option<&str> {
+        self.event
+            .message
+            .as_ref()
+            .and_then(|m| m.button_id.as_deref())
+    }
+
+    /// For `timer` events: which window timer fired.
+    pub fn timer(&self) -> Option<&Timer> {
+        self.event
+            .timer
+            .as_ref()
+            .filter(|_| self.event.event_type == EventType::Timer)
+    }
+
+    /// A `window.expiring` timer: the window closes in `lead` (WABA only).
+    pub fn is_window_expiring(&self) -> bool {
+        self.timer()
+            .is_some_and(|t| t.name == window::WINDOW_EXPIRING)
+    }
+
+    /// A `window.closed` timer: from now on only templates reach the customer (WABA only).
+    pub fn is_window_closed_event(&self) -> bool {
+        self.timer()
+            .is_some_and(|t| t.name == window::WINDOW_CLOSED)
+    }
+
+    /// The customer's display name, from this event or remembered from earlier ones.
+    pub fn contact_name(&self) -> Option<&str> {
+        self.event
+            .contact
+            .name
+            .as_deref()
+            .or(self.state.contact.name.as_deref())
     }
 
     pub fn kind(&self) -> ChannelKind {
@@ -104,8 +186,11 @@ impl Context {
         if self.event.conversation.is_empty() {
             return Err(SendRuleError::NoConversation);
         }
+        let slot = self.requested;
+        self.requested += 1;
         rules::check(self.kind(), self.window(), &reply)?;
         self.replies.push(reply);
+        self.reply_slots.push(slot);
         Ok(())
     }
 
@@ -121,33 +206,76 @@ impl Context {
         language: impl Into<String>,
         components: Vec<serde_json::Value>,
     ) -> Result<(), SendRuleError> {
-        self.send(Reply::Template { name: name.into(), language: language.into(), components })
+        self.send(Reply::Template {
+            name: name.into(),
+            language: language.into(),
+            components,
+        })
     }
 
     /// An interactive message (buttons, list): a Meta `interactive` object. WABA only.
-    pub fn send_interactive(&mut self, interactive: serde_json::Value) -> Result<(), SendRuleError> {
+    pub fn send_interactive(
+        &mut self,
+        interactive: serde_json::Value,
+    ) -> Result<(), SendRuleError> {
         self.send(Reply::Interactive { interactive })
+    }
+
+    /// Up to three reply buttons under `body` (WABA only; Personal channels refuse interactive
+    /// messages with [`RuleError::UnsupportedOnChannel`]). `buttons`: `(id, title)`; a tap
+    /// comes back as a message whose [`Context::button_id`] is the id.
+    pub fn send_buttons(
+        &mut self,
+        body: impl Into<String>,
+        buttons: &[(&str, &str)],
+    ) -> Result<(), SendRuleError> {
+        let buttons: Vec<serde_json::Value> = buttons
+            .iter()
+            .map(|(id, title)| serde_json::json!({"type": "reply", "reply": {"id": id, "title": title}}))
+            .collect();
+        self.send_interactive(serde_json::json!({
+            "type": "button",
+            "body": {"text": body.into()},
+            "action": {"buttons": buttons},
+        }))
     }
 
     /// Reacts to the event's message.
     pub fn react(&mut self, emoji: impl Into<String>) -> Result<(), SendRuleError> {
-        let message_id = self.message_id().ok_or(SendRuleError::NoTarget("no message to react to"))?;
-        self.send(Reply::Reaction { message_id, emoji: emoji.into() })
+        let message_id = self
+            .message_id()
+            .ok_or(SendRuleError::NoTarget("no message to react to"))?;
+        self.send(Reply::Reaction {
+            message_id,
+            emoji: emoji.into(),
+        })
     }
 
     /// Marks the event's message as read.
     pub fn mark_read(&mut self) -> Result<(), SendRuleError> {
-        let message_id = self.message_id().ok_or(SendRuleError::NoTarget("no message to mark read"))?;
-        self.send(Reply::MarkRead { message_id, typing: false })
+        let message_id = self
+            .message_id()
+            .ok_or(SendRuleError::NoTarget("no message to mark read"))?;
+        self.send(Reply::MarkRead {
+            message_id,
+            typing: false,
+        })
     }
 
     fn message_id(&self) -> Option<String> {
-        self.event.message.as_ref().map(|m| m.id.clone()).filter(|id| !id.is_empty())
+        self.event
+            .message
+            .as_ref()
+            .map(|m| m.id.clone())
+            .filter(|id| !id.is_empty())
     }
 
     /// The bot author's typed state of this conversation (`None` if never set or not of `T`'s shape).
     pub fn state<T: DeserializeOwned>(&self) -> Option<T> {
-        self.state.bot_state.clone().and_then(|v| serde_json::from_value(v).ok())
+        self.state
+            .bot_state
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
     }
 
     /// Stores the bot author's typed state; saved with the conversation after the handler.
@@ -190,8 +318,10 @@ impl Context {
         self.state_changed
     }
 
-    /// Hands back what the worker needs after the handler: the state and the replies.
-    pub fn into_parts(self) -> (Event, ConversationState, Vec<Reply>, bool) {
-        (self.event, self.state, self.replies, self.state_changed)
+    /// Hands back what the worker needs after the handler: the state and the replies, each
+    /// with its slot (the index in its outbox key).
+    pub fn into_parts(self) -> (Event, ConversationState, Vec<(usize, Reply)>, bool) {
+        let replies = self.reply_slots.into_iter().zip(self.replies).collect();
+        (self.event, self.state, replies, self.state_changed)
     }
 }

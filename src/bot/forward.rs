@@ -25,7 +25,10 @@ pub struct ForwardBot {
 #[serde(default)]
 pub struct ForwardResponse {
     pub replies: Vec<Reply>,
-    /// Replaces the conversation's bot state (any JSON); `null` clears it.
+    /// Replaces the conversation's bot state (any JSON); `null` clears it: `None` when the key
+    /// is absent, `Some(Value::Null)` for an explicit `null` (a plain `Option<Value>` would
+    /// read both as `None`, and `"state": null` would never clear anything).
+    #[serde(default, deserialize_with = "deserialize_present")]
     pub state: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "deserialize_handover")]
     pub handover: Option<HandoverAnswer>,
@@ -37,7 +40,15 @@ pub enum HandoverAnswer {
     Resume,
 }
 
-fn deserialize_handover<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<HandoverAnswer>, D::Error> {
+fn deserialize_present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+fn deserialize_handover<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<HandoverAnswer>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -47,7 +58,11 @@ fn deserialize_handover<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option
     Ok(match Option::<Raw>::deserialize(d)? {
         None => None,
         Some(Raw::Word(w)) if w == "resume" => Some(HandoverAnswer::Resume),
-        Some(Raw::Word(w)) => return Err(serde::de::Error::custom(format!("unknown handover {w:?} (expected \"resume\" or {{\"seconds\": N}})"))),
+        Some(Raw::Word(w)) => {
+            return Err(serde::de::Error::custom(format!(
+                "unknown handover {w:?} (expected \"resume\" or {{\"seconds\": N}})"
+            )))
+        }
         Some(Raw::Pause { seconds }) => Some(HandoverAnswer::Pause(Duration::from_secs(seconds))),
     })
 }
@@ -59,7 +74,12 @@ impl ForwardBot {
             .pool_max_idle_per_host(64)
             .build()
             .expect("a plain HTTP client always builds");
-        ForwardBot { url, secret, worker_id, http }
+        ForwardBot {
+            url,
+            secret,
+            worker_id,
+            http,
+        }
     }
 }
 
@@ -67,7 +87,11 @@ impl Bot for ForwardBot {
     fn handle<'a>(&'a self, ctx: &'a mut Context) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let body = ctx.event.to_json();
-            let signature = header_value(Algorithm::Sha256, self.secret.expose().as_bytes(), body.as_bytes());
+            let signature = header_value(
+                Algorithm::Sha256,
+                self.secret.expose().as_bytes(),
+                body.as_bytes(),
+            );
             let response = self
                 .http
                 .post(&self.url)
@@ -78,16 +102,20 @@ impl Bot for ForwardBot {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| HandlerError::retry(format!("forward to {}: {}", self.url, describe(e))))?;
+                .map_err(|e| {
+                    HandlerError::retry(format!("forward to {}: {}", self.url, describe(e)))
+                })?;
             let status = response.status();
             if !status.is_success() {
-                return Err(HandlerError::retry(format!("forward endpoint answered {status}")));
+                return Err(HandlerError::retry(format!(
+                    "forward endpoint answered {status}"
+                )));
             }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| HandlerError::retry(format!("reading forward answer: {}", describe(e))))?;
-            let answer = parse_answer(&bytes).map_err(|e| HandlerError::give_up(format!("forward answer is not valid: {e}")))?;
+            let bytes = response.bytes().await.map_err(|e| {
+                HandlerError::retry(format!("reading forward answer: {}", describe(e)))
+            })?;
+            let answer = parse_answer(&bytes)
+                .map_err(|e| HandlerError::give_up(format!("forward answer is not valid: {e}")))?;
             apply_answer(ctx, answer);
             Ok(())
         })
@@ -132,5 +160,24 @@ pub fn apply_answer(ctx: &mut Context, answer: ForwardResponse) {
         if let Err(e) = ctx.send(reply) {
             tracing::warn!(channel = ctx.channel_id(), event = %ctx.event.id, error = %e, "forward answer: reply refused by the sending rules");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_null_is_not_state_absent() {
+        assert_eq!(
+            parse_answer(br#"{"state":null}"#).unwrap().state,
+            Some(serde_json::Value::Null)
+        );
+        assert_eq!(parse_answer(br#"{"replies":[]}"#).unwrap().state, None);
+        assert_eq!(parse_answer(b"").unwrap().state, None);
+        assert_eq!(
+            parse_answer(br#"{"state":{"step":1}}"#).unwrap().state,
+            Some(serde_json::json!({"step":1}))
+        );
     }
 }

@@ -3,12 +3,42 @@
 //!
 //! Two bots ship with coexist: [`echo::EchoBot`] (the quick start) and
 //! [`forward::ForwardBot`] (POSTs each event to any HTTP endpoint, in any language).
+//!
+//! Your own bot is a [`Router`]: handlers registered by event type, each behind a composable
+//! [`Filter`], checked when the router is built ("fail at start-up, not at the first event"),
+//! and unit-tested without Redis or network with [`testkit::TestKit`]:
+//!
+//! ```
+//! use coexist::bot::{handler, Filter, Router};
+//!
+//! let bot = Router::builder()
+//!     .on_text(Filter::regex("(?i)^(hi|hello)\\b"), handler!(|ctx| async move {
+//!         ctx.reply("Hello! Type *menu* to see what I can do.")?;
+//!         Ok(())
+//!     }))
+//!     .on_button(Filter::button("talk-to-human"), handler!(|ctx| async move {
+//!         ctx.reply("A person will answer shortly.")?;
+//!         ctx.handover(std::time::Duration::from_secs(3600));
+//!         Ok(())
+//!     }))
+//!     .build()
+//!     .expect("handlers are valid");
+//! # let _ = bot;
+//! ```
 
 pub mod context;
 pub mod echo;
+pub mod filter;
 pub mod forward;
+pub mod router;
+pub mod testkit;
 
+pub use crate::handler;
 pub use context::{Context, HandoverRequest, SendRuleError};
+pub use filter::Filter;
+pub use router::{
+    handler_fn, BuildError, Flow, Handler, HandlerFn, HandlerResult, On, Router, RouterBuilder,
+};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +55,22 @@ pub enum HandlerError {
     Retry(String),
     #[error("{0} (gave up)")]
     GiveUp(String),
+}
+
+/// A reply the sending rules refused: retrying cannot make it allowed, so `?` gives up on the
+/// event (it is dead-lettered with the reason). Match the error instead to recover, e.g. send
+/// a template when the window is closed.
+impl From<SendRuleError> for HandlerError {
+    fn from(e: SendRuleError) -> Self {
+        HandlerError::GiveUp(format!("reply refused: {e}"))
+    }
+}
+
+/// Bot state that does not serialize will not serialize on a retry either.
+impl From<serde_json::Error> for HandlerError {
+    fn from(e: serde_json::Error) -> Self {
+        HandlerError::GiveUp(format!("bot state: {e}"))
+    }
 }
 
 impl HandlerError {

@@ -319,11 +319,19 @@ impl MemoryQueue {
     }
 
     /// Marks `worker` live for `ttl_ms` (or removes it) and returns how many workers are live.
-    pub async fn heartbeat(&self, worker: &str, ttl_ms: u64, live: bool) -> Result<usize, QueueError> {
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        live: bool,
+    ) -> Result<usize, QueueError> {
         let now = Instant::now();
         let mut st = self.state();
         if live {
-            st.workers.insert(worker.to_string(), now + Duration::from_millis(ttl_ms.max(1)));
+            st.workers.insert(
+                worker.to_string(),
+                now + Duration::from_millis(ttl_ms.max(1)),
+            );
         } else {
             st.workers.remove(worker);
         }

@@ -33,7 +33,11 @@ pub struct NewEvent {
 pub enum Enqueued {
     /// Appended to `partition`'s stream; `conversation` is the canonical conversation id
     /// (after alias resolution; empty for account-level events).
-    Added { partition: u32, conversation: String, entry_id: String },
+    Added {
+        partition: u32,
+        conversation: String,
+        entry_id: String,
+    },
     /// Seen before (within the dedupe TTL): not appended again.
     Duplicate,
 }

@@ -221,7 +221,12 @@ impl RedisQueue {
     }
 
     /// Marks `worker` live for `ttl_ms` and returns how many workers are live.
-    pub async fn heartbeat(&self, worker: &str, ttl_ms: u64, live: bool) -> Result<usize, QueueError> {
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        live: bool,
+    ) -> Result<usize, QueueError> {
         let n: i64 = HEARTBEAT
             .key(self.inner.keys.workers())
             .arg(worker)

@@ -18,15 +18,26 @@ use crate::event::Event;
 pub enum ParseError {
     /// The body is not JSON. `line`/`column` point into the body.
     #[error("invalid JSON at line {line} column {column}: {message}")]
-    Json { line: usize, column: usize, message: String },
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// JSON, but not a webhook of the expected format (e.g. no `entry` array, no `event`).
     #[error("not a {format} webhook: {reason}")]
-    Shape { format: &'static str, reason: String },
+    Shape {
+        format: &'static str,
+        reason: String,
+    },
 }
 
 impl ParseError {
     pub(crate) fn from_json(e: serde_json::Error) -> Self {
-        ParseError::Json { line: e.line(), column: e.column(), message: e.to_string() }
+        ParseError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -46,7 +57,10 @@ pub fn parse_any(body: &[u8]) -> Result<(Format, Vec<Event>), ParseError> {
     } else if value.get("event").is_some() {
         Ok((Format::Waha, waha::parse_value(value)?))
     } else {
-        Err(ParseError::Shape { format: "Meta or WAHA", reason: "neither an `entry` array nor an `event` name".into() })
+        Err(ParseError::Shape {
+            format: "Meta or WAHA",
+            reason: "neither an `entry` array nor an `event` name".into(),
+        })
     }
 }
 

@@ -17,10 +17,11 @@ use crate::config::{ChannelConfig, Config};
 use crate::conversation::window::leads_from_minutes;
 use crate::conversation::ConversationStore;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, OutgoingMessage, SendError, Sent};
 use crate::queue::{Lease, Queue, QueueError};
 use rand::seq::SliceRandom;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -71,6 +72,51 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
 }
 
+/// Where a worker reads the time (milliseconds since the Unix epoch): the window rules,
+/// timer promotion and the bot's `Context::now_ms` all see this clock.
+/// [`Clock::System`] in production; [`Clock::manual`] lets the bot test kit move time.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// A clock that stands still at `start_ms` until [`Clock::set_ms`] or [`Clock::advance`].
+    pub fn manual(start_ms: i64) -> Clock {
+        Clock::Manual(Arc::new(AtomicI64::new(start_ms)))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => crate::ingest::now_ms(),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Sets a manual clock (never moves it backwards); no effect on the system clock.
+    pub fn set_ms(&self, ms: i64) {
+        if let Clock::Manual(now) = self {
+            now.fetch_max(ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Moves a manual clock forward; no effect on the system clock.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(now) = self {
+            now.fetch_add(
+                by.as_millis().min(i64::MAX as u128) as i64,
+                Ordering::SeqCst,
+            );
+        }
+    }
+}
+
+/// Called after every reply the worker tried to send, with the outcome (the test kit records
+/// what would have been sent through it).
+pub type SendObserver = Arc<dyn Fn(&OutgoingMessage, Result<&Sent, &SendError>) + Send + Sync>;
+
 /// What every partition task of a process shares.
 pub(crate) struct Shared {
     pub id: String,
@@ -81,6 +127,17 @@ pub(crate) struct Shared {
     pub outbound: Outbound,
     pub metrics: Metrics,
     pub settings: WorkerSettings,
+    pub clock: Clock,
+    pub observer: Option<SendObserver>,
+}
+
+/// What [`Worker::drain`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Entries handled and acknowledged (stale timers included).
+    pub handled: u64,
+    /// Entries that went to the dead-letter stream.
+    pub dead: u64,
 }
 
 /// A worker process's engine.
@@ -94,7 +151,11 @@ pub fn worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 struct Held {
@@ -113,7 +174,11 @@ impl Worker {
         metrics: Metrics,
         id: String,
     ) -> Self {
-        let channels = config.channels.iter().map(|c| (c.id.clone(), Arc::new(c.clone()))).collect();
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| (c.id.clone(), Arc::new(c.clone())))
+            .collect();
         let partitions = config
             .channels
             .iter()
@@ -121,9 +186,70 @@ impl Worker {
             .collect();
         let settings = WorkerSettings::from_config(config);
         Worker {
-            shared: Arc::new(Shared { id, channels, queue, store, bot, outbound, metrics, settings }),
+            shared: Arc::new(Shared {
+                id,
+                channels,
+                queue,
+                store,
+                bot,
+                outbound,
+                metrics,
+                settings,
+                clock: Clock::System,
+                observer: None,
+            }),
             partitions,
         }
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared {
+        Arc::get_mut(&mut self.shared).expect("a worker is configured before it runs")
+    }
+
+    /// Reads the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.shared_mut().clock = clock;
+        self
+    }
+
+    /// Calls `observer` after every send attempt of a reply.
+    pub fn with_send_observer(mut self, observer: SendObserver) -> Self {
+        self.shared_mut().observer = Some(observer);
+        self
+    }
+
+    /// Overrides the tunables taken from the config.
+    pub fn with_settings(mut self, settings: WorkerSettings) -> Self {
+        self.shared_mut().settings = settings;
+        self
+    }
+
+    /// Handles, on the calling task, every entry waiting in every partition and every timer
+    /// due at the clock's now, in order, with the same code as [`Worker::run`]; returns when
+    /// nothing is left. Partitions leased by another worker are skipped. For the bot test kit
+    /// and tools: a running worker does this continuously.
+    pub async fn drain(&self) -> Result<Drained, WorkerError> {
+        let shared = &self.shared;
+        let mut total = Drained::default();
+        for (channel, partition) in &self.partitions {
+            let Some(config) = shared.channels.get(channel).cloned() else {
+                continue;
+            };
+            let Some(lease) = shared
+                .queue
+                .acquire_lease(channel, *partition, &shared.id, shared.settings.lease_ms)
+                .await?
+            else {
+                continue;
+            };
+            shared.store.grant(&partition::fence(&lease));
+            let result = partition::drain(shared, &lease, &config).await;
+            let _ = shared.queue.release_lease(&lease).await;
+            let drained = result?;
+            total.handled += drained.handled;
+            total.dead += drained.dead;
+        }
+        Ok(total)
     }
 
     pub fn id(&self) -> &str {
@@ -149,7 +275,11 @@ impl Worker {
             if let Err(e) = balance(&shared, &self.partitions, &mut held).await {
                 tracing::warn!(worker = %shared.id, error = %e, "lease round failed; retrying");
             }
-            shared.metrics.set_gauge("coexist_leases_held", &[("worker", &shared.id)], held.len() as u64);
+            shared.metrics.set_gauge(
+                "coexist_leases_held",
+                &[("worker", &shared.id)],
+                held.len() as u64,
+            );
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tokio::time::sleep(settings.tick()) => {}
@@ -171,7 +301,9 @@ impl Worker {
             let _ = shared.queue.release_lease(&h.lease).await;
         }
         let _ = shared.queue.leave(&shared.id).await;
-        shared.metrics.set_gauge("coexist_leases_held", &[("worker", &shared.id)], 0);
+        shared
+            .metrics
+            .set_gauge("coexist_leases_held", &[("worker", &shared.id)], 0);
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())
     }
@@ -225,7 +357,11 @@ async fn balance(
             if held.len() >= share {
                 break;
             }
-            if let Some(lease) = shared.queue.acquire_lease(channel, *partition, &shared.id, s.lease_ms).await? {
+            if let Some(lease) = shared
+                .queue
+                .acquire_lease(channel, *partition, &shared.id, s.lease_ms)
+                .await?
+            {
                 tracing::info!(worker = %shared.id, channel = %channel, partition, token = lease.token, "partition acquired");
                 shared.store.grant(&partition::fence(&lease));
                 let (stop, stop_rx) = watch::channel(false);

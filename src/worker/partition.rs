@@ -1,6 +1,6 @@
 //! One held partition: read in order, handle one event at a time, ack after success.
 
-use super::Shared;
+use super::{Drained, Shared};
 use crate::bot::{Context, HandlerError};
 use crate::channel::ChannelKind;
 use crate::config::ChannelConfig;
@@ -8,7 +8,6 @@ use crate::conversation::store::{Fence, SaveOutcome};
 use crate::conversation::window::{self, timers_for, PlannedTimer};
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
-use crate::ingest::now_ms;
 use crate::outbound::OutgoingMessage;
 use crate::queue::{timer_member, Entry, Lease, QueueError};
 use std::sync::Arc;
@@ -16,7 +15,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub(crate) fn fence(lease: &Lease) -> Fence {
-    Fence { channel: lease.channel.clone(), partition: lease.partition, owner: lease.owner.clone(), token: lease.token }
+    Fence {
+        channel: lease.channel.clone(),
+        partition: lease.partition,
+        owner: lease.owner.clone(),
+        token: lease.token,
+    }
 }
 
 /// How handling one entry ended.
@@ -51,7 +55,11 @@ impl From<HandlerError> for AttemptError {
 pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Receiver<bool>) {
     let s = &shared.settings;
     let mut failures = 0u32;
-    while let Err(e) = shared.queue.ensure_group(&lease.channel, lease.partition).await {
+    while let Err(e) = shared
+        .queue
+        .ensure_group(&lease.channel, lease.partition)
+        .await
+    {
         failures += 1;
         tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "cannot create the consumer group; retrying");
         if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
@@ -64,13 +72,21 @@ pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Rece
     };
     failures = 0;
     'reading: while !*stop.borrow() {
-        if let Err(e) = shared.queue.promote_due_timers(&lease, now_ms() as u64, 256).await {
+        if let Err(e) = shared
+            .queue
+            .promote_due_timers(&lease, shared.clock.now_ms().max(0) as u64, 256)
+            .await
+        {
             if matches!(e, QueueError::LeaseLost { .. }) {
                 return;
             }
             tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "promoting timers failed");
         }
-        let entries = match shared.queue.read(&lease, &shared.id, s.batch, s.block_ms).await {
+        let entries = match shared
+            .queue
+            .read(&lease, &shared.id, s.batch, s.block_ms)
+            .await
+        {
             Ok(entries) => {
                 failures = 0;
                 entries
@@ -86,28 +102,110 @@ pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Rece
             }
         };
         for entry in entries {
-            let outcome = handle_with_retries(&shared, &lease, &channel, &entry, &mut stop).await;
-            let finished = match outcome {
-                Outcome::Done => shared.queue.ack(&lease, &entry.id).await,
-                Outcome::Dead(error) => {
-                    shared.metrics.inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
-                    tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
-                    shared.queue.dead_letter(&lease, &entry, &error).await
-                }
-                Outcome::LeaseLost | Outcome::Abandoned => return,
-            };
-            match finished {
-                Ok(true) => {}
-                Ok(false) | Err(QueueError::LeaseLost { .. }) => return,
-                Err(e) => {
-                    // Not acked: the entry comes back first on the next read (order kept).
-                    tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %e, "ack failed; the entry will be handled again");
+            match step(&shared, &lease, &channel, &entry, &mut stop).await {
+                Step::Next { .. } => {}
+                Step::Stop => return,
+                Step::Reread => {
                     wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, 1)).await;
                     continue 'reading;
                 }
             }
             if *stop.borrow() {
                 break 'reading;
+            }
+        }
+    }
+}
+
+/// What the reading loop does after one entry.
+enum Step {
+    /// Handled and acked (`dead`: dead-lettered): go on with the next entry.
+    Next { dead: bool },
+    /// The lease is gone or the task is shutting down: stop without acking.
+    Stop,
+    /// Acking failed: read again (the entry comes back first, order kept).
+    Reread,
+}
+
+/// Handles one entry (with retries), then acks or dead-letters it. Shared by the partition
+/// task and [`drain`], so both follow the same rules.
+async fn step(
+    shared: &Shared,
+    lease: &Lease,
+    channel: &Arc<ChannelConfig>,
+    entry: &Entry,
+    stop: &mut watch::Receiver<bool>,
+) -> Step {
+    let outcome = handle_with_retries(shared, lease, channel, entry, stop).await;
+    let dead = matches!(outcome, Outcome::Dead(_));
+    let finished = match outcome {
+        Outcome::Done => shared.queue.ack(lease, &entry.id).await,
+        Outcome::Dead(error) => {
+            shared
+                .metrics
+                .inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
+            tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
+            shared.queue.dead_letter(lease, entry, &error).await
+        }
+        Outcome::LeaseLost | Outcome::Abandoned => return Step::Stop,
+    };
+    match finished {
+        Ok(true) => Step::Next { dead },
+        Ok(false) | Err(QueueError::LeaseLost { .. }) => Step::Stop,
+        Err(e) => {
+            tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %e, "ack failed; the entry will be handled again");
+            Step::Reread
+        }
+    }
+}
+
+/// Handles everything the partition holds now (timers due at the clock's now included), on the
+/// calling task, then returns: [`super::Worker::drain`].
+pub(crate) async fn drain(
+    shared: &Shared,
+    lease: &Lease,
+    channel: &Arc<ChannelConfig>,
+) -> Result<Drained, QueueError> {
+    shared
+        .queue
+        .ensure_group(&lease.channel, lease.partition)
+        .await?;
+    // Nobody ever stops a drain: it ends when the partition is empty.
+    let (_never, mut stop) = watch::channel(false);
+    let mut drained = Drained::default();
+    let mut rereads = 0;
+    loop {
+        shared
+            .queue
+            .promote_due_timers(lease, shared.clock.now_ms().max(0) as u64, 256)
+            .await?;
+        let entries = shared
+            .queue
+            .read(lease, &shared.id, shared.settings.batch, 0)
+            .await?;
+        if entries.is_empty() {
+            return Ok(drained);
+        }
+        for entry in &entries {
+            match step(shared, lease, channel, entry, &mut stop).await {
+                Step::Next { dead: true } => drained.dead += 1,
+                Step::Next { dead: false } => drained.handled += 1,
+                Step::Stop => {
+                    return Err(QueueError::LeaseLost {
+                        channel: lease.channel.clone(),
+                        partition: lease.partition,
+                    })
+                }
+                Step::Reread => {
+                    rereads += 1;
+                    if rereads > 3 {
+                        return Err(QueueError::Other(format!(
+                            "acking on {} partition {} keeps failing",
+                            lease.channel, lease.partition
+                        )));
+                    }
+                    break;
+                }
             }
         }
     }
@@ -140,10 +238,21 @@ async fn handle_with_retries(
         attempt += 1;
         let started = Instant::now();
         let result = handle_once(shared, lease, channel, entry).await;
-        shared.metrics.observe_seconds("coexist_handler_seconds", &[("channel", &lease.channel)], started.elapsed().as_secs_f64());
+        shared.metrics.observe_seconds(
+            "coexist_handler_seconds",
+            &[("channel", &lease.channel)],
+            started.elapsed().as_secs_f64(),
+        );
         match result {
             Ok(event_type) => {
-                shared.metrics.inc("coexist_events_handled_total", &[("channel", &lease.channel), ("type", event_type), ("outcome", "ok")]);
+                shared.metrics.inc(
+                    "coexist_events_handled_total",
+                    &[
+                        ("channel", &lease.channel),
+                        ("type", event_type),
+                        ("outcome", "ok"),
+                    ],
+                );
                 return Outcome::Done;
             }
             Err(AttemptError::LeaseLost) => return Outcome::LeaseLost,
@@ -152,7 +261,10 @@ async fn handle_with_retries(
                 return Outcome::Dead(format!("{e} (after {attempt} attempts)"));
             }
             Err(AttemptError::Retry(e)) => {
-                shared.metrics.inc("coexist_handler_retries_total", &[("channel", &lease.channel)]);
+                shared.metrics.inc(
+                    "coexist_handler_retries_total",
+                    &[("channel", &lease.channel)],
+                );
                 tracing::info!(channel = %lease.channel, entry = %entry.id, attempt, error = %e, "handler failed; retrying");
                 if wait_or_stop(stop, backoff(s.retry_backoff_ms, attempt)).await {
                     // Shutdown: the entry stays pending and is handled again by the next owner.
@@ -177,7 +289,7 @@ async fn handle_once(
         event.conversation = entry.conversation.clone();
     }
     let event_type = event.event_type.as_str();
-    let now = now_ms();
+    let now = shared.clock.now_ms();
 
     if event.conversation.is_empty() {
         // Account-level: no conversation state; the bot still sees it.
@@ -200,14 +312,28 @@ async fn handle_once(
             // A newer message moved the window end after this timer was armed.
             return Ok("timer_stale");
         }
-        shared.metrics.inc("coexist_timers_fired_total", &[("channel", &lease.channel), ("timer", &timer.name)]);
+        shared.metrics.inc(
+            "coexist_timers_fired_total",
+            &[("channel", &lease.channel), ("timer", &timer.name)],
+        );
     }
 
     state.merge_contact(&event.contact);
-    window::apply_event(channel.kind, channel.coexistence, &mut state, &event, now, shared.settings.handover_ms);
+    let effects = window::apply_event(
+        channel.kind,
+        channel.coexistence,
+        &mut state,
+        &event,
+        now,
+        shared.settings.handover_ms,
+    );
     if let Some(status) = &event.status {
         if let Some(key) = &status.biz_opaque_callback_data {
-            if let Err(e) = shared.outbound.mark_status_seen(&lease.channel, key, &status.message_id).await {
+            if let Err(e) = shared
+                .outbound
+                .mark_status_seen(&lease.channel, key, &status.message_id)
+                .await
+            {
                 tracing::warn!(channel = %lease.channel, error = %e, "recording a status for the outbox failed");
             }
         }
@@ -218,14 +344,14 @@ async fn handle_once(
     let (event, mut state, replies) = if paused {
         (event, state, Vec::new())
     } else {
-        let mut ctx = Context::new(event, channel.clone(), state, now);
+        let mut ctx = Context::new(event, channel.clone(), state, now).with_effects(effects);
         shared.bot.handle(&mut ctx).await?;
         let (event, state, replies, _) = ctx.into_parts();
         (event, state, replies)
     };
 
-    // Replies leave in order, each at most once (idempotency key: event id + index).
-    for (index, reply) in replies.into_iter().enumerate() {
+    // Replies leave in order, each at most once (idempotency key: event id + slot).
+    for (index, reply) in replies {
         let message = OutgoingMessage {
             channel: lease.channel.clone(),
             to: event.conversation.clone(),
@@ -233,15 +359,24 @@ async fn handle_once(
             outbox_key: format!("{}:{index}", event.id),
             reply_to: None,
         };
-        let window_now = window::window(channel.kind, &state, now_ms());
-        match shared.outbound.send(&message, channel.kind, window_now).await {
-            Ok(_) => window::record_outbound(&mut state, now_ms()),
+        let window_now = window::window(channel.kind, &state, shared.clock.now_ms());
+        let sent = shared
+            .outbound
+            .send(&message, channel.kind, window_now)
+            .await;
+        if let Some(observe) = &shared.observer {
+            observe(&message, sent.as_ref());
+        }
+        match sent {
+            Ok(_) => window::record_outbound(&mut state, shared.clock.now_ms()),
             Err(e) if e.closes_window() => {
                 // Meta said 131047 (or our rules did): the window is closed whatever we computed.
                 tracing::info!(channel = %lease.channel, event = %event.id, error = %e, "reply refused: window closed");
-                window::mark_window_closed(channel.kind, &mut state, now_ms());
+                window::mark_window_closed(channel.kind, &mut state, shared.clock.now_ms());
             }
-            Err(e) if e.is_retryable() => return Err(AttemptError::Retry(format!("sending reply {index}: {e}"))),
+            Err(e) if e.is_retryable() => {
+                return Err(AttemptError::Retry(format!("sending reply {index}: {e}")))
+            }
             Err(e) => {
                 tracing::warn!(channel = %lease.channel, event = %event.id, error = %e, "reply not delivered (no retry)");
             }
@@ -249,11 +384,17 @@ async fn handle_once(
     }
 
     if state != before {
-        match shared.store.save(&fence, &lease.channel, &event.conversation, &state).await {
+        match shared
+            .store
+            .save(&fence, &lease.channel, &event.conversation, &state)
+            .await
+        {
             Ok(SaveOutcome::Saved { .. }) => {}
             Ok(SaveOutcome::Fenced) => return Err(AttemptError::LeaseLost),
             Ok(SaveOutcome::Conflict { stored_version }) => {
-                return Err(AttemptError::Retry(format!("conversation changed under us (version {stored_version})")));
+                return Err(AttemptError::Retry(format!(
+                    "conversation changed under us (version {stored_version})"
+                )));
             }
             Err(e) => return Err(AttemptError::Retry(format!("saving conversation: {e}"))),
         }
@@ -274,7 +415,7 @@ async fn rearm_timers(
     before: &ConversationState,
     after: &ConversationState,
 ) -> Result<(), AttemptError> {
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let leads = &shared.settings.leads_ms;
     // Plan the old timers as of their own window (now may be past some of them: use 0).
     for old in timers_for(ChannelKind::Waba, before, 0, leads) {
@@ -289,7 +430,12 @@ async fn rearm_timers(
         let member = timer_member(&timer_event(event, &timer).to_json(), &event.conversation);
         shared
             .queue
-            .arm_timer(&lease.channel, lease.partition, &member, timer.due_ms.max(0) as u64)
+            .arm_timer(
+                &lease.channel,
+                lease.partition,
+                &member,
+                timer.due_ms.max(0) as u64,
+            )
             .await
             .map_err(|e| AttemptError::Retry(format!("arming timer: {e}")))?;
     }
@@ -300,7 +446,12 @@ async fn rearm_timers(
 /// so arming the same timer twice yields the same member.
 pub(crate) fn timer_event(source: &Event, timer: &PlannedTimer) -> Event {
     Event {
-        id: format!("timer:{}:{}:{}", source.conversation, timer.slot(), timer.window_end_ms),
+        id: format!(
+            "timer:{}:{}:{}",
+            source.conversation,
+            timer.slot(),
+            timer.window_end_ms
+        ),
         channel: source.channel.clone(),
         kind: source.kind,
         conversation: source.conversation.clone(),

@@ -68,21 +68,33 @@ impl Recorder {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let port = listener.local_addr().unwrap().port();
                 let data = web::Data::new((shared, secret_owned));
-                let server = HttpServer::new(move || App::new().app_data(data.clone()).route("/events", web::post().to(handle)))
-                    .workers(2)
-                    .listen(listener)
-                    .unwrap()
-                    .run();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .route("/events", web::post().to(handle))
+                })
+                .workers(2)
+                .listen(listener)
+                .unwrap()
+                .run();
                 tx.send(port).unwrap();
                 server.await.unwrap();
             })
         });
         let port = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Recorder { state, url: format!("http://127.0.0.1:{port}/events"), secret: secret.to_string() }
+        Recorder {
+            state,
+            url: format!("http://127.0.0.1:{port}/events"),
+            secret: secret.to_string(),
+        }
     }
 
     pub fn script(&self, event_id: &str, script: Script) {
-        self.state.lock().unwrap().scripts.insert(event_id.to_string(), script);
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .insert(event_id.to_string(), script);
     }
 
     pub fn answer_all(&self, body: serde_json::Value) {
@@ -99,7 +111,10 @@ impl Recorder {
 
     /// Successful (2xx) calls only.
     pub fn handled(&self) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.status < 300).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.status < 300)
+            .collect()
     }
 
     pub fn distinct_handled(&self) -> usize {
@@ -109,25 +124,44 @@ impl Recorder {
         ids.len()
     }
 
-    pub async fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&[Call]) -> bool) {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[Call]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             if done(&self.calls()) {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}; {} calls recorded", self.calls().len());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; {} calls recorded",
+                    self.calls().len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-async fn handle(req: HttpRequest, body: web::Bytes, data: web::Data<(Arc<Mutex<State>>, String)>) -> HttpResponse {
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    data: web::Data<(Arc<Mutex<State>>, String)>,
+) -> HttpResponse {
     let started = Instant::now();
     let (state, secret) = (&data.0, &data.1);
-    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let expected = coexist::verify::header_value(coexist::verify::Algorithm::Sha256, secret.as_bytes(), &body);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let expected =
+        coexist::verify::header_value(coexist::verify::Algorithm::Sha256, secret.as_bytes(), &body);
     let signature_ok = header("x-coexist-signature") == expected;
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let event_id = header("x-coexist-event-id");
@@ -148,7 +182,15 @@ async fn handle(req: HttpRequest, body: web::Bytes, data: web::Data<(Arc<Mutex<S
             _ => (200, default),
         }
     };
-    let call = Call { event, event_id, worker: header("x-coexist-worker"), started, finished: Instant::now(), status, signature_ok };
+    let call = Call {
+        event,
+        event_id,
+        worker: header("x-coexist-worker"),
+        started,
+        finished: Instant::now(),
+        status,
+        signature_ok,
+    };
     state.lock().unwrap().calls.push(call);
     let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
     match answer {

@@ -1,0 +1,1405 @@
+//! Issue 4's sending guarantees end to end: real `coexist work` processes on a real Redis, the
+//! recorder as a forward bot whose answers carry replies, and the fake Graph API / fake WAHA
+//! as the providers (they record every request with its arrival time and answer as scripted).
+//!
+//! What the worker's sender does is read off the fakes: bodies, headers, how many requests
+//! per outbox key, and the spacing of arrival times (rate limits, pair gaps, Personal pacing).
+//!
+//! The sender's own retry knobs (`OutboundOptions`: backoff base 500 ms, pair base 1 s, HTTP
+//! timeout 15 s, in-flight wait 15 s) are not configurable from the TOML, so the tests that
+//! depend on them wait the default times.
+
+mod fakes;
+mod recorder;
+mod support;
+
+use coexist::channel::ChannelKind;
+use coexist::event::{Contact, Event, EventType, Message, Status};
+use coexist::keys::Keys;
+use coexist::queue::{NewEvent, Queue, RedisQueue};
+use coexist::routing::partition_of;
+use fakes::{Answer, FakeServer, Recorded};
+use recorder::{Recorder, Script};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FORWARD_SECRET: &str = "forward-secret";
+const APP_SECRET: &str = "meta-app-secret";
+const GRAPH_TOKEN: &str = "graph-token-e2e";
+const WAHA_KEY: &str = "waha-api-key-e2e";
+const WABA: &str = "shop";
+const PERSONAL: &str = "phone";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+const PERSONAL_PARTITIONS: u32 = 2;
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// What differs between deployments.
+struct Opts {
+    /// Extra keys of the WABA channel table.
+    waba: &'static str,
+    /// Extra keys of the Personal channel table.
+    personal: &'static str,
+    waba_partitions: u32,
+    lease_ms: u64,
+    retry_backoff_ms: u64,
+    max_attempts: u32,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            waba: "",
+            // No pacing unless a test asks for it: replies leave at once.
+            personal: "jitter_ms = 0\nmax_per_minute = 0\npair_gap_ms = 0",
+            waba_partitions: 4,
+            lease_ms: 1000,
+            retry_backoff_ms: 50,
+            max_attempts: 3,
+        }
+    }
+}
+
+struct Deployment {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    redis_url: String,
+    keys: Keys,
+    recorder: Recorder,
+    graph: FakeServer,
+    waha: FakeServer,
+    listen: String,
+    queue: Queue,
+    waba_partitions: u32,
+}
+
+/// A child process of the real binary, killed (SIGKILL) if the test ends early.
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process did not stop after SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Deployment {
+    async fn new(opts: Opts) -> Deployment {
+        let redis_url = support::shared_url();
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = support::prefix();
+        let recorder = Recorder::start(FORWARD_SECRET);
+        let graph = FakeServer::graph();
+        let waha = FakeServer::waha();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("coexist.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "{listen}"
+
+[redis]
+url = "{redis_url}"
+prefix = "{prefix}"
+
+[meta]
+app_secrets = ["${{META_APP_SECRET}}"]
+graph_api_url = "{graph_url}"
+
+[[channels]]
+id = "{WABA}"
+kind = "waba"
+phone_number_id = "{PHONE_NUMBER_ID}"
+access_token = "${{WABA_TOKEN}}"
+partitions = {waba_partitions}
+{waba}
+
+[[channels]]
+id = "{PERSONAL}"
+kind = "personal"
+session = "default"
+webhook_secrets = ["${{WAHA_HMAC_KEY}}"]
+api_url = "{waha_url}"
+api_key = "${{WAHA_API_KEY}}"
+partitions = {PERSONAL_PARTITIONS}
+{personal}
+
+[bot]
+mode = "forward"
+url = "{bot_url}"
+secret = "${{FORWARD_SECRET}}"
+timeout_ms = 5000
+handover_secs = 600
+
+[worker]
+lease_ms = {lease_ms}
+block_ms = 100
+retry_backoff_ms = {retry_backoff_ms}
+max_attempts = {max_attempts}
+"#,
+                graph_url = graph.url(),
+                waha_url = waha.url(),
+                bot_url = recorder.url,
+                waba_partitions = opts.waba_partitions,
+                waba = opts.waba,
+                personal = opts.personal,
+                lease_ms = opts.lease_ms,
+                retry_backoff_ms = opts.retry_backoff_ms,
+                max_attempts = opts.max_attempts,
+            ),
+        )
+        .unwrap();
+        let keys = Keys::new(prefix);
+        let queue = Queue::Redis(
+            RedisQueue::connect(&redis_url, keys.clone(), 3600, 0)
+                .await
+                .unwrap(),
+        );
+        Deployment {
+            dir,
+            config,
+            redis_url,
+            keys,
+            recorder,
+            graph,
+            waha,
+            listen,
+            queue,
+            waba_partitions: opts.waba_partitions,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coexist"));
+        cmd.env("META_APP_SECRET", APP_SECRET)
+            .env("WAHA_HMAC_KEY", "waha-hmac")
+            .env("FORWARD_SECRET", FORWARD_SECRET)
+            .env("WABA_TOKEN", GRAPH_TOKEN)
+            .env("WAHA_API_KEY", WAHA_KEY)
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// `coexist <sub> --config …` with its log in `<name>.log`.
+    fn spawn(&self, sub: &str, name: &str) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        Proc(
+            self.command()
+                .arg(sub)
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn spawn_worker(&self, name: &str) -> Proc {
+        self.spawn("work", name)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self
+            .command()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "coexist {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn partitions(&self, channel: &str) -> u32 {
+        if channel == WABA {
+            self.waba_partitions
+        } else {
+            PERSONAL_PARTITIONS
+        }
+    }
+
+    async fn enqueue(&self, events: &[&Event]) {
+        let batch: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent {
+                channel: e.channel.clone(),
+                partitions: self.partitions(&e.channel),
+                id: e.id.clone(),
+                payload: e.to_json(),
+                contact_ids: vec![e.conversation.clone()],
+            })
+            .collect();
+        self.queue.enqueue(&batch).await.unwrap();
+    }
+
+    /// Waits until every event of the conversation's partition is acknowledged (or
+    /// dead-lettered): nothing left in the stream.
+    async fn wait_drained(&self, channel: &str, conversation: &str, timeout: Duration) {
+        let p = partition_of(conversation, self.partitions(channel));
+        let what = format!("{channel}/{p} drained");
+        support::eventually(timeout, &what, || async {
+            let s = self.queue.partition_stats(channel, p).await.unwrap();
+            (s.length == 0 && s.pending == 0 && s.lag == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until every partition of every channel has a lease holder, and returns how many
+    /// distinct workers hold them.
+    async fn wait_leased(&self, workers: usize) {
+        support::eventually(Duration::from_secs(15), "partitions leased", || async {
+            let out = self.run(&["queues", "--json"]);
+            let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rows = rows.as_array().unwrap();
+            let mut owners: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r["lease_owner"].as_str())
+                .map(|o| o.split(':').next().unwrap().to_string())
+                .collect();
+            let all = owners.len() == rows.len();
+            owners.sort();
+            owners.dedup();
+            (all && owners.len() == workers).then_some(())
+        })
+        .await;
+    }
+
+    async fn redis_get(&self, key: &str) -> Option<String> {
+        let mut con = support::connection(&self.redis_url).await;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap()
+    }
+
+    /// The outbox value of a key (`pending:…` / `sent:<id>`).
+    async fn outbox(&self, channel: &str, outbox_key: &str) -> Option<String> {
+        self.redis_get(&self.keys.sent(channel, outbox_key)).await
+    }
+
+    /// The stored conversation state (`HGET <prefix>:{ch}:conv:<contact> s`).
+    async fn state(&self, channel: &str, contact: &str) -> Option<Value> {
+        let mut con = support::connection(&self.redis_url).await;
+        let s: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.conversation(channel, contact))
+            .arg("s")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        s.map(|s| serde_json::from_str(&s).unwrap())
+    }
+}
+
+fn now_ms() -> i64 {
+    coexist::ingest::now_ms()
+}
+
+fn message(channel: &str, conversation: &str, id: &str, at: i64, text: &str) -> Event {
+    let kind = if channel == WABA {
+        ChannelKind::Waba
+    } else {
+        ChannelKind::Personal
+    };
+    Event {
+        id: id.to_string(),
+        channel: channel.to_string(),
+        kind,
+        conversation: conversation.to_string(),
+        event_type: EventType::Message,
+        at,
+        received_at: None,
+        contact: Contact {
+            wa_id: Some(conversation.to_string()),
+            ..Default::default()
+        },
+        message: Some(Message {
+            id: id.to_string(),
+            kind: "text".into(),
+            text: Some(text.to_string()),
+            ..Default::default()
+        }),
+        status: None,
+        field: None,
+        timer: None,
+        raw: Value::Null,
+    }
+}
+
+/// A delivery status of a message we sent (never opens the window).
+fn status(conversation: &str, message_id: &str, name: &str) -> Event {
+    Event {
+        id: format!("{message_id}:{name}"),
+        channel: WABA.to_string(),
+        kind: ChannelKind::Waba,
+        conversation: conversation.to_string(),
+        event_type: EventType::Status,
+        at: now_ms(),
+        received_at: None,
+        contact: Contact {
+            wa_id: Some(conversation.to_string()),
+            ..Default::default()
+        },
+        message: None,
+        status: Some(Status {
+            message_id: message_id.to_string(),
+            status: name.to_string(),
+            recipient: Some(conversation.to_string()),
+            ..Default::default()
+        }),
+        field: None,
+        timer: None,
+        raw: Value::Null,
+    }
+}
+
+fn text(t: &str) -> Value {
+    json!({"type": "text", "text": t})
+}
+
+fn template(name: &str) -> Value {
+    json!({"type": "template", "name": name, "language": "en_US"})
+}
+
+fn answer(replies: Vec<Value>) -> Script {
+    Script::Answer(json!({ "replies": replies }))
+}
+
+/// Waits until `fake` recorded at least `n` requests whose path ends with `suffix`.
+async fn wait_requests(
+    fake: &FakeServer,
+    suffix: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Recorded> {
+    support::eventually(timeout, &format!("{n} request(s) to {suffix}"), || async {
+        let r = fake.requests_to(suffix);
+        (r.len() >= n).then_some(r)
+    })
+    .await
+}
+
+fn key_of(r: &Recorded) -> &str {
+    r.body["biz_opaque_callback_data"].as_str().unwrap_or("")
+}
+
+fn ms_between(a: &Recorded, b: &Recorded) -> u128 {
+    b.at.duration_since(a.at).as_millis()
+}
+
+const MESSAGES: &str = "/messages";
+
+// ------------------------------------------------------------------ 1. rules and error paths
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_inside_the_window_reaches_graph_with_plus_callback_key_and_bearer() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505551234";
+    let m = message(WABA, contact, "wamid.inside.1", now_ms(), "hello");
+    d.recorder.script(&m.id, answer(vec![text("Hi there")]));
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, format!("/v23.0/{PHONE_NUMBER_ID}/messages"));
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {GRAPH_TOKEN}").as_str())
+    );
+    assert_eq!(
+        r.body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+               "to": "+16505551234", "type": "text", "text": {"body": "Hi there"},
+               "biz_opaque_callback_data": "wamid.inside.1:0"})
+    );
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    // The outbox remembers the send under its key, with the id the fake gave.
+    assert_eq!(
+        d.outbox(WABA, "wamid.inside.1:0").await.as_deref(),
+        Some("sent:wamid.fake1")
+    );
+    let audit = support::xrange(&d.redis_url, &d.keys.outbox(WABA)).await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].field("outcome"), "sent");
+    assert_eq!(audit[0].field("key"), "wamid.inside.1:0");
+    let state = d.state(WABA, contact).await.expect("state saved");
+    assert!(state["last_outbound_ms"].as_i64().is_some(), "{state}");
+    assert_eq!(d.graph.count(), 1, "exactly one request");
+    assert_eq!(d.waha.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_window_refuses_free_form_before_http_while_the_template_is_sent() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550002";
+    // The user's last message is 25 h old: the window closed an hour ago.
+    let m = message(
+        WABA,
+        contact,
+        "wamid.closed.1",
+        now_ms() - DAY_MS - 3_600_000,
+        "late",
+    );
+    d.recorder.script(
+        &m.id,
+        answer(vec![text("free-form, refused"), template("order_update")]),
+    );
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reqs = d.graph.requests();
+    assert_eq!(
+        reqs.len(),
+        1,
+        "only the template left: {:?}",
+        reqs.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let t = &reqs[0].body;
+    assert_eq!(t["type"], "template");
+    assert_eq!(
+        t["template"],
+        json!({"name": "order_update", "language": {"code": "en_US"}})
+    );
+    assert_eq!(t["to"], "+16505550002");
+    assert!(
+        key_of(&reqs[0]).starts_with("wamid.closed.1:"),
+        "{}",
+        reqs[0].body
+    );
+    assert!(
+        d.log("w0").contains("refused"),
+        "the refusal is logged:\n{}",
+        d.log("w0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_refuses_templates_and_sends_text_to_waha_with_api_key_and_c_us_chat_id() {
+    let d = Deployment::new(Opts::default()).await;
+    let chat = "491711234567@s.whatsapp.net";
+    let m = message(PERSONAL, chat, "waha:ABC123", now_ms(), "hallo");
+    d.recorder.script(
+        &m.id,
+        answer(vec![template("order_update"), text("Hallo zurück")]),
+    );
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    wait_requests(&d.waha, "/api/sendText", 1, Duration::from_secs(15)).await;
+    d.wait_drained(PERSONAL, chat, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sends = d.waha.requests_to("/api/sendText");
+    assert_eq!(sends.len(), 1, "one text, the template never left");
+    let s = &sends[0];
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.header("x-api-key"), Some(WAHA_KEY));
+    assert_eq!(
+        s.body,
+        json!({"session": "default", "chatId": "491711234567@c.us", "text": "Hallo zurück"})
+    );
+    assert_eq!(d.graph.count(), 0, "nothing went to the Graph API");
+    assert!(
+        d.waha
+            .requests()
+            .iter()
+            .all(|r| !r.body.to_string().contains("order_update")),
+        "no template reached WAHA"
+    );
+    // The text is the answer's second reply: its outbox key keeps that slot even though
+    // the first (the template) was refused.
+    assert!(
+        d.outbox(PERSONAL, "waha:ABC123:1")
+            .await
+            .is_some_and(|v| v.starts_with("sent:true_491711234567@c.us_FAKE")),
+        "{:?}",
+        d.outbox(PERSONAL, "waha:ABC123:1").await
+    );
+    assert_eq!(
+        d.outbox(PERSONAL, "waha:ABC123:0").await,
+        None,
+        "the refused template claimed nothing"
+    );
+    assert!(
+        d.log("w0").contains("no message templates"),
+        "{}",
+        d.log("w0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_131047_is_final_and_closes_the_window_for_the_next_free_form_reply() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550003";
+    let m = message(WABA, contact, "wamid.w131047.1", now_ms(), "hi");
+    d.recorder.script(&m.id, answer(vec![text("first")]));
+    d.graph.push(Answer::window_closed());
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let state = d.state(WABA, contact).await.expect("state saved");
+    assert!(
+        state["window_closed_at_ms"].as_i64().is_some(),
+        "131047 recorded the window as closed: {state}"
+    );
+    // A status (which never opens the window) makes the bot answer a text and a template: the
+    // text is refused before any HTTP call, the template leaves.
+    let s = status(contact, "wamid.someothersend", "delivered");
+    d.recorder.script(
+        &s.id,
+        answer(vec![text("second, refused"), template("reengage")]),
+    );
+    d.enqueue(&[&s]).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reqs = d.graph.requests();
+    let kinds: Vec<(&str, &str)> = reqs
+        .iter()
+        .map(|r| (key_of(r), r.body["type"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        2,
+        "131047 not retried, second text refused: {kinds:?}"
+    );
+    assert_eq!(kinds[0], ("wamid.w131047.1:0", "text"));
+    assert_eq!(kinds[1].1, "template");
+    assert_eq!(
+        d.recorder
+            .calls()
+            .iter()
+            .filter(|c| c.event_id == m.id)
+            .count(),
+        1
+    );
+    assert!(d.queue.dead_letters(WABA, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_130429_and_pair_rate_131056_are_retried_with_backoff_then_delivered() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550004";
+    let m1 = message(WABA, contact, "wamid.rl.1", now_ms(), "a");
+    let m2 = message(WABA, contact, "wamid.rl.2", now_ms(), "b");
+    d.recorder.script(&m1.id, answer(vec![text("one")]));
+    d.recorder.script(&m2.id, answer(vec![text("two")]));
+    d.graph.push(Answer::rate_limited());
+    d.graph.push(Answer::Ok);
+    d.graph.push(Answer::pair_rate_limited());
+    d.enqueue(&[&m1, &m2]).await;
+    let _w = d.spawn_worker("w0");
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 4, Duration::from_secs(20)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let keys: Vec<String> = d
+        .graph
+        .requests()
+        .iter()
+        .map(|r| key_of(r).to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "wamid.rl.1:0",
+            "wamid.rl.1:0",
+            "wamid.rl.2:0",
+            "wamid.rl.2:0"
+        ],
+        "each retried once, then delivered"
+    );
+    let rl_gap = ms_between(&reqs[0], &reqs[1]);
+    let pair_gap = ms_between(&reqs[2], &reqs[3]);
+    assert!(rl_gap >= 450, "130429 backoff {rl_gap} ms (base 500 ms)");
+    assert!(
+        pair_gap >= 950,
+        "131056 backoff {pair_gap} ms (1 s, then 4 s)"
+    );
+    assert_eq!(reqs[0].body, reqs[1].body, "the retry is the same request");
+    assert!(d
+        .outbox(WABA, "wamid.rl.1:0")
+        .await
+        .unwrap()
+        .starts_with("sent:"));
+    assert!(d
+        .outbox(WABA, "wamid.rl.2:0")
+        .await
+        .unwrap()
+        .starts_with("sent:"));
+    // The sender retried inside one handling: the bot was asked once per event.
+    assert_eq!(d.recorder.calls().len(), 2);
+    println!("130429 retry after {rl_gap} ms, 131056 retry after {pair_gap} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_131026_is_not_retried_and_a_500_is() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550005";
+    let m1 = message(WABA, contact, "wamid.final.1", now_ms(), "a");
+    let m2 = message(WABA, contact, "wamid.final.2", now_ms(), "b");
+    d.recorder.script(&m1.id, answer(vec![text("to nobody")]));
+    d.recorder
+        .script(&m2.id, answer(vec![text("after two 500s")]));
+    d.graph.push(Answer::undeliverable());
+    d.graph.push(Answer::server_error());
+    d.graph.push(Answer::server_error());
+    d.enqueue(&[&m1, &m2]).await;
+    let _w = d.spawn_worker("w0");
+
+    wait_requests(&d.graph, MESSAGES, 4, Duration::from_secs(20)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reqs = d.graph.requests();
+    let keys: Vec<String> = reqs.iter().map(|r| key_of(r).to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "wamid.final.1:0",
+            "wamid.final.2:0",
+            "wamid.final.2:0",
+            "wamid.final.2:0"
+        ],
+        "131026 once; 500, 500, then delivered"
+    );
+    assert!(ms_between(&reqs[1], &reqs[2]) >= 450);
+    assert!(ms_between(&reqs[2], &reqs[3]) >= 950, "backoff doubles");
+    // 131026: the claim was released, nothing recorded as sent; the audit says why.
+    assert_eq!(d.outbox(WABA, "wamid.final.1:0").await, None);
+    let audit = support::xrange(&d.redis_url, &d.keys.outbox(WABA)).await;
+    let outcomes: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e.field("key"), e.field("outcome")))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("wamid.final.1:0", "undeliverable"),
+            ("wamid.final.2:0", "sent")
+        ]
+    );
+    // Neither event was retried by the worker nor dead-lettered.
+    assert_eq!(d.recorder.calls().len(), 2);
+    assert!(d.queue.dead_letters(WABA, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_190_is_final_and_marks_the_channel_unhealthy_until_a_send_succeeds() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550006";
+    let m1 = message(WABA, contact, "wamid.auth.1", now_ms(), "a");
+    d.recorder
+        .script(&m1.id, answer(vec![text("refused token")]));
+    d.graph.push(Answer::unauthorized());
+    d.enqueue(&[&m1]).await;
+    let _w = d.spawn_worker("w0");
+
+    wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let health = d.redis_get(&d.keys.health(WABA)).await;
+    assert!(
+        health
+            .as_deref()
+            .is_some_and(|h| h.starts_with("unhealthy since") && h.contains("access token")),
+        "health key: {health:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(d.graph.count(), 1, "190 is not retried");
+    assert_eq!(d.recorder.calls().len(), 1, "nor is the event");
+    assert!(d.log("w0").contains("marked unhealthy"), "{}", d.log("w0"));
+
+    // The token is fixed: the next send succeeds and clears the mark.
+    let m2 = message(WABA, contact, "wamid.auth.2", now_ms(), "b");
+    d.recorder.script(&m2.id, answer(vec![text("token ok")]));
+    d.enqueue(&[&m2]).await;
+    wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(10)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    assert_eq!(d.redis_get(&d.keys.health(WABA)).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_answer_slower_than_the_http_timeout_is_retried() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550007";
+    let m = message(WABA, contact, "wamid.slow.1", now_ms(), "a");
+    d.recorder.script(&m.id, answer(vec![text("eventually")]));
+    // The sender's HTTP timeout is 15 s (not configurable): answer after 16 s.
+    d.graph
+        .push(Answer::Slow(Duration::from_secs(16), Box::new(Answer::Ok)));
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(25)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let gap = ms_between(&reqs[0], &reqs[1]);
+    assert!(
+        (15_000..17_000).contains(&gap),
+        "retried after the 15 s timeout + 500 ms backoff: {gap} ms"
+    );
+    assert_eq!(key_of(&reqs[0]), key_of(&reqs[1]));
+    assert!(d
+        .outbox(WABA, "wamid.slow.1:0")
+        .await
+        .unwrap()
+        .starts_with("sent:wamid.fake"));
+    assert_eq!(d.graph.count(), 2);
+}
+
+// ------------------------------------------------------------------ 2. crashes and the outbox
+
+/// The worker holding `conversation` dies (SIGKILL) after reply 0 left and was recorded, while
+/// the event waits for a retry of reply 1 (unacked). The next worker re-handles the event:
+/// reply 0 is not sent again, reply 1 is, and later events continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_a_recorded_send_and_before_the_ack_sends_no_duplicate() {
+    let d = Deployment::new(Opts {
+        retry_backoff_ms: 5_000,
+        ..Opts::default()
+    })
+    .await;
+    let contact = "16505550010";
+    let m = message(WABA, contact, "wamid.crash.1", now_ms(), "a");
+    d.recorder
+        .script(&m.id, answer(vec![text("reply A"), text("reply B")]));
+    // A goes out; B fails 4 times (the sender's attempts), so the worker sleeps 5 s before
+    // handling the event again — with A recorded and the event unacked.
+    d.graph.push(Answer::Ok);
+    for _ in 0..4 {
+        d.graph.push(Answer::server_error());
+    }
+    d.enqueue(&[&m]).await;
+    let mut w0 = d.spawn_worker("w0");
+
+    wait_requests(&d.graph, MESSAGES, 5, Duration::from_secs(20)).await;
+    support::eventually(
+        Duration::from_secs(5),
+        "the worker's retry wait",
+        || async {
+            d.log("w0")
+                .contains("handler failed; retrying")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(d
+        .outbox(WABA, "wamid.crash.1:0")
+        .await
+        .unwrap()
+        .starts_with("sent:"));
+    let p = partition_of(contact, d.waba_partitions);
+    let stats = d.queue.partition_stats(WABA, p).await.unwrap();
+    assert_eq!(stats.pending, 1, "killed before the ack: {stats:?}");
+    w0.kill9();
+    let killed = Instant::now();
+
+    let _w1 = d.spawn_worker("w1");
+    d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    let calls: Vec<_> = d
+        .recorder
+        .calls()
+        .into_iter()
+        .filter(|c| c.event_id == m.id)
+        .collect();
+    assert_eq!(calls.len(), 2, "the event was handled again");
+    assert_ne!(calls[0].worker, calls[1].worker, "by the new worker");
+    assert!(calls[1].started > killed);
+
+    // Later events of the conversation continue.
+    let m2 = message(WABA, contact, "wamid.crash.2", now_ms(), "b");
+    d.recorder.script(&m2.id, answer(vec![text("later")]));
+    d.enqueue(&[&m2]).await;
+    wait_requests(&d.graph, MESSAGES, 7, Duration::from_secs(10)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reqs = d.graph.requests();
+    let count = |k: &str| reqs.iter().filter(|r| key_of(r) == k).count();
+    assert_eq!(count("wamid.crash.1:0"), 1, "reply A sent exactly once");
+    assert_eq!(
+        count("wamid.crash.1:1"),
+        5,
+        "B: 4 failures, then one success"
+    );
+    assert_eq!(count("wamid.crash.2:0"), 1);
+    assert_eq!(reqs.len(), 7);
+    assert!(d
+        .outbox(WABA, "wamid.crash.1:1")
+        .await
+        .unwrap()
+        .starts_with("sent:"));
+}
+
+/// Signs and POSTs a Meta status webhook carrying `biz_opaque_callback_data` to `coexist serve`.
+async fn post_status_webhook(d: &Deployment, contact: &str, wamid: &str, outbox_key: &str) {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+            "statuses": [{"id": wamid, "status": "sent", "timestamp": (now_ms() / 1000).to_string(),
+                "recipient_id": contact, "biz_opaque_callback_data": outbox_key}]}}]}]})
+    .to_string();
+    let sig = coexist::verify::header_value(
+        coexist::verify::Algorithm::Sha256,
+        APP_SECRET.as_bytes(),
+        body.as_bytes(),
+    );
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/meta", d.listen))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+async fn wait_serving(d: &Deployment) {
+    support::eventually(Duration::from_secs(15), "ingress up", || async {
+        reqwest::get(format!("http://{}/healthz", d.listen))
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// Kills the worker while its one send is on the wire (the fake answers late): the request left,
+/// its result was never recorded. Returns the recovering worker.
+async fn crash_with_send_in_flight(d: &Deployment, m: &Event) -> (Proc, Instant) {
+    d.recorder.script(&m.id, answer(vec![text("in flight")]));
+    d.graph
+        .push(Answer::Slow(Duration::from_secs(3), Box::new(Answer::Ok)));
+    d.enqueue(&[m]).await;
+    let mut w0 = d.spawn_worker("w0");
+    let reqs = wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
+    w0.kill9();
+    let first = reqs[0].at;
+    let pending = d.outbox(WABA, &format!("{}:0", m.id)).await;
+    assert!(
+        pending
+            .as_deref()
+            .is_some_and(|v| v.starts_with("pending:")),
+        "claimed, result unknown: {pending:?}"
+    );
+    let w1 = d.spawn_worker("w1");
+    let id = m.id.clone();
+    d.recorder
+        .wait_for("the event handled again", Duration::from_secs(10), |c| {
+            c.iter().filter(|c| c.event_id == id).count() >= 2
+        })
+        .await;
+    (w1, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_with_a_send_in_flight_then_its_status_arrives_no_resend() {
+    let d = Deployment::new(Opts::default()).await;
+    let _ingress = d.spawn("serve", "serve");
+    wait_serving(&d).await;
+    let contact = "16505550011";
+    let m = message(WABA, contact, "wamid.inflight.a", now_ms(), "a");
+    let (_w1, _first) = crash_with_send_in_flight(&d, &m).await;
+
+    // The new worker is waiting for a status of the unconfirmed send: Meta's status webhook
+    // (carrying the outbox key) arrives through ingress.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posted = Instant::now();
+    post_status_webhook(&d, contact, "wamid.FROM-STATUS", "wamid.inflight.a:0").await;
+    d.wait_drained(WABA, contact, Duration::from_secs(20)).await;
+    let waited = posted.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.graph.requests_to(MESSAGES).len(),
+        1,
+        "the status confirmed the send: nothing sent again"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the wait ended with the status, not the 15 s bound: {waited:?}"
+    );
+    assert_eq!(
+        d.outbox(WABA, "wamid.inflight.a:0").await.as_deref(),
+        Some("sent:wamid.FROM-STATUS")
+    );
+    // The status event itself was handled after the message (order kept) and reached the bot.
+    let calls = d.recorder.calls();
+    let last = calls.last().unwrap();
+    assert_eq!(last.event_type(), "status", "{:?}", last.event);
+    assert_eq!(
+        last.event["status"]["biz_opaque_callback_data"],
+        "wamid.inflight.a:0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_with_a_send_in_flight_and_no_status_resends_once_after_the_wait() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550012";
+    let m = message(WABA, contact, "wamid.inflight.b", now_ms(), "a");
+    let (_w1, first) = crash_with_send_in_flight(&d, &m).await;
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(25)).await;
+    let waited = reqs[1].at.duration_since(first);
+    assert!(
+        waited >= Duration::from_millis(14_500) && waited < Duration::from_secs(19),
+        "resent after the 15 s in-flight wait: {waited:?}"
+    );
+    assert_eq!(key_of(&reqs[1]), "wamid.inflight.b:0");
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    // Later events continue, and the key was sent no more than twice.
+    let m2 = message(WABA, contact, "wamid.inflight.b2", now_ms(), "b");
+    d.recorder.script(&m2.id, answer(vec![text("later")]));
+    d.enqueue(&[&m2]).await;
+    wait_requests(&d.graph, MESSAGES, 3, Duration::from_secs(10)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let reqs = d.graph.requests();
+    let count = |k: &str| reqs.iter().filter(|r| key_of(r) == k).count();
+    assert_eq!(count("wamid.inflight.b:0"), 2, "resent exactly once");
+    assert_eq!(count("wamid.inflight.b2:0"), 1);
+    assert!(d.log("w1").contains("sending again"), "{}", d.log("w1"));
+    println!("resent {waited:?} after the first attempt");
+}
+
+// ------------------------------------------------------------------ 3. rate limits
+
+/// Most requests whose arrival times fall in any half-open window of `window`.
+fn max_in_window(times: &[Instant], window: Duration) -> usize {
+    let mut t = times.to_vec();
+    t.sort();
+    (0..t.len())
+        .map(|i| {
+            t[i..]
+                .iter()
+                .take_while(|x| x.duration_since(t[i]) < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_rate_holds_across_two_worker_processes() {
+    const RATE: usize = 5;
+    const N: usize = 60;
+    let d = Deployment::new(Opts {
+        waba: "send_rate_per_second = 5",
+        waba_partitions: 8,
+        ..Opts::default()
+    })
+    .await;
+    let _w0 = d.spawn_worker("w0");
+    let _w1 = d.spawn_worker("w1");
+    d.wait_leased(2).await;
+    d.recorder.answer_all(json!({"replies": [text("thanks")]}));
+    let now = now_ms();
+    let events: Vec<Event> = (0..N)
+        .map(|i| {
+            message(
+                WABA,
+                &format!("1444555{i:04}"),
+                &format!("wamid.rate.{i}"),
+                now,
+                "x",
+            )
+        })
+        .collect();
+    d.enqueue(&events.iter().collect::<Vec<_>>()).await;
+
+    wait_requests(&d.graph, MESSAGES, N, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reqs = d.graph.requests();
+    let mut keys: Vec<&str> = reqs.iter().map(key_of).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), N, "every message answered");
+    assert_eq!(reqs.len(), N, "and only once");
+    let times: Vec<Instant> = reqs.iter().map(|r| r.at).collect();
+    let max1 = max_in_window(&times, Duration::from_secs(1));
+    let first = *times.iter().min().unwrap();
+    let span = times.iter().max().unwrap().duration_since(first);
+    let workers: std::collections::HashSet<String> =
+        d.recorder.handled().into_iter().map(|c| c.worker).collect();
+    println!(
+        "{N} sends by {} workers in {span:?}: max {max1} in any 1 s window (rate {RATE}, burst {RATE})",
+        workers.len()
+    );
+    assert!(
+        max1 <= 2 * RATE,
+        "at most rate + burst in any second: {max1}"
+    );
+    // Shared bucket: 5 at once, then one per 200 ms for both processes together (two
+    // per-process buckets would have finished in half the time).
+    assert!(
+        span >= Duration::from_millis(((N - RATE) * 1000 / RATE) as u64 - 500),
+        "{N} sends took only {span:?}"
+    );
+    assert_eq!(
+        workers.len(),
+        2,
+        "both workers handled and sent: {workers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_rate_spaces_replies_to_one_contact_beyond_the_burst() {
+    const GAP_MS: u128 = 400;
+    let d = Deployment::new(Opts {
+        waba: "pair_gap_ms = 400",
+        ..Opts::default()
+    })
+    .await;
+    let contact = "16505550020";
+    let m = message(WABA, contact, "wamid.pair.1", now_ms(), "many");
+    // WABA pair bucket: a burst of 10, then one per pair_gap_ms.
+    let replies: Vec<Value> = (0..13).map(|i| text(&format!("part {i}"))).collect();
+    d.recorder.script(&m.id, answer(replies));
+    d.enqueue(&[&m]).await;
+    let _w = d.spawn_worker("w0");
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 13, Duration::from_secs(15)).await;
+    let keys: Vec<String> = reqs.iter().map(|r| key_of(r).to_string()).collect();
+    let want: Vec<String> = (0..13).map(|i| format!("wamid.pair.1:{i}")).collect();
+    assert_eq!(keys, want, "in order, once each");
+    let burst = ms_between(&reqs[0], &reqs[9]);
+    let gaps: Vec<u128> = reqs[9..]
+        .windows(2)
+        .map(|w| ms_between(&w[0], &w[1]))
+        .collect();
+    println!("burst of 10 in {burst} ms, then gaps {gaps:?} ms (pair_gap_ms {GAP_MS})");
+    assert!(burst < 300, "the burst leaves at once: {burst} ms");
+    for g in &gaps {
+        assert!(
+            *g >= GAP_MS - 60,
+            "gap {g} ms < pair_gap_ms {GAP_MS}: {gaps:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_pacing_keeps_the_per_chat_gap_on_arrival_times() {
+    const GAP_MS: u128 = 500;
+    let d = Deployment::new(Opts {
+        personal: "pair_gap_ms = 500\njitter_ms = 150\nmax_per_minute = 600",
+        ..Opts::default()
+    })
+    .await;
+    // Two chats on different partitions: the gap is per chat.
+    let chats: Vec<String> = (0..50)
+        .map(|i| format!("4917100000{i:02}@s.whatsapp.net"))
+        .collect();
+    let a = chats[0].clone();
+    let b = chats
+        .iter()
+        .find(|c| partition_of(c, PERSONAL_PARTITIONS) != partition_of(&a, PERSONAL_PARTITIONS))
+        .unwrap()
+        .clone();
+    let ma = message(PERSONAL, &a, "waha:PACE-A", now_ms(), "a");
+    let mb = message(PERSONAL, &b, "waha:PACE-B", now_ms(), "b");
+    d.recorder.script(
+        &ma.id,
+        answer((0..4).map(|i| text(&format!("a{i}"))).collect()),
+    );
+    d.recorder
+        .script(&mb.id, answer(vec![text("b0"), text("b1")]));
+    d.enqueue(&[&ma, &mb]).await;
+    let _w = d.spawn_worker("w0");
+
+    wait_requests(&d.waha, "/api/sendText", 6, Duration::from_secs(15)).await;
+    d.wait_drained(PERSONAL, &a, Duration::from_secs(10)).await;
+    d.wait_drained(PERSONAL, &b, Duration::from_secs(10)).await;
+    let all = d.waha.requests();
+    assert!(all.iter().all(|r| r.header("x-api-key") == Some(WAHA_KEY)));
+    let sends = d.waha.requests_to("/api/sendText");
+    assert_eq!(sends.len(), 6);
+    let of = |chat: &str| -> Vec<Recorded> {
+        let c_us = chat.replace("@s.whatsapp.net", "@c.us");
+        sends
+            .iter()
+            .filter(|r| r.body["chatId"] == c_us.as_str())
+            .cloned()
+            .collect()
+    };
+    let (sa, sb) = (of(&a), of(&b));
+    assert_eq!(
+        sa.iter()
+            .map(|r| r.body["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a0", "a1", "a2", "a3"]
+    );
+    assert_eq!(sb.len(), 2);
+    let gaps_a: Vec<u128> = sa.windows(2).map(|w| ms_between(&w[0], &w[1])).collect();
+    let gaps_b: Vec<u128> = sb.windows(2).map(|w| ms_between(&w[0], &w[1])).collect();
+    println!("per-chat gaps: a {gaps_a:?} ms, b {gaps_b:?} ms (pair_gap_ms {GAP_MS}, jitter 150)");
+    for g in gaps_a.iter().chain(&gaps_b) {
+        assert!(*g >= GAP_MS - 40, "per-chat gap {g} ms < {GAP_MS}");
+    }
+    // The other chat does not wait for this chat's gap: b's first text arrives before a's last.
+    assert!(sb[0].at < sa[3].at, "chats are paced independently");
+    // While a text waits for its slot, the chat shows "typing…".
+    assert!(!d.waha.requests_to("/api/startTyping").is_empty());
+    assert!(!d.waha.requests_to("/api/stopTyping").is_empty());
+    assert_eq!(d.graph.count(), 0);
+}
+
+// ------------------------------------------------------------------ 4. the forward protocol
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_protocol_signature_event_id_empty_answers_and_state() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550030";
+    let now = now_ms();
+    let m: Vec<Event> = (0..4)
+        .map(|i| {
+            message(
+                WABA,
+                contact,
+                &format!("wamid.proto.{i}"),
+                now,
+                &i.to_string(),
+            )
+        })
+        .collect();
+    d.recorder.script(&m[0].id, Script::Answer(json!({}))); // `{}`: nothing to do
+                                                            // m[1]: no script → 200 with an empty body: nothing to do
+    d.recorder.script(
+        &m[2].id,
+        Script::Answer(json!({"state": {"step": "asked_size"}, "replies": [text("Which size?")]})),
+    );
+    d.recorder
+        .script(&m[3].id, Script::Answer(json!({"state": null})));
+    d.enqueue(&[&m[0], &m[1], &m[2]]).await;
+    let w = d.spawn_worker("w0");
+
+    d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    let calls = d.recorder.calls();
+    assert_eq!(calls.len(), 3);
+    for (c, e) in calls.iter().zip(&m) {
+        assert!(c.signature_ok, "X-Coexist-Signature verifies");
+        assert_eq!(c.event_id, e.id, "X-Coexist-Event-Id");
+        assert_eq!(c.event["id"], e.id.as_str());
+        assert_eq!(c.event["type"], "message");
+        assert!(
+            c.worker.contains(&format!("-{}-", w.0.id())),
+            "{}",
+            c.worker
+        );
+        assert_eq!(c.status, 200);
+    }
+    let reqs = d.graph.requests();
+    assert_eq!(reqs.len(), 1, "{{}} and an empty body send nothing");
+    assert_eq!(key_of(&reqs[0]), "wamid.proto.2:0");
+    let state = d.state(WABA, contact).await.unwrap();
+    assert_eq!(state["bot_state"], json!({"step": "asked_size"}));
+
+    // `"state": null` clears the stored state.
+    d.enqueue(&[&m[3]]).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let state = d.state(WABA, contact).await.unwrap();
+    assert!(
+        state.get("bot_state").is_none(),
+        "\"state\": null clears the bot state: {state}"
+    );
+    assert!(d.queue.dead_letters(WABA, 10).await.unwrap().is_empty());
+    // SIGTERM: a clean exit.
+    w.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_handover_pauses_resume_resumes_and_a_non_answer_dead_letters() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550031";
+    let now = now_ms();
+    let m1 = message(WABA, contact, "wamid.ho.1", now, "agent please");
+    let m2 = message(WABA, contact, "wamid.ho.2", now, "hello?");
+    let s = status(contact, "wamid.agent-sent", "read");
+    let m3 = message(WABA, contact, "wamid.ho.3", now, "back to the bot");
+    let bad = message(WABA, contact, "wamid.ho.bad", now, "x");
+    let m4 = message(WABA, contact, "wamid.ho.4", now, "after the bad one");
+    d.recorder.script(
+        &m1.id,
+        Script::Answer(
+            json!({"handover": {"seconds": 600}, "replies": [text("A person will answer")]}),
+        ),
+    );
+    d.recorder
+        .script(&m2.id, answer(vec![text("must not be asked")]));
+    d.recorder
+        .script(&s.id, Script::Answer(json!({"handover": "resume"})));
+    d.recorder.script(&m3.id, answer(vec![text("bot again")]));
+    // 2xx whose body is JSON but not an answer (the recorder can only answer with JSON).
+    d.recorder
+        .script(&bad.id, Script::Answer(json!("this is not an answer")));
+    d.recorder.script(&m4.id, answer(vec![text("still going")]));
+    d.enqueue(&[&m1, &m2]).await;
+    let _w = d.spawn_worker("w0");
+
+    d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    let state = d.state(WABA, contact).await.unwrap();
+    assert!(
+        state["handover_until_ms"]
+            .as_i64()
+            .is_some_and(|u| u > now_ms() + 500_000),
+        "paused for 600 s: {state}"
+    );
+    let ids: Vec<String> = d.recorder.calls().into_iter().map(|c| c.event_id).collect();
+    assert_eq!(
+        ids.as_slice(),
+        std::slice::from_ref(&m1.id),
+        "the message during the handover is not forwarded"
+    );
+
+    // Non-message events still reach the bot: a status answered with "resume".
+    d.enqueue(&[&s]).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    let state = d.state(WABA, contact).await.unwrap();
+    assert!(state.get("handover_until_ms").is_none(), "{state}");
+    d.enqueue(&[&m3, &bad, &m4]).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    let ids: Vec<String> = d.recorder.calls().into_iter().map(|c| c.event_id).collect();
+    assert_eq!(
+        ids,
+        [
+            m1.id.clone(),
+            s.id.clone(),
+            m3.id.clone(),
+            bad.id.clone(),
+            m4.id.clone()
+        ],
+        "resumed; the bad answer is not retried"
+    );
+    let texts: Vec<String> = d
+        .graph
+        .requests()
+        .iter()
+        .map(|r| r.body["text"]["body"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(texts, ["A person will answer", "bot again", "still going"]);
+
+    let out = d.run(&["dlq", "list", "--channel", WABA, "--json"]);
+    let dead: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["payload"]
+        .as_str()
+        .unwrap()
+        .contains("wamid.ho.bad"));
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("forward answer is not valid"),
+        "{}",
+        dead[0]
+    );
+}
+
+/// Outbox keys are `<event id>:<index>` with the index counted among the replies the rules let
+/// through on *this* handling. When the window closes between two handlings of one event, the
+/// free-form reply that went out the first time is refused the second time, every later reply
+/// moves down one index and takes the key of a reply already sent: the outbox answers
+/// "already sent" and the template is silently never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_on_a_retry_does_not_take_the_key_of_an_earlier_one() {
+    let d = Deployment::new(Opts::default()).await;
+    let _w = d.spawn_worker("w0");
+    d.wait_leased(1).await;
+    let contact = "16505550040";
+    // The window closes 2.5 s from now; the template's four failing attempts take 3.5 s.
+    let m = message(
+        WABA,
+        contact,
+        "wamid.shift.1",
+        now_ms() - DAY_MS + 2_500,
+        "x",
+    );
+    d.recorder.script(
+        &m.id,
+        answer(vec![text("inside the window"), template("follow_up")]),
+    );
+    d.graph.push(Answer::Ok);
+    for _ in 0..4 {
+        d.graph.push(Answer::server_error());
+    }
+    d.enqueue(&[&m]).await;
+
+    d.recorder
+        .wait_for("the event handled twice", Duration::from_secs(15), |c| {
+            c.iter().filter(|c| c.event_id == m.id).count() >= 2
+        })
+        .await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reqs = d.graph.requests();
+    let sent: Vec<(String, String)> = reqs
+        .iter()
+        .map(|r| {
+            (
+                key_of(r).to_string(),
+                r.body["type"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sent[0], ("wamid.shift.1:0".to_string(), "text".to_string()));
+    assert!(
+        sent.iter().filter(|(_, t)| t == "template").count() == 5,
+        "the template is delivered after its failures: {sent:?}; outbox of :1 = {:?}, audit = {:?}",
+        d.outbox(WABA, "wamid.shift.1:1").await,
+        support::xrange(&d.redis_url, &d.keys.outbox(WABA))
+            .await
+            .iter()
+            .map(|e| (e.field("key").to_string(), e.field("outcome").to_string()))
+            .collect::<Vec<_>>()
+    );
+}
