@@ -62,8 +62,34 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
-    /// HTTP worker threads (default: one per core).
+    /// HTTP worker threads; `None`: see [`ServerConfig::http_workers`].
     pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// HTTP worker threads: as configured, else one per core — less one when Redis runs on this
+    /// machine (a local URL), so the two do not fight over every core. On the 2-core bench
+    /// machine one worker beside a local Redis serves ~15 % more webhooks than two
+    /// (BENCHMARKS.md).
+    pub fn http_workers(&self, redis: Option<&RedisConfig>) -> usize {
+        if let Some(n) = self.workers {
+            return n.max(1);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let local_redis = redis.is_some_and(|r| {
+            let url = r.url.expose();
+            url.starts_with("unix:")
+                || url.starts_with("redis+unix:")
+                || ["//127.0.0.1", "//localhost", "//[::1]"]
+                    .iter()
+                    .any(|h| url.contains(h))
+        });
+        if local_redis {
+            cores.saturating_sub(1).max(1)
+        } else {
+            cores
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -788,6 +814,23 @@ secret = "${FORWARD_SECRET}"
     fn syntax_error_has_a_line() {
         let e = error_of("[server]\nlisten = \n");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn http_workers_leave_a_core_to_a_local_redis() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = parse("[redis]\nurl = \"redis://127.0.0.1:6379\"\n").unwrap();
+        assert_eq!(
+            c.server.http_workers(c.redis.as_ref()),
+            cores.saturating_sub(1).max(1)
+        );
+        let c = parse("[redis]\nurl = \"redis://redis.internal:6379\"\n").unwrap();
+        assert_eq!(c.server.http_workers(c.redis.as_ref()), cores);
+        let c =
+            parse("[server]\nworkers = 3\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n").unwrap();
+        assert_eq!(c.server.http_workers(c.redis.as_ref()), 3);
+        let c = parse("").unwrap();
+        assert_eq!(c.server.http_workers(None), cores);
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "ingress listening");
-        let workers = config.server.workers;
+        let workers = Some(config.server.http_workers(config.redis.as_ref()));
         let factory: coexist::ingress::StateFactory = match queue {
             // One Redis connection per HTTP worker, made on the worker's own thread.
             coexist::queue::Queue::Redis(_) => std::sync::Arc::new(move || {

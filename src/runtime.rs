@@ -186,7 +186,7 @@ fn run_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> 
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
         let state = crate::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
         // The HTTP server stops on SIGTERM / SIGINT; then the worker finishes in-flight events.
-        let served = crate::ingress::server(state, listener, config.server.workers)?.await;
+        let served = crate::ingress::server(state, listener, Some(config.server.http_workers(config.redis.as_ref())))?.await;
         let _ = stop.send(true);
         worker_task.await??;
         served?;

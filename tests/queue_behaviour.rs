@@ -829,6 +829,47 @@ mod redis_failures {
         assert!(len < 500, "MAXLEN ~ trims ({len})");
     }
 
+    /// An XADD that fails inside the script (here: the stream key holds a string) must not
+    /// leave the dedupe marker behind, or the sender's retry would be dropped as a duplicate.
+    #[tokio::test]
+    async fn a_failed_append_leaves_no_dedupe_marker() {
+        let url = support::shared_url();
+        let keys = support::keys();
+        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
+            .await
+            .unwrap();
+        let mut con = support::connection(&url).await;
+        let stream = keys.stream(CH, 0);
+        let _: () = ::redis::cmd("SET")
+            .arg(&stream)
+            .arg("not a stream")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let e = event("fails-once", 1, &["1555"]);
+        assert!(
+            q.enqueue(std::slice::from_ref(&e)).await.is_err(),
+            "the failed append is an error"
+        );
+        let marker: bool = ::redis::cmd("EXISTS")
+            .arg(keys.seen(CH, "fails-once"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(!marker, "no dedupe marker without the entry");
+        let _: () = ::redis::cmd("DEL")
+            .arg(&stream)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let out = q.enqueue(&[e]).await.unwrap();
+        assert!(
+            matches!(out[0], Enqueued::Added { .. }),
+            "the retry lands: {out:?}"
+        );
+        assert_eq!(support::xlen(&url, &stream).await, 1);
+    }
+
     #[tokio::test]
     async fn restart_without_persistence_recreates_the_group() {
         let server = RedisServer::start(RedisOptions::default());

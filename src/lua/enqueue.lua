@@ -12,13 +12,14 @@
 -- Returns {0} when the id was seen within the TTL (nothing written), else
 -- {1, partition, canonical conversation, entry id}.
 --
--- The seen marker is written last: a script that fails half way (e.g. OOM on XADD) leaves no
--- marker, so the sender's retry is not mistaken for a duplicate. Scripts run atomically, so
--- checking with EXISTS first and setting at the end is as safe as SET NX up front.
+-- The seen marker is claimed first (SET NX EX: one command for check and set). If the XADD
+-- then fails (e.g. OOM), the marker is deleted again before the error is returned, so the
+-- sender's retry is not mistaken for a duplicate. Scripts run atomically: nobody sees the
+-- marker without its entry.
 --
--- Cost per event on the hot path (a known contact): EXISTS, HMGET, XADD, SET.
+-- Cost per event on the hot path (a known contact): SET NX EX, HMGET, XADD.
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
   return {0}
 end
 
@@ -65,10 +66,13 @@ local stream = KEYS[3 + partition]
 local entry
 local maxlen = tonumber(ARGV[2])
 if maxlen > 0 then
-  entry = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[3], 'c', conversation)
+  entry = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[3], 'c', conversation)
 else
-  entry = redis.call('XADD', stream, '*', 'e', ARGV[3], 'c', conversation)
+  entry = redis.pcall('XADD', stream, '*', 'e', ARGV[3], 'c', conversation)
+end
+if type(entry) == 'table' and entry.err then
+  redis.call('DEL', KEYS[1])
+  return entry
 end
 
-redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[1]))
 return {1, partition, conversation, entry}

@@ -68,7 +68,8 @@ struct ChangeCtx<'a> {
 }
 
 impl ChangeCtx<'_> {
-    fn event(&self, id: String, event_type: EventType, at: Option<i64>, raw: &Value) -> Event {
+    /// An event of this change; `raw` is moved in by the caller (no copy of the element).
+    fn event(&self, id: String, event_type: EventType, at: Option<i64>) -> Event {
         Event {
             id,
             channel: self.channel.clone(),
@@ -84,7 +85,7 @@ impl ChangeCtx<'_> {
             status: None,
             field: None,
             timer: None,
-            raw: raw.clone(),
+            raw: Value::Null,
         }
     }
 
@@ -97,40 +98,47 @@ impl ChangeCtx<'_> {
     }
 }
 
-pub fn parse_value(value: Value) -> Result<Vec<Event>, ParseError> {
-    let entries = value
-        .get("entry")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ParseError::Shape {
-            format: "Meta",
-            reason: "no `entry` array".into(),
-        })?;
+pub fn parse_value(mut value: Value) -> Result<Vec<Event>, ParseError> {
+    // The tree is taken apart as it is read: each element moves into its event's `raw`
+    // instead of being copied (the hot path of ingress).
+    let entries = match value.get_mut("entry").and_then(Value::as_array_mut) {
+        Some(entries) => std::mem::take(entries),
+        None => {
+            return Err(ParseError::Shape {
+                format: "Meta",
+                reason: "no `entry` array".into(),
+            })
+        }
+    };
     let mut events = Vec::new();
-    for entry in entries {
+    for mut entry in entries {
         let entry_id = string_of(entry.get("id")).unwrap_or_default();
+        let entry_time = entry.get_mut("time").map(Value::take);
         let changes = entry
-            .get("changes")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        for change in changes {
-            let field = change.get("field").and_then(Value::as_str).unwrap_or("");
-            let null = Value::Null;
-            let value = change.get("value").unwrap_or(&null);
-            let channel = nonempty(path(value, &["metadata", "phone_number_id"]))
+            .get_mut("changes")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for mut change in changes {
+            let field = change
+                .get("field")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let value = change
+                .get_mut("value")
+                .map(Value::take)
+                .unwrap_or(Value::Null);
+            let channel = nonempty(path(&value, &["metadata", "phone_number_id"]))
                 .unwrap_or_else(|| format!("waba:{entry_id}"));
-            let ctx = ChangeCtx {
-                entry_id: &entry_id,
-                entry_time: entry.get("time"),
-                field,
+            parse_change(
+                &entry_id,
+                entry_time.as_ref(),
+                &field,
                 channel,
-                contacts: value
-                    .get("contacts")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            };
-            parse_change(&ctx, value, &mut events);
+                value,
+                &mut events,
+            );
         }
     }
     Ok(events)
@@ -140,49 +148,87 @@ fn array<'a>(value: &'a Value, key: &str) -> Option<&'a [Value]> {
     value.get(key).and_then(Value::as_array).map(Vec::as_slice)
 }
 
-fn parse_change(ctx: &ChangeCtx<'_>, value: &Value, out: &mut Vec<Event>) {
-    match ctx.field {
-        "messages" => {
-            let messages = array(value, "messages");
-            let statuses = array(value, "statuses");
-            let errors = array(value, "errors");
-            if messages.is_none() && statuses.is_none() && errors.is_none() {
-                // A `messages` change with none of the known arrays: keep it, raw.
-                out.push(change_event(ctx, value, EventType::Unknown));
-                return;
-            }
-            let messages = messages.unwrap_or(&[]);
-            for m in messages {
-                out.push(message_event(ctx, m, messages.len()));
-            }
-            let statuses = statuses.unwrap_or(&[]);
-            for s in statuses {
-                out.push(status_event(ctx, s));
-            }
-            for e in errors.unwrap_or(&[]) {
-                out.push(error_event(ctx, e));
-            }
-        }
-        "smb_message_echoes" => match array(value, "message_echoes") {
-            Some(echoes) => out.extend(echoes.iter().map(|e| echo_event(ctx, e))),
-            None => out.push(change_event(ctx, value, EventType::Unknown)),
-        },
-        "history" => out.push(change_event(ctx, value, EventType::History)),
-        "smb_app_state_sync" => out.push(change_event(ctx, value, EventType::ContactSync)),
-        f if ACCOUNT_FIELDS.contains(&f) => out.push(change_event(ctx, value, EventType::Account)),
-        _ => out.push(change_event(ctx, value, EventType::Unknown)),
+fn parse_change(
+    entry_id: &str,
+    entry_time: Option<&Value>,
+    field: &str,
+    channel: String,
+    mut value: Value,
+    out: &mut Vec<Event>,
+) {
+    let mut take = |key: &str| -> Option<Vec<Value>> {
+        value
+            .get_mut(key)
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+    };
+    let (messages, statuses, errors, echoes) = match field {
+        "messages" => (take("messages"), take("statuses"), take("errors"), None),
+        "smb_message_echoes" => (None, None, None, take("message_echoes")),
+        _ => (None, None, None, None),
+    };
+    // Whole-change fields need no contacts: their value moves into the event uncopied.
+    let whole = |event_type: EventType, value: Value| {
+        let ctx = ChangeCtx {
+            entry_id,
+            entry_time,
+            field,
+            channel: channel.clone(),
+            contacts: &[],
+        };
+        change_event(&ctx, value, event_type)
+    };
+    match field {
+        "messages" | "smb_message_echoes" => {}
+        "history" => return out.push(whole(EventType::History, value)),
+        "smb_app_state_sync" => return out.push(whole(EventType::ContactSync, value)),
+        f if ACCOUNT_FIELDS.contains(&f) => return out.push(whole(EventType::Account, value)),
+        _ => return out.push(whole(EventType::Unknown, value)),
+    }
+    let ctx = ChangeCtx {
+        entry_id,
+        entry_time,
+        field,
+        channel,
+        contacts: array(&value, "contacts").unwrap_or(&[]),
+    };
+    if messages.is_none() && statuses.is_none() && errors.is_none() && echoes.is_none() {
+        // A `messages` / echoes change with none of the known arrays: keep it, raw.
+        return out.push(change_event(&ctx, value.clone(), EventType::Unknown));
+    }
+    let count = messages.as_ref().map_or(0, Vec::len);
+    for m in messages.unwrap_or_default() {
+        let mut e = message_event(&ctx, &m, count);
+        e.raw = m;
+        out.push(e);
+    }
+    for s in statuses.unwrap_or_default() {
+        let mut e = status_event(&ctx, &s);
+        e.raw = s;
+        out.push(e);
+    }
+    for err in errors.unwrap_or_default() {
+        let mut e = error_event(&ctx, &err);
+        e.raw = err;
+        out.push(e);
+    }
+    for m in echoes.unwrap_or_default() {
+        let mut e = echo_event(&ctx, &m);
+        e.raw = m;
+        out.push(e);
     }
 }
 
 /// One event for a whole change (`history`, `contact_sync`, `account`, `unknown`).
-fn change_event(ctx: &ChangeCtx<'_>, value: &Value, event_type: EventType) -> Event {
+fn change_event(ctx: &ChangeCtx<'_>, value: Value, event_type: EventType) -> Event {
     let id = format!(
         "{}:{}",
         ctx.field,
-        short_hash(&[ctx.entry_id, &canonical_json(value)])
+        short_hash(&[ctx.entry_id, &canonical_json(&value)])
     );
-    let mut e = ctx.event(id, event_type, change_timestamp(value), value);
+    let mut e = ctx.event(id, event_type, change_timestamp(&value));
     e.field = Some(ctx.field.to_string());
+    e.raw = value;
     e
 }
 
@@ -203,7 +249,7 @@ fn error_event(ctx: &ChangeCtx<'_>, error: &Value) -> Event {
         &canonical_json(error),
         &ctx.entry_time_text(),
     ]);
-    let mut e = ctx.event(format!("error:{hash}"), EventType::Error, None, error);
+    let mut e = ctx.event(format!("error:{hash}"), EventType::Error, None);
     e.field = Some(ctx.field.to_string());
     e
 }
@@ -279,7 +325,6 @@ fn message_event(ctx: &ChangeCtx<'_>, m: &Value, messages_in_change: usize) -> E
         id,
         EventType::Message,
         m.get("timestamp").and_then(seconds_to_ms),
-        m,
     );
     e.conversation = conversation_of(&contact);
     e.contact = contact;
@@ -311,7 +356,6 @@ fn echo_event(ctx: &ChangeCtx<'_>, m: &Value) -> Event {
         id,
         EventType::Echo,
         m.get("timestamp").and_then(seconds_to_ms),
-        m,
     );
     e.conversation = conversation_of(&contact);
     e.contact = contact;
@@ -362,7 +406,6 @@ fn status_event(ctx: &ChangeCtx<'_>, s: &Value) -> Event {
         id,
         EventType::Status,
         s.get("timestamp").and_then(seconds_to_ms),
-        s,
     );
     // A group status is about the group: the group is the conversation.
     e.conversation = if group {
