@@ -168,6 +168,8 @@ pub struct WorkerConfig {
     /// Conversation state expires after this much inactivity.
     pub conversation_ttl_secs: u64,
     pub block_ms: u64,
+    /// `work` serves `/metrics` and `/healthz` here when set (e.g. "127.0.0.1:9101").
+    pub metrics_listen: Option<String>,
 }
 
 // ---------------------------------------------------------------- raw file shape
@@ -257,6 +259,7 @@ struct RawWorker {
     window_expiring_minutes: Option<Vec<u64>>,
     conversation_ttl_secs: Option<u64>,
     block_ms: Option<u64>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------- loading
@@ -630,6 +633,10 @@ impl Ctx<'_> {
                 .unwrap_or_else(|| vec![60, 10]),
             conversation_ttl_secs: w.conversation_ttl_secs.unwrap_or(30 * 24 * 3600),
             block_ms: w.block_ms.unwrap_or(2_000),
+            metrics_listen: match &w.metrics_listen {
+                Some(l) => Some(self.required(l, "worker.metrics_listen")?),
+                None => None,
+            },
         };
 
         Ok(Config {

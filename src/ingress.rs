@@ -268,3 +268,50 @@ pub fn server_with(
     }
     Ok(server.run())
 }
+
+/// A worker process's own small HTTP endpoint (`[worker] metrics_listen`): `GET /metrics`
+/// (Prometheus text) and `GET /healthz`. Runs on a thread of its own with its own actix
+/// runtime, beside the worker's tokio runtime.
+pub fn spawn_metrics_endpoint(
+    metrics: crate::metrics::Metrics,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let metrics = metrics.clone();
+                    App::new()
+                        .route(
+                            "/metrics",
+                            web::get().to(move || {
+                                let text = metrics.render();
+                                async move {
+                                    HttpResponse::Ok()
+                                        .content_type("text/plain; version=0.0.4")
+                                        .body(text)
+                                }
+                            }),
+                        )
+                        .route("/healthz", web::get().to(healthz))
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(listener);
+                match server {
+                    Ok(server) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = server.run().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+        })?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("metrics endpoint thread ended")))
+}

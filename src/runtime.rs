@@ -142,8 +142,15 @@ fn work_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()>
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let metrics = Metrics::new();
+    if let Some(addr) = &config.worker.metrics_listen {
+        use anyhow::Context as _;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (worker.metrics_listen)"))?;
+        crate::ingress::spawn_metrics_endpoint(metrics.clone(), listener)?;
+        tracing::info!(listen = %addr, "worker metrics at /metrics");
+    }
     runtime.block_on(async move {
-        let metrics = Metrics::new();
         let queue = connect_queue(config).await?;
         let worker = worker_with_bot(config, queue, metrics, id, bot)?;
         worker.run(shutdown_signal()).await?;

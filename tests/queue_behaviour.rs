@@ -526,6 +526,34 @@ mod suite {
         assert_eq!(replayed[0].deliveries, 1);
     }
 
+    pub async fn replacing_timers_disarms_the_old_and_arms_the_new(f: Fixture) {
+        f.queue.ensure_group(CH, 0).await.unwrap();
+        let l = lease(&f, "w", 10_000).await;
+        let old = [
+            timer_member("old-expiring", "1555"),
+            timer_member("old-closed", "1555"),
+        ];
+        for (i, m) in old.iter().enumerate() {
+            f.queue.arm_timer(CH, 0, m, 1_000 + i as u64).await.unwrap();
+        }
+        let other = timer_member("other-conversation", "1666");
+        f.queue.arm_timer(CH, 0, &other, 1_500).await.unwrap();
+        let new = vec![
+            (timer_member("new-expiring", "1555"), 2_000),
+            (timer_member("new-closed", "1555"), 3_000),
+        ];
+        f.queue.replace_timers(CH, 0, &old, &new).await.unwrap();
+        assert_eq!(f.queue.partition_stats(CH, 0).await.unwrap().timers, 3);
+        assert_eq!(f.queue.promote_due_timers(&l, 10_000, 10).await.unwrap(), 3);
+        let got = f.queue.read(&l, "w", 10, 0).await.unwrap();
+        assert_eq!(
+            payloads(&got),
+            vec!["other-conversation", "new-expiring", "new-closed"]
+        );
+        // Nothing to do is not an error.
+        f.queue.replace_timers(CH, 0, &[], &[]).await.unwrap();
+    }
+
     pub async fn timers_promote_in_due_order(f: Fixture) {
         f.queue.ensure_group(CH, 0).await.unwrap();
         let l = lease(&f, "w", 10_000).await;
@@ -678,6 +706,13 @@ macro_rules! behaviour_suite {
             #[tokio::test]
             async fn timers_promote_in_due_order() {
                 suite::timers_promote_in_due_order(Fixture::$backend(TTL).await).await
+            }
+            #[tokio::test]
+            async fn replacing_timers_disarms_the_old_and_arms_the_new() {
+                suite::replacing_timers_disarms_the_old_and_arms_the_new(
+                    Fixture::$backend(TTL).await,
+                )
+                .await
             }
             #[tokio::test]
             async fn stats_count_everything() {

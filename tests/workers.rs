@@ -168,7 +168,7 @@ fn message(channel: &str, kind: ChannelKind, conversation: &str, seq: usize, at_
         conversation: conversation.to_string(),
         event_type: EventType::Message,
         at: at_ms,
-        received_at: None,
+        received_at: Some(now_ms()),
         contact: Contact {
             wa_id: Some(conversation.to_string()),
             ..Default::default()
@@ -321,14 +321,21 @@ async fn three_workers_one_killed_nothing_lost_order_kept() {
             c.len() >= 1000
         })
         .await;
-    let victim = workers.remove(0);
-    let victim_name = d
-        .recorder
-        .calls()
+    // The victim is the worker that has handled the most so far: it surely holds partitions.
+    let mut handled_by: HashMap<String, usize> = HashMap::new();
+    for c in d.recorder.calls() {
+        *handled_by.entry(c.worker).or_default() += 1;
+    }
+    let victim_name = handled_by
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(w, _)| w)
+        .unwrap();
+    let index = workers
         .iter()
-        .map(|c| c.worker.clone())
-        .find(|w| w.contains(&format!("-{}-", victim.id())))
-        .unwrap_or_default();
+        .position(|w| victim_name.contains(&format!("-{}-", w.id())))
+        .expect("the busiest worker is one of ours");
+    let victim = workers.remove(index);
     let mut victim = victim;
     victim.kill().unwrap(); // SIGKILL: no goodbye, leases expire
     victim.wait().unwrap();
@@ -421,7 +428,15 @@ async fn redis_restart_mid_run_workers_reconnect_and_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
     let url = support::shared_url();
-    let d = Deployment::new(&url, "");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Deployment::new(
+        &url,
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
     let queue = d.queue().await;
     let conv = "15550001111";
     let events: Vec<Event> = (0..4)
@@ -465,6 +480,26 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].payload.contains(&events[2].id));
     assert!(dead[0].error.contains("500"), "{}", dead[0].error);
+
+    // The worker's own /metrics tells the same story.
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "coexist_events_handled_total{channel=\"shop\",type=\"message\",outcome=\"ok\"} 3",
+        "coexist_handler_retries_total{channel=\"shop\"} 3",
+        "coexist_dead_letters_total{channel=\"shop\"} 1",
+        "coexist_webhook_to_handler_seconds_count{channel=\"shop\"}",
+        "coexist_leases_held{worker=",
+    ] {
+        assert!(
+            text.contains(needle),
+            "worker metrics lack {needle:?}:\n{text}"
+        );
+    }
 
     // The operator fixes the endpoint and replays the dead letter.
     d.recorder.script(&events[2].id, Script::FailTimes(0));

@@ -507,6 +507,28 @@ impl MemoryQueue {
         Ok(removed)
     }
 
+    /// Disarms `cancel` and arms `arm` (member, due ms) at once.
+    pub async fn replace_timers(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) -> Result<(), QueueError> {
+        let mut st = self.state();
+        let timers = st
+            .timers
+            .entry((channel.to_string(), partition))
+            .or_default();
+        for member in cancel {
+            timers.remove(member);
+        }
+        for (member, due) in arm {
+            timers.insert(member.clone(), *due);
+        }
+        Ok(())
+    }
+
     pub async fn promote_due_timers(
         &self,
         lease: &Lease,

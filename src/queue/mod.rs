@@ -263,6 +263,21 @@ impl Queue {
         }
     }
 
+    /// Disarms `cancel` and arms `arm` (member from [`timer_member`], due ms) in one atomic
+    /// step: what a new user message does to a conversation's window timers.
+    pub async fn replace_timers(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.replace_timers(channel, partition, cancel, arm).await,
+            Queue::Memory(q) => q.replace_timers(channel, partition, cancel, arm).await,
+        }
+    }
+
     /// Moves up to `limit` timers due at `now_ms` into the partition stream (earliest first),
     /// atomically and fenced. Returns how many moved; `Err(LeaseLost)` when not ours.
     pub async fn promote_due_timers(

@@ -473,6 +473,34 @@ impl RedisQueue {
         Ok(removed == 1)
     }
 
+    /// Disarms `cancel` and arms `arm` (member, due ms) in one atomic round trip.
+    pub async fn replace_timers(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) -> Result<(), QueueError> {
+        let key = self.inner.keys.timers(channel, partition);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !cancel.is_empty() {
+            pipe.cmd("ZREM").arg(&key).arg(cancel).ignore();
+        }
+        if !arm.is_empty() {
+            let cmd = pipe.cmd("ZADD").arg(&key);
+            for (member, due) in arm {
+                cmd.arg(*due).arg(member);
+            }
+            cmd.ignore();
+        }
+        if cancel.is_empty() && arm.is_empty() {
+            return Ok(());
+        }
+        let () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     pub async fn promote_due_timers(
         &self,
         lease: &Lease,

@@ -289,6 +289,15 @@ async fn handle_once(
         event.conversation = entry.conversation.clone();
     }
     let event_type = event.event_type.as_str();
+    if let Some(received_at) = event.received_at {
+        // Wall clock on purpose (not the injectable one): this is a latency of the deployment.
+        let waited_ms = crate::ingest::now_ms().saturating_sub(received_at).max(0);
+        shared.metrics.observe_seconds(
+            "coexist_webhook_to_handler_seconds",
+            &[("channel", &lease.channel)],
+            waited_ms as f64 / 1000.0,
+        );
+    }
     let now = shared.clock.now_ms();
 
     if event.conversation.is_empty() {
@@ -407,7 +416,8 @@ async fn handle_once(
     Ok(event_type)
 }
 
-/// Disarms the timers planned for the old window end and arms those of the new one.
+/// Disarms the timers planned for the old window end and arms those of the new one, in one
+/// atomic round trip.
 async fn rearm_timers(
     shared: &Shared,
     lease: &Lease,
@@ -417,29 +427,22 @@ async fn rearm_timers(
 ) -> Result<(), AttemptError> {
     let now = shared.clock.now_ms();
     let leads = &shared.settings.leads_ms;
+    let member =
+        |t: &PlannedTimer| timer_member(&timer_event(event, t).to_json(), &event.conversation);
     // Plan the old timers as of their own window (now may be past some of them: use 0).
-    for old in timers_for(ChannelKind::Waba, before, 0, leads) {
-        let member = timer_member(&timer_event(event, &old).to_json(), &event.conversation);
-        shared
-            .queue
-            .cancel_timer(&lease.channel, lease.partition, &member)
-            .await
-            .map_err(|e| AttemptError::Retry(format!("cancelling timer: {e}")))?;
-    }
-    for timer in timers_for(ChannelKind::Waba, after, now, leads) {
-        let member = timer_member(&timer_event(event, &timer).to_json(), &event.conversation);
-        shared
-            .queue
-            .arm_timer(
-                &lease.channel,
-                lease.partition,
-                &member,
-                timer.due_ms.max(0) as u64,
-            )
-            .await
-            .map_err(|e| AttemptError::Retry(format!("arming timer: {e}")))?;
-    }
-    Ok(())
+    let cancel: Vec<String> = timers_for(ChannelKind::Waba, before, 0, leads)
+        .iter()
+        .map(member)
+        .collect();
+    let arm: Vec<(String, u64)> = timers_for(ChannelKind::Waba, after, now, leads)
+        .iter()
+        .map(|t| (member(t), t.due_ms.max(0) as u64))
+        .collect();
+    shared
+        .queue
+        .replace_timers(&lease.channel, lease.partition, &cancel, &arm)
+        .await
+        .map_err(|e| AttemptError::Retry(format!("re-arming window timers: {e}")))
 }
 
 /// The event a timer produces when it fires. Its id is stable for one window end and slot,
