@@ -15,19 +15,33 @@ use crate::worker::Worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Connection attempts at start-up (0.5 s, 1 s, 1.5 s … apart: ~7.5 s in all).
+const CONNECT_ATTEMPTS: u32 = 6;
+
 /// The queue of this process: Redis when `[redis]` is configured, else the embedded twin.
 pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
     Ok(match &config.redis {
-        Some(r) => Queue::Redis(
-            RedisQueue::connect(
-                r.url.expose(),
-                Keys::new(r.prefix.clone()),
-                r.dedupe_ttl_secs,
-                r.stream_maxlen,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to redis: {e}"))?,
-        ),
+        Some(r) => {
+            // A Redis that is still starting (loading its AOF after a restart) gets a few
+            // seconds; a wrong URL still fails at start-up.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let keys = Keys::new(r.prefix.clone());
+                match RedisQueue::connect(r.url.expose(), keys, r.dedupe_ttl_secs, r.stream_maxlen)
+                    .await
+                {
+                    Ok(q) => break Queue::Redis(q),
+                    Err(e) if attempt < CONNECT_ATTEMPTS => {
+                        tracing::warn!(attempt, error = %e, "redis not ready; retrying");
+                        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    }
+                    Err(e) => {
+                        anyhow::bail!("cannot connect to redis after {attempt} attempts: {e}")
+                    }
+                }
+            }
+        }
         None => {
             tracing::info!(
                 "no [redis] table: using the embedded in-memory queue (one process, not durable)"

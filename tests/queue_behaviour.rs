@@ -397,6 +397,33 @@ mod suite {
         );
     }
 
+    pub async fn a_batch_is_acked_in_one_call_and_fenced(f: Fixture) {
+        fill(&f, "b", 5).await;
+        f.queue.ensure_group(CH, 0).await.unwrap();
+        let l = lease(&f, "w", 10_000).await;
+        let got = f.queue.read(&l, "w", 100, 0).await.unwrap();
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        let stale = Lease {
+            token: l.token + 1,
+            ..l.clone()
+        };
+        assert_eq!(
+            f.queue.ack_many(&stale, &ids).await.unwrap(),
+            None,
+            "a stale lease acks nothing"
+        );
+        assert_eq!(f.queue.partition_stats(CH, 0).await.unwrap().pending, 5);
+        assert_eq!(f.queue.ack_many(&l, &ids[..3]).await.unwrap(), Some(3));
+        assert_eq!(
+            f.queue.ack_many(&l, &ids).await.unwrap(),
+            Some(2),
+            "only the still-pending count"
+        );
+        assert_eq!(f.queue.ack_many(&l, &[]).await.unwrap(), Some(0));
+        let stats = f.queue.partition_stats(CH, 0).await.unwrap();
+        assert_eq!((stats.length, stats.pending), (0, 0), "{stats:?}");
+    }
+
     pub async fn read_creates_a_missing_group(f: Fixture) {
         let sent = fill(&f, "g", 2).await;
         let l = lease(&f, "w", 10_000).await;
@@ -713,6 +740,10 @@ macro_rules! behaviour_suite {
                     Fixture::$backend(TTL).await,
                 )
                 .await
+            }
+            #[tokio::test]
+            async fn a_batch_is_acked_in_one_call_and_fenced() {
+                suite::a_batch_is_acked_in_one_call_and_fenced(Fixture::$backend(TTL).await).await
             }
             #[tokio::test]
             async fn stats_count_everything() {

@@ -451,6 +451,24 @@ impl MemoryQueue {
         Ok(Self::ack_locked(&mut self.state(), lease, entry_id))
     }
 
+    /// Acks several entries at once; `None` when the lease is not ours.
+    pub async fn ack_many(
+        &self,
+        lease: &Lease,
+        entry_ids: &[&str],
+    ) -> Result<Option<usize>, QueueError> {
+        let mut st = self.state();
+        if !st.holds(lease) {
+            return Ok(None);
+        }
+        Ok(Some(
+            entry_ids
+                .iter()
+                .filter(|id| Self::ack_locked(&mut st, lease, id))
+                .count(),
+        ))
+    }
+
     pub async fn dead_letter(
         &self,
         lease: &Lease,

@@ -222,6 +222,19 @@ impl Queue {
         }
     }
 
+    /// Acknowledges (and deletes) handled entries in one round trip, fenced: `None` when the
+    /// lease is not ours (the new owner handles them again), else how many were pending.
+    pub async fn ack_many(
+        &self,
+        lease: &Lease,
+        entry_ids: &[&str],
+    ) -> Result<Option<usize>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.ack_many(lease, entry_ids).await,
+            Queue::Memory(q) => q.ack_many(lease, entry_ids).await,
+        }
+    }
+
     /// Moves one entry to the channel's dead-letter stream with the error, then acks it;
     /// fenced like [`Queue::ack`].
     pub async fn dead_letter(

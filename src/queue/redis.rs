@@ -408,16 +408,29 @@ impl RedisQueue {
     }
 
     pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
+        Ok(self.ack_many(lease, &[entry_id]).await? == Some(1))
+    }
+
+    /// Acks several entries in one round trip; `None` when the lease is not ours.
+    pub async fn ack_many(
+        &self,
+        lease: &Lease,
+        entry_ids: &[&str],
+    ) -> Result<Option<usize>, QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(Some(0));
+        }
         let keys = &self.inner.keys;
-        let acked: i64 = ACK
-            .key(keys.lease(&lease.channel, lease.partition))
+        let mut invocation = ACK.key(keys.lease(&lease.channel, lease.partition));
+        invocation
             .key(keys.stream(&lease.channel, lease.partition))
             .arg(lease.value())
-            .arg(GROUP)
-            .arg(entry_id)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(acked == 1)
+            .arg(GROUP);
+        for id in entry_ids {
+            invocation.arg(*id);
+        }
+        let acked: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok((acked >= 0).then_some(acked as usize))
     }
 
     pub async fn dead_letter(

@@ -10,6 +10,7 @@ use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
 use crate::outbound::OutgoingMessage;
 use crate::queue::{timer_member, Entry, Lease, QueueError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -71,6 +72,7 @@ pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Rece
         return;
     };
     failures = 0;
+    let mut cache = StateCache::default();
     'reading: while !*stop.borrow() {
         if let Err(e) = shared
             .queue
@@ -101,19 +103,76 @@ pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Rece
                 continue;
             }
         };
+        // Handled entries are acked together after the batch (one round trip); a crash before
+        // that only means they are handled again by the next owner (at-least-once).
+        let mut acks = Vec::with_capacity(entries.len());
+        let mut after = Step::Next { dead: false };
         for entry in entries {
-            match step(&shared, &lease, &channel, &entry, &mut stop).await {
-                Step::Next { .. } => {}
-                Step::Stop => return,
-                Step::Reread => {
-                    wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, 1)).await;
-                    continue 'reading;
-                }
-            }
-            if *stop.borrow() {
-                break 'reading;
+            after = step(
+                &shared, &lease, &channel, &entry, &mut stop, &mut cache, &mut acks,
+            )
+            .await;
+            if !matches!(after, Step::Next { .. }) || *stop.borrow() {
+                break;
             }
         }
+        let flushed = flush_acks(&shared, &lease, &mut acks).await;
+        match (after, flushed) {
+            (Step::Stop, _) | (_, Some(Step::Stop)) => return,
+            (Step::Reread, _) | (_, Some(Step::Reread)) => {
+                wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, 1)).await;
+                continue 'reading;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Acks what was handled; `Some(step)` when the loop must stop or read again.
+async fn flush_acks(shared: &Shared, lease: &Lease, acks: &mut Vec<String>) -> Option<Step> {
+    if acks.is_empty() {
+        return None;
+    }
+    let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
+    let result = shared.queue.ack_many(lease, &ids).await;
+    acks.clear();
+    match result {
+        Ok(Some(_)) => None,
+        Ok(None) | Err(QueueError::LeaseLost { .. }) => Some(Step::Stop),
+        Err(e) => {
+            tracing::warn!(channel = %lease.channel, error = %e, "ack failed; the entries will be handled again");
+            Some(Step::Reread)
+        }
+    }
+}
+
+/// The conversations of this partition as this task last saved or loaded them. Only the lease
+/// holder writes a partition's conversations (every save is fenced and version-checked), so
+/// while the task holds the lease its copy is current and the load round trip is skipped; a
+/// new task (a new lease) starts empty. A stale copy can only cost a version conflict, after
+/// which the entry is dropped from the cache and read again.
+#[derive(Default)]
+pub(crate) struct StateCache {
+    states: HashMap<String, Option<ConversationState>>,
+}
+
+impl StateCache {
+    /// Conversations remembered at most; past that the cache starts over.
+    const CAPACITY: usize = 20_000;
+
+    fn get(&self, conversation: &str) -> Option<Option<ConversationState>> {
+        self.states.get(conversation).cloned()
+    }
+
+    fn put(&mut self, conversation: &str, state: Option<ConversationState>) {
+        if self.states.len() >= Self::CAPACITY {
+            self.states.clear();
+        }
+        self.states.insert(conversation.to_string(), state);
+    }
+
+    fn forget(&mut self, conversation: &str) {
+        self.states.remove(conversation);
     }
 }
 
@@ -127,19 +186,24 @@ enum Step {
     Reread,
 }
 
-/// Handles one entry (with retries), then acks or dead-letters it. Shared by the partition
-/// task and [`drain`], so both follow the same rules.
+/// Handles one entry (with retries), then queues its ack (see [`flush_acks`]) or dead-letters
+/// it. Shared by the partition task and [`drain`], so both follow the same rules.
 async fn step(
     shared: &Shared,
     lease: &Lease,
     channel: &Arc<ChannelConfig>,
     entry: &Entry,
     stop: &mut watch::Receiver<bool>,
+    cache: &mut StateCache,
+    acks: &mut Vec<String>,
 ) -> Step {
-    let outcome = handle_with_retries(shared, lease, channel, entry, stop).await;
+    let outcome = handle_with_retries(shared, lease, channel, entry, stop, cache).await;
     let dead = matches!(outcome, Outcome::Dead(_));
     let finished = match outcome {
-        Outcome::Done => shared.queue.ack(lease, &entry.id).await,
+        Outcome::Done => {
+            acks.push(entry.id.clone());
+            return Step::Next { dead: false };
+        }
         Outcome::Dead(error) => {
             shared
                 .metrics
@@ -174,6 +238,7 @@ pub(crate) async fn drain(
     let (_never, mut stop) = watch::channel(false);
     let mut drained = Drained::default();
     let mut rereads = 0;
+    let mut cache = StateCache::default();
     loop {
         shared
             .queue
@@ -186,8 +251,14 @@ pub(crate) async fn drain(
         if entries.is_empty() {
             return Ok(drained);
         }
+        let mut acks = Vec::new();
+        let mut reread = false;
         for entry in &entries {
-            match step(shared, lease, channel, entry, &mut stop).await {
+            match step(
+                shared, lease, channel, entry, &mut stop, &mut cache, &mut acks,
+            )
+            .await
+            {
                 Step::Next { dead: true } => drained.dead += 1,
                 Step::Next { dead: false } => drained.handled += 1,
                 Step::Stop => {
@@ -197,15 +268,28 @@ pub(crate) async fn drain(
                     })
                 }
                 Step::Reread => {
-                    rereads += 1;
-                    if rereads > 3 {
-                        return Err(QueueError::Other(format!(
-                            "acking on {} partition {} keeps failing",
-                            lease.channel, lease.partition
-                        )));
-                    }
+                    reread = true;
                     break;
                 }
+            }
+        }
+        match flush_acks(shared, lease, &mut acks).await {
+            Some(Step::Stop) => {
+                return Err(QueueError::LeaseLost {
+                    channel: lease.channel.clone(),
+                    partition: lease.partition,
+                })
+            }
+            Some(_) => reread = true,
+            None => {}
+        }
+        if reread {
+            rereads += 1;
+            if rereads > 3 {
+                return Err(QueueError::Other(format!(
+                    "acking on {} partition {} keeps failing",
+                    lease.channel, lease.partition
+                )));
             }
         }
     }
@@ -231,13 +315,14 @@ async fn handle_with_retries(
     channel: &Arc<ChannelConfig>,
     entry: &Entry,
     stop: &mut watch::Receiver<bool>,
+    cache: &mut StateCache,
 ) -> Outcome {
     let s = &shared.settings;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let started = Instant::now();
-        let result = handle_once(shared, lease, channel, entry).await;
+        let result = handle_once(shared, lease, channel, entry, cache).await;
         shared.metrics.observe_seconds(
             "coexist_handler_seconds",
             &[("channel", &lease.channel)],
@@ -281,6 +366,7 @@ async fn handle_once(
     lease: &Lease,
     channel: &Arc<ChannelConfig>,
     entry: &Entry,
+    cache: &mut StateCache,
 ) -> Result<&'static str, AttemptError> {
     let mut event: Event = serde_json::from_str(&entry.payload)
         .map_err(|e| AttemptError::GiveUp(format!("stored event is not valid JSON: {e}")))?;
@@ -308,11 +394,18 @@ async fn handle_once(
     }
 
     let fence = fence(lease);
-    let stored = shared
-        .store
-        .load(&lease.channel, &event.conversation)
-        .await
-        .map_err(|e| AttemptError::Retry(format!("loading conversation: {e}")))?;
+    let stored = match cache.get(&event.conversation) {
+        Some(state) => state,
+        None => {
+            let loaded = shared
+                .store
+                .load(&lease.channel, &event.conversation)
+                .await
+                .map_err(|e| AttemptError::Retry(format!("loading conversation: {e}")))?;
+            cache.put(&event.conversation, loaded.clone());
+            loaded
+        }
+    };
     let mut state = stored.clone().unwrap_or_default();
     let before = state.clone();
 
@@ -398,16 +491,23 @@ async fn handle_once(
             .save(&fence, &lease.channel, &event.conversation, &state)
             .await
         {
-            Ok(SaveOutcome::Saved { .. }) => {}
+            Ok(SaveOutcome::Saved { version }) => {
+                state.version = version;
+                cache.put(&event.conversation, Some(state.clone()));
+            }
             Ok(SaveOutcome::Fenced) => return Err(AttemptError::LeaseLost),
             Ok(SaveOutcome::Conflict { stored_version }) => {
+                cache.forget(&event.conversation);
                 return Err(AttemptError::Retry(format!(
                     "conversation changed under us (version {stored_version})"
                 )));
             }
-            Err(e) => return Err(AttemptError::Retry(format!("saving conversation: {e}"))),
+            Err(e) => {
+                // The write may or may not have happened: read it again next time.
+                cache.forget(&event.conversation);
+                return Err(AttemptError::Retry(format!("saving conversation: {e}")));
+            }
         }
-        state.version += 1;
     }
 
     if channel.kind == ChannelKind::Waba && before.window_end_ms != state.window_end_ms {
