@@ -62,7 +62,7 @@ impl WorkerSettings {
 
     /// How often leases are renewed and the fair share is recomputed.
     fn tick(&self) -> Duration {
-        Duration::from_millis((self.lease_ms / 3).max(100))
+        Duration::from_millis((self.lease_ms / 3).clamp(100, 1_000))
     }
 }
 
@@ -268,6 +268,16 @@ impl Worker {
         let settings = shared.settings.clone();
         let mut held: HashMap<(String, u32), Held> = HashMap::new();
         tracing::info!(worker = %shared.id, partitions = self.partitions.len(), "worker started");
+        // Announce ourselves and wait a moment before taking partitions, so workers started
+        // together see each other and take their shares at once instead of one grabbing all.
+        if let Err(e) = shared.queue.heartbeat(&shared.id, settings.lease_ms).await {
+            tracing::warn!(worker = %shared.id, error = %e, "first heartbeat failed");
+        }
+        let settle = Duration::from_millis(rand::random_range(100..300));
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(settle) => {}
+        }
         loop {
             if *shutdown.borrow() {
                 break;
