@@ -236,26 +236,43 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let queue = coexist::runtime::connect_queue(&config).await?;
+        // Channel health lives in the workers' outbox (e.g. "unhealthy" after Graph error 190).
+        let outbox = coexist::runtime::ingress_outbox(&queue);
         let mut rows = Vec::new();
         for channel in &config.channels {
+            let health = match &outbox {
+                Some(o) => o.health(&channel.id, coexist::ingest::now_ms()).await?.unwrap_or_else(|| "ok".into()),
+                None => "ok".into(),
+            };
             for partition in 0..channel.partitions {
                 let stats = queue.partition_stats(&channel.id, partition).await?;
                 rows.push(serde_json::json!({
                     "channel": channel.id, "kind": channel.kind, "partition": partition,
                     "length": stats.length, "pending": stats.pending, "lag": stats.lag, "dead": stats.dead,
-                    "lease_owner": stats.lease_owner, "timers": stats.timers,
+                    "lease_owner": stats.lease_owner, "timers": stats.timers, "health": health,
                 }));
             }
         }
         if json {
             println!("{}", serde_json::Value::Array(rows));
         } else {
-            println!("{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  lease owner", "channel", "kind", "part", "length", "pending", "lag", "dead", "timers");
+            println!(
+                "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<24} health",
+                "channel", "kind", "part", "length", "pending", "lag", "dead", "timers", "lease owner"
+            );
             for r in &rows {
                 println!(
-                    "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {}",
-                    r["channel"].as_str().unwrap_or(""), r["kind"].as_str().unwrap_or(""), r["partition"], r["length"], r["pending"],
-                    r["lag"], r["dead"], r["timers"], r["lease_owner"].as_str().unwrap_or("-")
+                    "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<24} {}",
+                    r["channel"].as_str().unwrap_or(""),
+                    r["kind"].as_str().unwrap_or(""),
+                    r["partition"],
+                    r["length"],
+                    r["pending"],
+                    r["lag"],
+                    r["dead"],
+                    r["timers"],
+                    r["lease_owner"].as_str().unwrap_or("-"),
+                    r["health"].as_str().unwrap_or("ok")
                 );
             }
         }

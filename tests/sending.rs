@@ -759,6 +759,17 @@ async fn token_190_is_final_and_marks_the_channel_unhealthy_until_a_send_succeed
     assert_eq!(d.graph.count(), 1, "190 is not retried");
     assert_eq!(d.recorder.calls().len(), 1, "nor is the event");
     assert!(d.log("w0").contains("marked unhealthy"), "{}", d.log("w0"));
+    // Operators see it in `coexist queues`.
+    let rows: serde_json::Value =
+        serde_json::from_slice(&d.run(&["queues", "--json"]).stdout).unwrap();
+    for row in rows.as_array().unwrap() {
+        let health = row["health"].as_str().unwrap();
+        if row["channel"] == WABA {
+            assert!(health.starts_with("unhealthy since"), "{row}");
+        } else {
+            assert_eq!(health, "ok", "{row}");
+        }
+    }
 
     // The token is fixed: the next send succeeds and clears the mark.
     let m2 = message(WABA, contact, "wamid.auth.2", now_ms(), "b");
