@@ -229,8 +229,17 @@ fn run_all(config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Operator commands read the shared Redis; the embedded queue lives inside a `run` process.
+fn require_redis(config: &Config, path: &Path, command: &str) -> Result<()> {
+    if config.redis.is_none() {
+        bail!("`{command}` reads the queue in Redis, but {} has no [redis] table: the embedded in-memory queue lives inside the `coexist run` process (see its /metrics)", path.display());
+    }
+    Ok(())
+}
+
 fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = load_config(config_path)?;
+    require_redis(&config, config_path, "queues")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -261,16 +270,18 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
                 "channel", "kind", "part", "length", "pending", "lag", "dead", "timers", "lease owner"
             );
             for r in &rows {
+                // serde_json's Display ignores width: format plain numbers.
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
                 println!(
                     "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<24} {}",
                     r["channel"].as_str().unwrap_or(""),
                     r["kind"].as_str().unwrap_or(""),
-                    r["partition"],
-                    r["length"],
-                    r["pending"],
-                    r["lag"],
-                    r["dead"],
-                    r["timers"],
+                    n("partition"),
+                    n("length"),
+                    n("pending"),
+                    n("lag"),
+                    n("dead"),
+                    n("timers"),
                     r["lease_owner"].as_str().unwrap_or("-"),
                     r["health"].as_str().unwrap_or("ok")
                 );
