@@ -8,7 +8,7 @@
 //! ```
 
 use clap::Parser;
-use coexist::bot::{handler, Bot, BuildError, Filter, Router, SendRuleError};
+use coexist::bot::{handler, BuildError, Filter, Router, SendRuleError};
 use coexist::config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,18 +41,8 @@ pub fn echo_bot() -> Result<Router, BuildError> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    coexist::runtime::init_logging();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
-    let bot: Arc<dyn Bot> = Arc::new(echo_bot()?);
-    if config.redis.is_some() {
-        coexist::runtime::work_with_bot(&config, bot)
-    } else {
-        coexist::runtime::run_with_bot(&config, bot)
-    }
+    coexist::runtime::run_bot(&config, Arc::new(echo_bot()?))
 }

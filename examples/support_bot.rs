@@ -10,7 +10,7 @@
 //! `tests/bot_framework.rs` drives this bot through `coexist::bot::testkit::TestKit`.
 
 use clap::Parser;
-use coexist::bot::{handler, Bot, BuildError, Context, Filter, HandlerError, Router};
+use coexist::bot::{handler, BuildError, Context, Filter, HandlerError, Router};
 use coexist::config::Config;
 use coexist::ChannelKind;
 use serde::{Deserialize, Serialize};
@@ -191,18 +191,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    coexist::runtime::init_logging();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
-    let bot: Arc<dyn Bot> = Arc::new(support_bot()?);
-    if config.redis.is_some() {
-        coexist::runtime::work_with_bot(&config, bot)
-    } else {
-        coexist::runtime::run_with_bot(&config, bot)
-    }
+    coexist::runtime::run_bot(&config, Arc::new(support_bot()?))
 }

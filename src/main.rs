@@ -127,7 +127,7 @@ impl From<Algo> for Algorithm {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    coexist::runtime::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
@@ -152,17 +152,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn load_config(path: &Path) -> Result<Config> {

@@ -248,3 +248,25 @@ pub fn ingest(config: &Config, queue: Queue, metrics: Metrics) -> crate::ingest:
         None => ingest,
     }
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on a terminal.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// What a bot program does with a config: with `[redis]` it is a worker process (ingress is
+/// `coexist serve`), without it ingress, worker and sender run together in this process.
+pub fn run_bot(config: &Config, bot: Arc<dyn Bot>) -> anyhow::Result<()> {
+    if config.redis.is_some() {
+        work_with_bot(config, bot)
+    } else {
+        run_with_bot(config, bot)
+    }
+}
