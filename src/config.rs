@@ -56,6 +56,26 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     pub bot: BotConfig,
     pub worker: WorkerConfig,
+    pub sending: SendingConfig,
+}
+
+/// `[sending]`: how the senders wait and retry. Every key is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendingConfig {
+    /// Timeout of one HTTP request to the Graph API or the gateway (default 15000).
+    pub http_timeout_ms: Option<u64>,
+    /// HTTP attempts per reply for retryable errors (default 4).
+    pub attempts: Option<u32>,
+    /// First retry delay for transient errors and rate limits, doubled each time (default 500).
+    pub retry_base_ms: Option<u64>,
+    /// First retry delay after Meta's pair rate limit (131056), ×4 each time (default 1000).
+    pub pair_retry_base_ms: Option<u64>,
+    /// How long a reply whose earlier send may have left before a crash waits for its status
+    /// before it is sent again (default 15000).
+    pub inflight_wait_ms: Option<u64>,
+    /// Longest wait for a rate-limit slot before the event is retried later (default 5000).
+    pub max_rate_wait_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +208,8 @@ struct RawFile {
     bot: Option<Spanned<RawBot>>,
     #[serde(default)]
     worker: RawWorker,
+    #[serde(default)]
+    sending: SendingConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -646,6 +668,7 @@ impl Ctx<'_> {
             channels,
             bot,
             worker,
+            sending: raw.sending.clone(),
         })
     }
 }
@@ -838,6 +861,18 @@ secret = "${FORWARD_SECRET}"
         assert_eq!(c.server.http_workers(c.redis.as_ref()), 3);
         let c = parse("").unwrap();
         assert_eq!(c.server.http_workers(None), cores);
+    }
+
+    #[test]
+    fn sending_table_is_optional_and_checked() {
+        assert_eq!(parse("").unwrap().sending, SendingConfig::default());
+        let c = parse("[sending]\nhttp_timeout_ms = 2000\nattempts = 2\n").unwrap();
+        assert_eq!(
+            (c.sending.http_timeout_ms, c.sending.attempts),
+            (Some(2000), Some(2))
+        );
+        let e = error_of("[sending]\nhttp_timeout_ms = 2000\ntimeout = 1\n");
+        assert!(e.contains("line 3") && e.contains("timeout"), "{e}");
     }
 
     #[test]

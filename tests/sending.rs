@@ -5,9 +5,8 @@
 //! What the worker's sender does is read off the fakes: bodies, headers, how many requests
 //! per outbox key, and the spacing of arrival times (rate limits, pair gaps, Personal pacing).
 //!
-//! The sender's own retry knobs (`OutboundOptions`: backoff base 500 ms, pair base 1 s, HTTP
-//! timeout 15 s, in-flight wait 15 s) are not configurable from the TOML, so the tests that
-//! depend on them wait the default times.
+//! The sender's retry knobs come from `[sending]` (defaults: backoff base 500 ms, pair base 1 s,
+//! HTTP timeout 15 s, in-flight wait 15 s); the slowest tests shorten them there.
 
 mod fakes;
 mod recorder;
@@ -45,6 +44,8 @@ struct Opts {
     lease_ms: u64,
     retry_backoff_ms: u64,
     max_attempts: u32,
+    /// The body of a `[sending]` table ("" = the defaults).
+    sending: &'static str,
 }
 
 impl Default for Opts {
@@ -57,6 +58,7 @@ impl Default for Opts {
             lease_ms: 1000,
             retry_backoff_ms: 50,
             max_attempts: 3,
+            sending: "",
         }
     }
 }
@@ -174,6 +176,9 @@ lease_ms = {lease_ms}
 block_ms = 100
 retry_backoff_ms = {retry_backoff_ms}
 max_attempts = {max_attempts}
+
+[sending]
+{sending}
 "#,
                 graph_url = graph.url(),
                 waha_url = waha.url(),
@@ -184,6 +189,7 @@ max_attempts = {max_attempts}
                 lease_ms = opts.lease_ms,
                 retry_backoff_ms = opts.retry_backoff_ms,
                 max_attempts = opts.max_attempts,
+                sending = opts.sending,
             ),
         )
         .unwrap();
@@ -782,22 +788,26 @@ async fn token_190_is_final_and_marks_the_channel_unhealthy_until_a_send_succeed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_answer_slower_than_the_http_timeout_is_retried() {
-    let d = Deployment::new(Opts::default()).await;
+    let d = Deployment::new(Opts {
+        sending: "http_timeout_ms = 2000",
+        ..Opts::default()
+    })
+    .await;
     let contact = "16505550007";
     let m = message(WABA, contact, "wamid.slow.1", now_ms(), "a");
     d.recorder.script(&m.id, answer(vec![text("eventually")]));
-    // The sender's HTTP timeout is 15 s (not configurable): answer after 16 s.
+    // `[sending] http_timeout_ms = 2000`: answer after 3 s.
     d.graph
-        .push(Answer::Slow(Duration::from_secs(16), Box::new(Answer::Ok)));
+        .push(Answer::Slow(Duration::from_secs(3), Box::new(Answer::Ok)));
     d.enqueue(&[&m]).await;
     let _w = d.spawn_worker("w0");
 
-    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(25)).await;
+    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(15)).await;
     d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
     let gap = ms_between(&reqs[0], &reqs[1]);
     assert!(
-        (15_000..17_000).contains(&gap),
-        "retried after the 15 s timeout + 500 ms backoff: {gap} ms"
+        (2_000..4_000).contains(&gap),
+        "retried after the 2 s timeout + 500 ms backoff: {gap} ms"
     );
     assert_eq!(key_of(&reqs[0]), key_of(&reqs[1]));
     assert!(d
@@ -996,16 +1006,20 @@ async fn crash_with_a_send_in_flight_then_its_status_arrives_no_resend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_with_a_send_in_flight_and_no_status_resends_once_after_the_wait() {
-    let d = Deployment::new(Opts::default()).await;
+    let d = Deployment::new(Opts {
+        sending: "inflight_wait_ms = 6000",
+        ..Opts::default()
+    })
+    .await;
     let contact = "16505550012";
     let m = message(WABA, contact, "wamid.inflight.b", now_ms(), "a");
     let (_w1, first) = crash_with_send_in_flight(&d, &m).await;
 
-    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(25)).await;
+    let reqs = wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(20)).await;
     let waited = reqs[1].at.duration_since(first);
     assert!(
-        waited >= Duration::from_millis(14_500) && waited < Duration::from_secs(19),
-        "resent after the 15 s in-flight wait: {waited:?}"
+        waited >= Duration::from_millis(5_500) && waited < Duration::from_secs(10),
+        "resent after the 6 s in-flight wait (`[sending] inflight_wait_ms`): {waited:?}"
     );
     assert_eq!(key_of(&reqs[1]), "wamid.inflight.b:0");
     d.wait_drained(WABA, contact, Duration::from_secs(10)).await;

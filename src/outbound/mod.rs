@@ -54,6 +54,26 @@ pub struct OutboundOptions {
     pub outbox: OutboxOptions,
 }
 
+impl OutboundOptions {
+    /// The defaults, with what `[sending]` sets.
+    pub fn from_config(c: &crate::config::SendingConfig) -> Self {
+        let d = OutboundOptions::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        OutboundOptions {
+            max_rate_wait: ms(c.max_rate_wait_ms, d.max_rate_wait),
+            max_attempts: c.attempts.unwrap_or(d.max_attempts).max(1),
+            backoff: Backoff {
+                base: ms(c.retry_base_ms, d.backoff.base),
+                pair_base: ms(c.pair_retry_base_ms, d.backoff.pair_base),
+                ..d.backoff
+            },
+            inflight_wait: ms(c.inflight_wait_ms, d.inflight_wait),
+            http_timeout: ms(c.http_timeout_ms, d.http_timeout),
+            ..d
+        }
+    }
+}
+
 impl Default for OutboundOptions {
     fn default() -> Self {
         OutboundOptions {
@@ -151,7 +171,12 @@ impl Outbound {
         redis: Option<ConnectionManager>,
         metrics: Metrics,
     ) -> Result<Outbound, OutboundError> {
-        Outbound::with_options(config, redis, metrics, OutboundOptions::default())
+        Outbound::with_options(
+            config,
+            redis,
+            metrics,
+            OutboundOptions::from_config(&config.sending),
+        )
     }
 
     pub fn with_options(
