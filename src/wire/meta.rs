@@ -321,15 +321,7 @@ fn message_event(ctx: &ChangeCtx<'_>, m: &Value, messages_in_change: usize) -> E
     } else {
         message.id.clone()
     };
-    let mut e = ctx.event(
-        id,
-        EventType::Message,
-        m.get("timestamp").and_then(seconds_to_ms),
-    );
-    e.conversation = conversation_of(&contact);
-    e.contact = contact;
-    e.message = Some(message);
-    e
+    message_like(ctx, id, EventType::Message, m, contact, message)
 }
 
 fn echo_event(ctx: &ChangeCtx<'_>, m: &Value) -> Event {
@@ -352,11 +344,19 @@ fn echo_event(ctx: &ChangeCtx<'_>, m: &Value) -> Event {
     } else {
         format!("echo:{}", message.id)
     };
-    let mut e = ctx.event(
-        id,
-        EventType::Echo,
-        m.get("timestamp").and_then(seconds_to_ms),
-    );
+    message_like(ctx, id, EventType::Echo, m, contact, message)
+}
+
+/// A message or an echo: its own timestamp, the customer as the conversation.
+fn message_like(
+    ctx: &ChangeCtx<'_>,
+    id: String,
+    event_type: EventType,
+    m: &Value,
+    contact: Contact,
+    message: Message,
+) -> Event {
+    let mut e = ctx.event(id, event_type, m.get("timestamp").and_then(seconds_to_ms));
     e.conversation = conversation_of(&contact);
     e.contact = contact;
     e.message = Some(message);
