@@ -553,6 +553,21 @@ mod suite {
         assert_eq!(replayed[0].deliveries, 1);
     }
 
+    /// One timer armed (or re-armed: the due time is overwritten) on partition 0.
+    async fn arm(f: &Fixture, member: &str, due: u64) {
+        f.queue
+            .replace_timers(CH, 0, &[], &[(member.to_string(), due)])
+            .await
+            .unwrap();
+    }
+
+    async fn disarm(f: &Fixture, member: &str) {
+        f.queue
+            .replace_timers(CH, 0, &[member.to_string()], &[])
+            .await
+            .unwrap();
+    }
+
     pub async fn replacing_timers_disarms_the_old_and_arms_the_new(f: Fixture) {
         f.queue.ensure_group(CH, 0).await.unwrap();
         let l = lease(&f, "w", 10_000).await;
@@ -561,10 +576,10 @@ mod suite {
             timer_member("old-closed", "1555"),
         ];
         for (i, m) in old.iter().enumerate() {
-            f.queue.arm_timer(CH, 0, m, 1_000 + i as u64).await.unwrap();
+            arm(&f, m, 1_000 + i as u64).await;
         }
         let other = timer_member("other-conversation", "1666");
-        f.queue.arm_timer(CH, 0, &other, 1_500).await.unwrap();
+        arm(&f, &other, 1_500).await;
         let new = vec![
             (timer_member("new-expiring", "1555"), 2_000),
             (timer_member("new-closed", "1555"), 3_000),
@@ -587,12 +602,13 @@ mod suite {
         let m1 = timer_member(r#"{"type":"window.closed","q":"\"é\""}"#, "15551111");
         let m2 = timer_member(r#"{"type":"window.expiring"}"#, "15551111");
         let m3 = timer_member(r#"{"type":"other"}"#, "15552222");
-        f.queue.arm_timer(CH, 0, &m1, 1_000).await.unwrap();
-        f.queue.arm_timer(CH, 0, &m2, 2_000).await.unwrap();
-        f.queue.arm_timer(CH, 0, &m3, 5_000).await.unwrap();
-        f.queue.arm_timer(CH, 0, &m1, 3_000).await.unwrap(); // re-armed: due time overwritten
-        assert!(f.queue.cancel_timer(CH, 0, &m3).await.unwrap());
-        assert!(!f.queue.cancel_timer(CH, 0, &m3).await.unwrap());
+        arm(&f, &m1, 1_000).await;
+        arm(&f, &m2, 2_000).await;
+        arm(&f, &m3, 5_000).await;
+        arm(&f, &m1, 3_000).await; // re-armed: due time overwritten
+        disarm(&f, &m3).await;
+        assert_eq!(f.queue.partition_stats(CH, 0).await.unwrap().timers, 2);
+        disarm(&f, &m3).await; // disarming twice changes nothing
         assert_eq!(f.queue.partition_stats(CH, 0).await.unwrap().timers, 2);
         assert_eq!(f.queue.promote_due_timers(&l, 1_500, 10).await.unwrap(), 0);
         assert_eq!(
@@ -612,7 +628,7 @@ mod suite {
         );
         assert!(got.iter().all(|e| e.conversation == "15551111"));
         // A member that is not a timer_member object is promoted as the payload itself.
-        f.queue.arm_timer(CH, 0, "plain", 10).await.unwrap();
+        arm(&f, "plain", 10).await;
         assert_eq!(f.queue.promote_due_timers(&l, 10, 10).await.unwrap(), 1);
         for e in &got {
             f.queue.ack(&l, &e.id).await.unwrap();
@@ -637,10 +653,7 @@ mod suite {
         f.queue.ensure_group(CH, 0).await.unwrap();
         let l = lease(&f, "worker-1", 10_000).await;
         let got = f.queue.read(&l, "worker-1", 2, 0).await.unwrap();
-        f.queue
-            .arm_timer(CH, 0, &timer_member("{}", "15551111"), 99)
-            .await
-            .unwrap();
+        arm(&f, &timer_member("{}", "15551111"), 99).await;
         let s = f.queue.partition_stats(CH, 0).await.unwrap();
         assert_eq!(
             (

@@ -495,36 +495,6 @@ impl MemoryQueue {
         Ok(true)
     }
 
-    pub async fn arm_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-        due_ms: u64,
-    ) -> Result<(), QueueError> {
-        let mut st = self.state();
-        let timers = st
-            .timers
-            .entry((channel.to_string(), partition))
-            .or_default();
-        timers.insert(member.to_string(), due_ms);
-        Ok(())
-    }
-
-    pub async fn cancel_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-    ) -> Result<bool, QueueError> {
-        let mut st = self.state();
-        let removed = st
-            .timers
-            .get_mut(&(channel.to_string(), partition))
-            .is_some_and(|t| t.remove(member).is_some());
-        Ok(removed)
-    }
-
     /// Disarms `cancel` and arms `arm` (member, due ms) at once.
     pub async fn replace_timers(
         &self,

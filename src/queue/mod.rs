@@ -249,33 +249,6 @@ impl Queue {
         }
     }
 
-    /// Arms (or re-arms: the due time is overwritten) a timer. `member` from [`timer_member`].
-    pub async fn arm_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-        due_ms: u64,
-    ) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.arm_timer(channel, partition, member, due_ms).await,
-            Queue::Memory(q) => q.arm_timer(channel, partition, member, due_ms).await,
-        }
-    }
-
-    /// Disarms a timer; `true` when it was armed.
-    pub async fn cancel_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-    ) -> Result<bool, QueueError> {
-        match self {
-            Queue::Redis(q) => q.cancel_timer(channel, partition, member).await,
-            Queue::Memory(q) => q.cancel_timer(channel, partition, member).await,
-        }
-    }
-
     /// Disarms `cancel` and arms `arm` (member from [`timer_member`], due ms) in one atomic
     /// step: what a new user message does to a conversation's window timers.
     pub async fn replace_timers(

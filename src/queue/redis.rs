@@ -456,36 +456,6 @@ impl RedisQueue {
         Ok(moved == 1)
     }
 
-    pub async fn arm_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-        due_ms: u64,
-    ) -> Result<(), QueueError> {
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.inner.keys.timers(channel, partition))
-            .arg(due_ms)
-            .arg(member)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(())
-    }
-
-    pub async fn cancel_timer(
-        &self,
-        channel: &str,
-        partition: u32,
-        member: &str,
-    ) -> Result<bool, QueueError> {
-        let removed: i64 = redis::cmd("ZREM")
-            .arg(self.inner.keys.timers(channel, partition))
-            .arg(member)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(removed == 1)
-    }
-
     /// Disarms `cancel` and arms `arm` (member, due ms) in one atomic round trip.
     pub async fn replace_timers(
         &self,
