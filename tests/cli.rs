@@ -1,5 +1,7 @@
 //! The command line as a user runs it: the real binary, its exit codes and its output.
 
+mod support;
+
 use coexist::verify::{header_value, Algorithm};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -157,14 +159,16 @@ fn replay_signs_posts_and_reports_each_code() {
         ),
     )
     .unwrap();
-    let mut server = bin()
-        .env("META", "meta-secret")
-        .env("WAHA", "waha-secret")
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = support::Proc(
+        bin()
+            .env("META", "meta-secret")
+            .env("WAHA", "waha-secret")
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "coexist run did not listen");
@@ -211,21 +215,5 @@ fn replay_signs_posts_and_reports_each_code() {
         text(&refused.stdout)
     );
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(server.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            assert!(status.success(), "coexist run exits 0 on SIGTERM: {status}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = server.kill();
-            panic!("coexist run did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.stop(); // coexist run exits 0 on SIGTERM
 }

@@ -12,6 +12,8 @@ mod fakes;
 mod recorder;
 mod support;
 
+use support::Proc;
+
 use coexist::channel::ChannelKind;
 use coexist::event::{Contact, Event, EventType, Message, Status};
 use coexist::keys::Keys;
@@ -21,7 +23,7 @@ use fakes::{Answer, FakeServer, Recorded};
 use recorder::{Recorder, Script};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const FORWARD_SECRET: &str = "forward-secret";
@@ -74,43 +76,6 @@ struct Deployment {
     listen: String,
     queue: Queue,
     waba_partitions: u32,
-}
-
-/// A child process of the real binary, killed (SIGKILL) if the test ends early.
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(25);
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not stop after SIGTERM");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn free_port() -> u16 {

@@ -12,9 +12,9 @@ use coexist::routing::partition_of;
 use recorder::{Call, Recorder, Script};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{RedisOptions, RedisServer};
+use support::{Proc, RedisOptions, RedisServer};
 
 const SECRET: &str = "forward-secret";
 const CHANNEL: &str = "shop";
@@ -85,15 +85,33 @@ window_expiring_minutes = [1]
         }
     }
 
-    fn spawn_worker(&self, name: &str) -> WorkerProcess {
+    /// `coexist <args> --config <this deployment's config>`, with its secrets in the environment.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coexist"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("META_APP_SECRET", "meta")
+            .env("WAHA_HMAC_KEY", "waha")
+            .env("FORWARD_SECRET", SECRET);
+        c
+    }
+
+    /// Runs an operator command to completion; it must succeed.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "coexist {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn spawn_worker(&self, name: &str) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        WorkerProcess(
-            Command::new(env!("CARGO_BIN_EXE_coexist"))
-                .args(["work", "--config"])
-                .arg(&self.config)
-                .env("META_APP_SECRET", "meta")
-                .env("WAHA_HMAC_KEY", "waha")
-                .env("FORWARD_SECRET", SECRET)
+        Proc(
+            self.command(&["work"])
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -116,46 +134,7 @@ window_expiring_minutes = [1]
     }
 
     fn queues_json(&self) -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_coexist"))
-            .args(["queues", "--json", "--config"])
-            .arg(&self.config)
-            .env("META_APP_SECRET", "meta")
-            .env("WAHA_HMAC_KEY", "waha")
-            .env("FORWARD_SECRET", SECRET)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "queues failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-/// A worker child process, killed if a test ends early (a failed assertion must not leave
-/// workers running).
-struct WorkerProcess(Child);
-
-impl std::ops::Deref for WorkerProcess {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for WorkerProcess {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        serde_json::from_slice(&self.run(&["queues", "--json"]).stdout).unwrap()
     }
 }
 
@@ -229,25 +208,6 @@ async fn enqueue_messages(
     ids
 }
 
-fn sigterm(child: &WorkerProcess) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-}
-
-fn wait_exit(child: &mut WorkerProcess, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 /// Per conversation, the order in which events were first handled must be their send order,
 /// and every event must have been handled.
 fn assert_complete_and_ordered(calls: &[Call], expected: &[String], per_conversation: usize) {
@@ -312,8 +272,7 @@ async fn three_workers_one_killed_nothing_lost_order_kept() {
     let url = support::shared_url();
     let d = Deployment::new(&url, "");
     let queue = d.queue().await;
-    let mut workers: Vec<WorkerProcess> =
-        (0..3).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
+    let mut workers: Vec<Proc> = (0..3).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
     let ids = enqueue_messages(&queue, 300, 10).await;
 
     d.recorder
@@ -369,11 +328,12 @@ async fn three_workers_one_killed_nothing_lost_order_kept() {
     );
 
     for w in &workers {
-        sigterm(w);
+        w.sigterm();
     }
     for (i, mut w) in workers.into_iter().enumerate() {
-        let status =
-            wait_exit(&mut w, Duration::from_secs(20)).expect("worker exits after SIGTERM");
+        let status = w
+            .wait_exit(Duration::from_secs(20))
+            .expect("worker exits after SIGTERM");
         assert!(
             status.success(),
             "worker {i} exit status {status}:\n{}",
@@ -402,7 +362,7 @@ async fn redis_restart_mid_run_workers_reconnect_and_finish() {
     let redis = RedisServer::start(RedisOptions { appendonly: true });
     let d = Deployment::new(&redis.url(), "");
     let queue = d.queue().await;
-    let workers: Vec<WorkerProcess> = (0..2).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
+    let workers: Vec<Proc> = (0..2).map(|i| d.spawn_worker(&format!("w{i}"))).collect();
     let ids = enqueue_messages(&queue, 200, 8).await;
     d.recorder
         .wait_for("some events", Duration::from_secs(60), |c| c.len() >= 400)
@@ -420,8 +380,10 @@ async fn redis_restart_mid_run_workers_reconnect_and_finish() {
         .await;
     assert_complete_and_ordered(&d.recorder.calls(), &ids, 8);
     for mut w in workers {
-        sigterm(&w);
-        assert!(wait_exit(&mut w, Duration::from_secs(20)).is_some_and(|s| s.success()));
+        w.sigterm();
+        assert!(w
+            .wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success()));
     }
 }
 
@@ -503,19 +465,7 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
 
     // The operator fixes the endpoint and replays the dead letter.
     d.recorder.script(&events[2].id, Script::FailTimes(0));
-    let out = Command::new(env!("CARGO_BIN_EXE_coexist"))
-        .args(["dlq", "replay", "--channel", CHANNEL, "--config"])
-        .arg(&d.config)
-        .env("META_APP_SECRET", "meta")
-        .env("WAHA_HMAC_KEY", "waha")
-        .env("FORWARD_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.run(&["dlq", "replay", "--channel", CHANNEL]);
     let poison = events[2].id.clone();
     d.recorder
         .wait_for("the replayed event", Duration::from_secs(30), |c| {
@@ -523,8 +473,10 @@ async fn failing_handler_retries_in_order_then_dead_letters_and_replays() {
         })
         .await;
     assert!(queue.dead_letters(CHANNEL, 10).await.unwrap().is_empty());
-    sigterm(&w);
-    assert!(wait_exit(&mut w, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    w.sigterm();
+    assert!(w
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,9 +518,11 @@ async fn a_joining_worker_gets_its_share_and_a_leaving_one_hands_over() {
         "rebalanced in {rebalance:?}"
     );
 
-    sigterm(&first);
+    first.sigterm();
     assert!(
-        wait_exit(&mut first, Duration::from_secs(20)).is_some_and(|s| s.success()),
+        first
+            .wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
         "{}",
         d.log("w0")
     );
@@ -581,8 +535,10 @@ async fn a_joining_worker_gets_its_share_and_a_leaving_one_hands_over() {
         },
     )
     .await;
-    sigterm(&second);
-    assert!(wait_exit(&mut second, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    second.sigterm();
+    assert!(second
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,6 +652,8 @@ async fn window_timers_fire_per_channel_and_stale_ones_are_dropped() {
         personal.get("window_end_ms").is_none(),
         "personal channels have no window: {personal}"
     );
-    sigterm(&w);
-    assert!(wait_exit(&mut w, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    w.sigterm();
+    assert!(w
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
 }
