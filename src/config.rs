@@ -89,7 +89,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// HTTP worker threads: as configured, else one per core — less one when Redis runs on this
     /// machine (a local URL), so the two do not fight over every core. On the 2-core bench
-    /// machine one worker beside a local Redis serves ~15 % more webhooks than two
+    /// machine one worker beside a local Redis serves ~5 % more webhooks than two
     /// (BENCHMARKS.md).
     pub fn http_workers(&self, redis: Option<&RedisConfig>) -> usize {
         if let Some(n) = self.workers {
