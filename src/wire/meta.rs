@@ -267,6 +267,17 @@ fn find_contact<'a>(
     })
 }
 
+/// Completes `contact` from the change's `contacts[]` entry that names the same person.
+fn complete_from_contacts(ctx: &ChangeCtx<'_>, contact: &mut Contact) {
+    if let Some(c) = find_contact(
+        ctx.contacts,
+        contact.wa_id.as_deref(),
+        contact.user_id.as_deref(),
+    ) {
+        merge_contact(contact, c);
+    }
+}
+
 /// Fills the ids the element lacks from a matched `contacts[]` entry, plus name and username.
 fn merge_contact(contact: &mut Contact, c: &Value) {
     if contact.wa_id.is_none() {
@@ -331,13 +342,7 @@ fn echo_event(ctx: &ChangeCtx<'_>, m: &Value) -> Event {
         parent_user_id: nonempty(m.get("to_parent_user_id")),
         ..Default::default()
     };
-    if let Some(c) = find_contact(
-        ctx.contacts,
-        contact.wa_id.as_deref(),
-        contact.user_id.as_deref(),
-    ) {
-        merge_contact(&mut contact, c);
-    }
+    complete_from_contacts(ctx, &mut contact);
     let message = normalize_message(m, Some("app"));
     let id = if message.id.is_empty() {
         format!("echo:{}", short_hash(&[ctx.entry_id, &canonical_json(m)]))
@@ -372,13 +377,7 @@ fn status_event(ctx: &ChangeCtx<'_>, s: &Value) -> Event {
         parent_user_id: nonempty(s.get("recipient_parent_user_id")),
         ..Default::default()
     };
-    if let Some(c) = find_contact(
-        ctx.contacts,
-        contact.wa_id.as_deref(),
-        contact.user_id.as_deref(),
-    ) {
-        merge_contact(&mut contact, c);
-    }
+    complete_from_contacts(ctx, &mut contact);
     let message_id = nonempty(s.get("id")).unwrap_or_default();
     let status_name = nonempty(s.get("status")).unwrap_or_default();
     let status = Status {
