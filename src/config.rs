@@ -74,8 +74,19 @@ pub struct SendingConfig {
     /// How long a reply whose earlier send may have left before a crash waits for its status
     /// before it is sent again (default 15000).
     pub inflight_wait_ms: Option<u64>,
-    /// Longest wait for a rate-limit slot before the event is retried later (default 5000).
+    /// Longest wait for a rate-limit slot inside one direct send (default 5000). The outbound
+    /// queue's lanes never wait that long: a lane whose slot is further than 1 s away is set
+    /// aside until then.
     pub max_rate_wait_ms: Option<u64>,
+    /// Customer lanes one process sends on at once (default 64).
+    pub lanes: Option<usize>,
+    /// How often a sender looks for lanes made ready by other processes (default 50).
+    pub poll_ms: Option<u64>,
+    /// How long a sender holds a customer's lane without a sign of life before another
+    /// process takes it over (default 30000; renewed at every message).
+    pub lane_lease_ms: Option<u64>,
+    /// How long the lifecycle of each outbound message is kept (default 2592000: 30 days).
+    pub outbox_ttl_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

@@ -31,6 +31,11 @@ pub enum EventType {
     Error,
     /// A service-window timer fired (made by workers, never by ingress).
     Timer,
+    /// A message the business queued was given up at send time (window closed while it
+    /// waited, 131047, undeliverable, …): made by the sender, delivered through the
+    /// conversation's partition so the bot can fall back (a template, say).
+    #[serde(rename = "outbound.failed")]
+    OutboundFailed,
     /// Anything else, kept raw.
     Unknown,
 }
@@ -47,11 +52,12 @@ impl EventType {
             EventType::Session => "session",
             EventType::Error => "error",
             EventType::Timer => "timer",
+            EventType::OutboundFailed => "outbound.failed",
             EventType::Unknown => "unknown",
         }
     }
 
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::Message,
         EventType::Status,
         EventType::Echo,
@@ -61,6 +67,7 @@ impl EventType {
         EventType::Session,
         EventType::Error,
         EventType::Timer,
+        EventType::OutboundFailed,
         EventType::Unknown,
     ];
 }
@@ -96,9 +103,36 @@ pub struct Event {
     /// For `timer` events: which timer fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer: Option<Timer>,
+    /// For `outbound.failed` events: the message given up and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundFailure>,
     /// The element exactly as the payload carried it.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub raw: Value,
+}
+
+/// An outbound message that was given up: what it was and why (`outbound.failed` events).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboundFailure {
+    /// The message id (its outbox key), as `GET /v1/channels/{ch}/messages/{id}` knows it.
+    pub id: String,
+    /// The message as queued, in the forward protocol's reply shape.
+    pub message: Value,
+    /// A snake_case code: `window_closed`, `templates_unsupported`, `unsupported_on_channel`,
+    /// `undeliverable`, `rejected`, `unauthorized`, `bad_response`, … (see the README).
+    pub code: String,
+    /// Meta's or the gateway's error code, when it gave one (131047, 131026, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<i64>,
+    /// The error, for people.
+    pub error: String,
+}
+
+impl OutboundFailure {
+    /// The customer service window is closed (our rules or Meta's 131047 / 470 said so).
+    pub fn closes_window(&self) -> bool {
+        self.code == "window_closed"
+    }
 }
 
 /// Ids of the customer. `wa_id` is the phone-number id, `user_id` Meta's business-scoped id,
@@ -276,6 +310,7 @@ mod tests {
             status: None,
             field: None,
             timer: None,
+            outbound: None,
             raw: Value::Null,
         };
         let json = e.to_json();

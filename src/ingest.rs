@@ -286,6 +286,7 @@ mod tests {
             status: None,
             field: None,
             timer: None,
+            outbound: None,
             raw: serde_json::Value::Null,
         }
     }

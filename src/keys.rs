@@ -108,6 +108,51 @@ impl Keys {
         self.channel_key(channel, "health")
     }
 
+    /// Outbound lane of one customer: a list of queued messages (JSON), oldest first.
+    pub fn out_lane(&self, channel: &str, customer: &str) -> String {
+        self.channel_key(channel, &format!("out:lane:{customer}"))
+    }
+
+    /// Sorted set of lanes not taken by a sender: customer → ready time (ms).
+    pub fn out_ready(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:ready")
+    }
+
+    /// Sorted set of lanes a sender holds: customer → lease expiry (ms).
+    pub fn out_busy(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:busy")
+    }
+
+    /// Hash: customer → grant token of the sender holding the lane.
+    pub fn out_owner(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:owner")
+    }
+
+    /// Counter behind lane grant tokens.
+    pub fn out_grants(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:grants")
+    }
+
+    /// Hash: customer → why its lane waits (`pair_gap`, `rate`, `backoff`, `in_flight`).
+    pub fn out_wait(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:wait")
+    }
+
+    /// Lifecycle record of one outbound message (hash).
+    pub fn out_record(&self, channel: &str, id: &str) -> String {
+        self.channel_key(channel, &format!("out:rec:{id}"))
+    }
+
+    /// Sorted set of unsettled messages: id → queued time (backlog and oldest age).
+    pub fn out_queued(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:queued")
+    }
+
+    /// Sorted set of every recorded message: id → created time (for listing).
+    pub fn out_index(&self, channel: &str) -> String {
+        self.channel_key(channel, "out:index")
+    }
+
     /// Registry of live workers (not per channel: one key for the whole deployment).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
@@ -137,6 +182,15 @@ mod tests {
             k.pair_rate("shop", "1555"),
             k.sent_message("shop", "wamid.2"),
             k.health("shop"),
+            k.out_lane("shop", "1555"),
+            k.out_ready("shop"),
+            k.out_busy("shop"),
+            k.out_owner("shop"),
+            k.out_grants("shop"),
+            k.out_wait("shop"),
+            k.out_record("shop", "e:0"),
+            k.out_queued("shop"),
+            k.out_index("shop"),
         ] {
             assert!(key.starts_with("cx:{shop}:"), "{key}");
         }

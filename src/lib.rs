@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod conversation;
 pub mod event;
+pub mod failpoint;
 pub mod keys;
 pub mod queue;
 pub mod routing;

@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Outbound messages and their lifecycle (queued, sending, sent, delivered, read, failed).
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print one normalized event per line for a webhook body (file or stdin).
     Parse {
         file: Option<PathBuf>,
@@ -111,6 +116,24 @@ enum DlqAction {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// The newest messages of a channel, newest first, with their status and error.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// Only messages at this status: queued, sending, sent, delivered, read, failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Algo {
     Sha256,
@@ -135,6 +158,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run_all(&config),
         Command::Queues { config, json } => queues(&config, json),
         Command::Dlq { action } => dlq(action),
+        Command::Outbox { action } => outbox(action),
         Command::Parse { file, config } => parse(file.as_deref(), config.as_deref()),
         Command::Sign { secret, algo, file } => sign(&secret, algo.into(), file.as_deref()),
         Command::Replay {
@@ -236,11 +260,18 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
         let queue = coexist::runtime::connect_queue(&config).await?;
         // Channel health lives in the workers' outbox (e.g. "unhealthy" after Graph error 190).
         let outbox = coexist::runtime::ingress_outbox(&queue);
+        let out = coexist::runtime::out_queue(&config, &queue);
+        let now = coexist::ingest::now_ms();
         let mut rows = Vec::new();
+        let mut outbound_rows = Vec::new();
         for channel in &config.channels {
             let health = match &outbox {
-                Some(o) => o.health(&channel.id, coexist::ingest::now_ms()).await?.unwrap_or_else(|| "ok".into()),
+                Some(o) => o.health(&channel.id, now).await?.unwrap_or_else(|| "ok".into()),
                 None => "ok".into(),
+            };
+            let outbound = match &out {
+                Some(o) => o.stats(&channel.id, now).await?,
+                None => Default::default(),
             };
             for partition in 0..channel.partitions {
                 let stats = queue.partition_stats(&channel.id, partition).await?;
@@ -248,8 +279,10 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
                     "channel": channel.id, "kind": channel.kind, "partition": partition,
                     "length": stats.length, "pending": stats.pending, "lag": stats.lag, "dead": stats.dead,
                     "lease_owner": stats.lease_owner, "timers": stats.timers, "health": health,
+                    "outbound": outbound,
                 }));
             }
+            outbound_rows.push((channel.id.clone(), outbound));
         }
         if json {
             println!("{}", serde_json::Value::Array(rows));
@@ -275,6 +308,73 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
                     r["health"].as_str().unwrap_or("ok")
                 );
             }
+            println!();
+            println!(
+                "{:<20} {:>8} {:>6} {:>6} {:>10}  waiting",
+                "outbound", "backlog", "ready", "busy", "oldest"
+            );
+            for (channel, o) in &outbound_rows {
+                let waiting: Vec<String> = o.waiting.iter().map(|(why, n)| format!("{why}={n}")).collect();
+                println!(
+                    "{:<20} {:>8} {:>6} {:>6} {:>9.1}s  {}",
+                    channel,
+                    o.backlog,
+                    o.lanes_ready,
+                    o.lanes_busy,
+                    o.oldest_ms as f64 / 1000.0,
+                    if waiting.is_empty() { "-".to_string() } else { waiting.join(" ") }
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn outbox(action: OutboxAction) -> Result<ExitCode> {
+    let OutboxAction::List {
+        config: config_path,
+        channel,
+        status,
+        count,
+        json,
+    } = action;
+    let config = load_config(&config_path)?;
+    require_redis(&config, &config_path, "outbox list")?;
+    if config.channel(&channel).is_none() {
+        bail!("no channel {channel:?} in the config");
+    }
+    let status = match status.as_deref() {
+        None => None,
+        Some(s) => Some(coexist::outbound::MessageStatus::parse(s).with_context(|| {
+            format!("unknown status {s:?}: queued, sending, sent, delivered, read or failed")
+        })?),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let out = coexist::runtime::out_queue(&config, &queue).context("no outbound queue")?;
+        let records = out
+            .list(&channel, status, count, coexist::ingest::now_ms())
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string(&records)?);
+        } else {
+            for r in &records {
+                println!(
+                    "{:<40} {:<10} {:<22} {:<12} {}",
+                    r.id,
+                    r.status.as_str(),
+                    r.to,
+                    r.kind,
+                    match (&r.error_code, &r.error) {
+                        (Some(code), Some(e)) => format!("{code}: {e}"),
+                        _ => r.wamid.clone().unwrap_or_default(),
+                    }
+                );
+            }
+            eprintln!("{} message(s) on {channel}", records.len());
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -81,11 +81,37 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "1 when a channel's credentials were refused (e.g. Graph error 190).",
     ),
+    (
+        "coexist_webhook_to_handler_seconds",
+        "histogram",
+        "From ingress accepting a webhook to a worker handling its event.",
+    ),
+    (
+        "coexist_outbound_queued_total",
+        "counter",
+        "Outbound messages committed to the outbound queue, by channel.",
+    ),
+    (
+        "coexist_outbound_queue_age_seconds",
+        "histogram",
+        "Time an outbound message waited in its lane before it was sent.",
+    ),
+    (
+        "coexist_outbound_send_seconds",
+        "histogram",
+        "Time of one send attempt (rate slot, claim, HTTP request).",
+    ),
+    (
+        "coexist_outbound_lane_waits_total",
+        "counter",
+        "Lanes set aside until later, by channel and reason (pair_gap, rate, backoff, in_flight).",
+    ),
 ];
 
 /// Upper bounds of histogram buckets, in seconds.
-const BUCKETS: [f64; 14] = [
+const BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    15.0, 60.0, 300.0,
 ];
 
 /// Counts per bucket are stored non-cumulatively (one atomic add per observation) and summed

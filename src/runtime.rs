@@ -239,6 +239,23 @@ pub fn ingress_outbox(queue: &Queue) -> Option<crate::outbound::Outbox> {
     }
 }
 
+/// The outbound queue in the same Redis as `queue`, for operator commands (`None` for the
+/// embedded queue: it lives inside the `run` process).
+pub fn out_queue(config: &Config, queue: &Queue) -> Option<crate::outbound::OutQueue> {
+    use crate::outbound::{queue::RedisOutQueue, OutQueue, OutQueueOptions};
+    match queue {
+        Queue::Redis(q) => {
+            let options = OutQueueOptions::from_config(&config.sending);
+            Some(OutQueue::Redis(RedisOutQueue::new(
+                q.conn(),
+                q.keys().clone(),
+                options,
+            )))
+        }
+        Queue::Memory(_) => None,
+    }
+}
+
 /// The ingress pipeline for `queue`, recording statuses of our own sends in its outbox.
 pub fn ingest(config: &Config, queue: Queue, metrics: Metrics) -> crate::ingest::Ingest {
     let outbox = ingress_outbox(&queue);

@@ -55,6 +55,7 @@ fn event(kind: ChannelKind, event_type: EventType) -> Event {
         status: None,
         field: None,
         timer: None,
+        outbound: None,
         raw: serde_json::Value::Null,
     }
 }
@@ -793,6 +794,122 @@ fn a_bot_falls_back_to_a_template_when_the_window_is_closed() {
     // A fresh message gets the free-form answer.
     kit.user_text(TestKit::WABA, NUMBER, "still there?");
     assert_eq!(kit.reply_texts(), vec!["free-form answer"]);
+}
+
+/// A bot that answers every text with `n` numbered texts.
+fn chatty(n: usize) -> Router {
+    Router::builder()
+        .on_text(
+            Filter::any(),
+            handler!(|ctx| async move {
+                for i in 0..n {
+                    ctx.reply(format!("part {i}"))?;
+                }
+                Ok(())
+            }),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn paced_replies_wait_in_their_lane_until_the_clock_passes_the_pair_gap() {
+    let config = Config::from_toml(DEFAULT_CONFIG, "t.toml", &|_| None).unwrap();
+    let gap = config.channel(TestKit::WABA).unwrap().pair_gap_ms as i64;
+    assert!(gap > 0, "the default WABA pair gap applies");
+    let mut kit = TestKit::with_pacing(config, chatty(12));
+    let d = kit.user_text(TestKit::WABA, NUMBER, "hi");
+    // Meta's pair rate: a burst of 10 at once, the rest wait in the customer's lane.
+    assert_eq!(d.sent, 10);
+    assert_eq!(kit.replies().len(), 10);
+    let waiting: Vec<Reply> = kit
+        .queued(TestKit::WABA, NUMBER)
+        .into_iter()
+        .map(|m| m.reply)
+        .collect();
+    assert_eq!(waiting, [Reply::text("part 10"), Reply::text("part 11")]);
+    // Another customer is not held up by the first one's gap.
+    kit.user_text(TestKit::WABA, "16505550000", "me too");
+    assert_eq!(kit.replies().len(), 20);
+    assert_eq!(kit.queued(TestKit::WABA, "16505550000").len(), 2);
+    // Just before the gap ends nothing moves; at its end the next reply leaves, in order.
+    kit.advance(Duration::from_millis(gap as u64 - 1));
+    assert_eq!(kit.replies().len(), 20);
+    kit.advance(Duration::from_millis(1));
+    let texts: Vec<String> = kit
+        .replies()
+        .iter()
+        .filter(|m| m.to == NUMBER)
+        .filter_map(|m| match &m.reply {
+            Reply::Text { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), 11);
+    assert_eq!(texts[10], "part 10");
+    kit.advance(Duration::from_millis(gap as u64));
+    assert!(kit.queued(TestKit::WABA, NUMBER).is_empty());
+    assert_eq!(kit.replies().len(), 24);
+    assert_eq!(
+        kit.replies()
+            .iter()
+            .rfind(|m| m.to == NUMBER)
+            .map(|m| m.reply.clone()),
+        Some(Reply::text("part 11"))
+    );
+}
+
+#[test]
+fn a_reply_whose_window_closes_while_it_waits_reaches_on_outbound_failed() {
+    let bot = Router::builder()
+        .on_outbound_failed(
+            Filter::any(),
+            handler!(|ctx| async move {
+                let failure = ctx.outbound_failure().cloned().expect("the failure");
+                assert_eq!(failure.code, "window_closed");
+                ctx.set_state(&failure.id)?;
+                ctx.send_template("follow_up", "en_US", vec![])?;
+                Ok(())
+            }),
+        )
+        .on_text(
+            Filter::any(),
+            handler!(|ctx| async move {
+                for i in 0..11 {
+                    ctx.reply(format!("part {i}"))?;
+                }
+                Ok(())
+            }),
+        )
+        .build()
+        .unwrap();
+    let config = Config::from_toml(DEFAULT_CONFIG, "t.toml", &|_| None).unwrap();
+    let gap = config.channel(TestKit::WABA).unwrap().pair_gap_ms as i64;
+    let mut kit = TestKit::with_pacing(config, bot);
+    // The customer wrote almost 24 h ago: the window closes before the pair gap ends.
+    let mut msg = kit.text_event(TestKit::WABA, NUMBER, "hi");
+    msg.at = kit.now_ms() - SERVICE_WINDOW_MS + gap / 2;
+    let event_id = msg.id.clone();
+    kit.feed(msg);
+    assert_eq!(kit.replies().len(), 10);
+    assert_eq!(kit.queued(TestKit::WABA, NUMBER).len(), 1);
+    let d = kit.advance(Duration::from_millis(gap as u64));
+    assert_eq!(d.failed_sends, 1, "the 11th text is refused at send time");
+    let replies = kit.replies();
+    assert_eq!(replies.len(), 11, "{replies:?}");
+    assert!(
+        matches!(&replies[10].reply, Reply::Template { name, .. } if name == "follow_up"),
+        "the bot's fallback went out instead: {replies:?}"
+    );
+    assert_eq!(
+        kit.state::<String>(TestKit::WABA, NUMBER),
+        Some(format!("{event_id}:10"))
+    );
+    assert!(kit.queued(TestKit::WABA, NUMBER).is_empty());
+    assert!(matches!(
+        kit.window(TestKit::WABA, NUMBER),
+        Window::Closed { .. }
+    ));
 }
 
 #[test]

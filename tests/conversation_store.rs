@@ -134,6 +134,7 @@ fn message(channel: &str, kind: ChannelKind, contact: &str, at: i64) -> Event {
         status: None,
         field: None,
         timer: None,
+        outbound: None,
         raw: Value::Null,
     }
 }

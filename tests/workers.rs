@@ -161,6 +161,7 @@ fn message(channel: &str, kind: ChannelKind, conversation: &str, seq: usize, at_
         status: None,
         field: None,
         timer: None,
+        outbound: None,
         raw: serde_json::Value::Null,
     }
 }

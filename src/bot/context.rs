@@ -119,6 +119,11 @@ impl Context {
     }
 
     /// A `window.expiring` timer: the window closes in `lead` (WABA only).
+    /// For `outbound.failed` events: the message that was given up and why.
+    pub fn outbound_failure(&self) -> Option<&crate::event::OutboundFailure> {
+        self.event.outbound.as_ref()
+    }
+
     pub fn is_window_expiring(&self) -> bool {
         self.timer()
             .is_some_and(|t| t.name == window::WINDOW_EXPIRING)

@@ -343,11 +343,12 @@ pub(crate) enum Class {
     TimerExpiring,
     TimerClosed,
     TimerOther,
+    OutboundFailed,
     Unknown,
 }
 
 impl Class {
-    const COUNT: u32 = 13;
+    const COUNT: u32 = 14;
 
     pub(crate) fn of(ctx: &Context) -> Class {
         match ctx.event_type() {
@@ -365,6 +366,7 @@ impl Class {
                 Some(WINDOW_CLOSED) => Class::TimerClosed,
                 _ => Class::TimerOther,
             },
+            EventType::OutboundFailed => Class::OutboundFailed,
             EventType::Unknown => Class::Unknown,
         }
     }
@@ -419,6 +421,7 @@ impl Classes {
             EventType::Timer => Classes::class(Class::TimerExpiring)
                 .or(Classes::class(Class::TimerClosed))
                 .or(Classes::class(Class::TimerOther)),
+            EventType::OutboundFailed => Classes::class(Class::OutboundFailed),
             EventType::Unknown => Classes::class(Class::Unknown),
         }
     }

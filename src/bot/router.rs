@@ -132,6 +132,7 @@ pub enum On {
     WindowExpiring,
     WindowClosed,
     Session,
+    OutboundFailed,
     Any,
     Observe,
 }
@@ -148,6 +149,7 @@ impl On {
             On::WindowExpiring => "on_window_expiring",
             On::WindowClosed => "on_window_closed",
             On::Session => "on_session",
+            On::OutboundFailed => "on_outbound_failed",
             On::Any => "on_any",
             On::Observe => "observe",
         }
@@ -190,6 +192,10 @@ impl On {
             On::Session => (
                 Classes::event(EventType::Session),
                 Classes::event(EventType::Session),
+            ),
+            On::OutboundFailed => (
+                Classes::event(EventType::OutboundFailed),
+                Classes::event(EventType::OutboundFailed),
             ),
             On::Any | On::Observe => (all, all),
         }
@@ -355,6 +361,12 @@ impl RouterBuilder {
     register!(
         /// Personal gateway session status changes (WAHA `session.status`).
         on_session => On::Session
+    );
+    register!(
+        /// A message the bot (or the API) queued was given up at send time: the window closed
+        /// while it waited (send a template instead), Meta said 131047, the number cannot
+        /// receive it, … [`Context::outbound_failure`] has the message and the error.
+        on_outbound_failed => On::OutboundFailed
     );
     register!(
         /// Any event. With `Filter::any()` it is a catch-all: register it last.

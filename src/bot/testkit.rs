@@ -1,8 +1,10 @@
 //! A test harness for bot authors: your [`Bot`] on the real worker code (state, windows,
-//! timers, handover, sending rules, outbox), with the in-memory queue and store, a dry-run
-//! sender that records what would have been sent, and a clock you move by hand. No Redis, no
-//! network, no waiting: `advance(Duration::from_secs(23 * 3600))` fires the window timers due
-//! in between, each at its own due time.
+//! timers, handover, sending rules, the outbound queue and its lanes), with the in-memory
+//! queue and store, a dry-run sender that records what would have been sent, and a clock you
+//! move by hand. No Redis, no network, no waiting: `advance(Duration::from_secs(23 * 3600))`
+//! fires the window timers due in between, each at its own due time. [`TestKit::with_pacing`]
+//! keeps the send limits: replies past Meta's pair rate wait in their lane
+//! ([`TestKit::queued`]) until `advance` moves the clock past the gap.
 //!
 //! ```
 //! use coexist::bot::testkit::TestKit;
@@ -105,15 +107,28 @@ impl TestKit {
     }
 
     /// Like [`TestKit::with_config`], for a bot already shared.
-    pub fn with_arc(mut config: Config, bot: Arc<dyn Bot>) -> TestKit {
+    pub fn with_arc(config: Config, bot: Arc<dyn Bot>) -> TestKit {
+        TestKit::build(config, bot, false)
+    }
+
+    /// `bot` on your configuration with its send limits kept (Meta's pair rate, the channel
+    /// rate, Personal pacing): replies beyond a limit wait in their customer's lane
+    /// ([`TestKit::queued`]) until [`TestKit::advance`] moves the clock past their time.
+    pub fn with_pacing(config: Config, bot: impl Bot) -> TestKit {
+        TestKit::build(config, Arc::new(bot), true)
+    }
+
+    fn build(mut config: Config, bot: Arc<dyn Bot>, keep_limits: bool) -> TestKit {
         config.redis = None;
         for c in &mut config.channels {
             c.access_token = None;
             c.api_url = None;
-            c.send_rate_per_second = 0;
-            c.pair_gap_ms = 0;
-            c.max_per_minute = 0;
-            c.jitter_ms = 0;
+            if !keep_limits {
+                c.send_rate_per_second = 0;
+                c.pair_gap_ms = 0;
+                c.max_per_minute = 0;
+                c.jitter_ms = 0;
+            }
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -380,6 +395,7 @@ impl TestKit {
             status: None,
             field: None,
             timer: None,
+            outbound: None,
             raw: serde_json::Value::Null,
         }
     }
@@ -397,22 +413,59 @@ impl TestKit {
     // ------------------------------------------------------------------ time
 
     /// Moves the clock forward by `by`, firing every window timer that falls due on the way at
-    /// its own due time (the bot sees `ctx.now_ms()` = the timer's due time).
+    /// its own due time (the bot sees `ctx.now_ms()` = the timer's due time), and sending every
+    /// queued reply whose lane comes due on the way (a pair gap ending, a backoff) at that time.
     pub fn advance(&mut self, by: Duration) -> Drained {
         let target = self
             .now_ms()
             .saturating_add(by.as_millis().min(i64::MAX as u128) as i64);
         let mut total = self.drain();
         loop {
-            let next = self.next_timer_due(target);
+            let next = [self.next_timer_due(target), self.next_lane_ready(target)]
+                .into_iter()
+                .flatten()
+                .min();
             self.clock.set_ms(next.unwrap_or(target));
             let d = self.drain();
             total.handled += d.handled;
             total.dead += d.dead;
+            total.sent += d.sent;
+            total.failed_sends += d.failed_sends;
             if next.is_none() {
                 return total;
             }
         }
+    }
+
+    /// The earliest time after now and at or before `until` when a waiting lane is ready.
+    fn next_lane_ready(&self, until: i64) -> Option<i64> {
+        let now = self.now_ms();
+        let out = self.worker.out_queue().clone();
+        let channels: Vec<String> = self.config.channels.iter().map(|c| c.id.clone()).collect();
+        self.runtime.block_on(async {
+            let mut next = None::<i64>;
+            for channel in &channels {
+                // `max` 0 takes nothing: it only says when the next lane is due.
+                if let Ok(taken) = out.take(channel, "testkit", now, 0).await {
+                    if let Some(at) = taken.next_ready_ms.filter(|t| *t > now && *t <= until) {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+            }
+            next
+        })
+    }
+
+    /// The replies waiting in a customer's lane (for a limit, or a backoff), oldest first.
+    pub fn queued(&self, channel: &str, contact: &str) -> Vec<OutgoingMessage> {
+        let conversation = self.conversation_id(channel, contact);
+        let out = self.worker.out_queue().clone();
+        self.runtime
+            .block_on(out.lane(channel, &conversation))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| q.msg)
+            .collect()
     }
 
     /// Sets the clock to `ms` (forward only), firing timers on the way like [`TestKit::advance`].

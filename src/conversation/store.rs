@@ -169,6 +169,11 @@ impl RedisConversationStore {
         &self.keys
     }
 
+    /// The TTL of a saved state, in ms (0 = none).
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
+    }
+
     pub async fn load(
         &self,
         channel: &str,
@@ -333,13 +338,34 @@ impl MemoryConversationStore {
         contact: &str,
         state: &ConversationState,
     ) -> Result<SaveOutcome, StoreError> {
+        self.save_with(fence, channel, contact, Some(state), state.version, || {})
+    }
+
+    /// The memory twin of the worker's commit: checks the fence and (when `state` is given)
+    /// the version, writes the state, then runs `and_then` (timers, replies) — all under the
+    /// states lock, so no other writer sees half of it. `state: None` leaves the state as it
+    /// is at `version`.
+    pub(crate) fn save_with(
+        &self,
+        fence: &Fence,
+        channel: &str,
+        contact: &str,
+        state: Option<&ConversationState>,
+        version: u64,
+        and_then: impl FnOnce(),
+    ) -> Result<SaveOutcome, StoreError> {
         check_channel(fence, channel)?;
-        let json = encode_next(state)?;
+        let json = state.map(encode_next).transpose()?;
         // Lease check and write under the states lock, as the Lua script is atomic in Redis.
         let mut states = self.lock();
         if !self.leases.holds(fence) {
             return Ok(SaveOutcome::Fenced);
         }
+        let Some(json) = json else {
+            and_then();
+            return Ok(SaveOutcome::Saved { version });
+        };
+        let state_version = version;
         let now = Instant::now();
         states.saves += 1;
         if states.saves % SWEEP_EVERY == 0 {
@@ -351,7 +377,7 @@ impl MemoryConversationStore {
             .get(&key)
             .filter(|e| e.live(now))
             .map_or(0, |e| e.version);
-        if stored != state.version {
+        if stored != state_version {
             return Ok(SaveOutcome::Conflict {
                 stored_version: stored,
             });
@@ -365,6 +391,7 @@ impl MemoryConversationStore {
                 expires_at: self.ttl.map(|t| now + t),
             },
         );
+        and_then();
         Ok(SaveOutcome::Saved { version })
     }
 

@@ -142,6 +142,11 @@ pub fn apply_event(
                 }
             }
         }
+        EventType::OutboundFailed => {
+            if event.outbound.as_ref().is_some_and(|f| f.closes_window()) {
+                note_window_closed(state, at);
+            }
+        }
         // History, contact sync, account, session, errors and unknown fields never touch the
         // window (imported history is not a new user message); timers are checked elsewhere.
         EventType::History
@@ -410,6 +415,7 @@ mod tests {
             status: None,
             field: None,
             timer: None,
+            outbound: None,
             raw: Value::Null,
         }
     }

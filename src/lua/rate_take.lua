@@ -21,9 +21,10 @@
 -- ARGV[4..]   per key, in KEYS order: interval (microseconds per token), burst (tokens),
 --             kind (0 = gate, 1 = queue)
 --
--- Returns {1, wait_us}: reserved in every bucket; send at now + wait_us.
---         {0, wait_us}: nothing reserved; ask again in wait_us (a gate is closed, or the slot
---                       would be further away than ARGV[3]).
+-- Returns {1, wait_us, 0}: reserved in every bucket; send at now + wait_us.
+--         {0, wait_us, 1}: nothing reserved; a per-contact gate is closed for wait_us.
+--         {0, wait_us, 0}: nothing reserved; the channel slot would be further away than
+--                          ARGV[3]: ask again in wait_us.
 -- Keys expire one second after their TAT has passed (an idle bucket is a full bucket).
 
 local now = tonumber(ARGV[1])
@@ -53,11 +54,11 @@ for i = 1, #KEYS do
 end
 
 if gate_wait > 0 then
-  return {0, gate_wait}
+  return {0, gate_wait, 1}
 end
 local wait = t - now
 if wait > max_wait then
-  return {0, wait}
+  return {0, wait, 0}
 end
 
 for i = 1, #KEYS do
@@ -70,4 +71,4 @@ for i = 1, #KEYS do
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
   redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', ttl_ms)
 end
-return {1, wait}
+return {1, wait, 0}

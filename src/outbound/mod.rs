@@ -6,18 +6,27 @@
 //! `mark_sent`. Each step's failure comes back as a [`SendError`] that says whether a retry
 //! can help.
 
+pub mod attempt;
 pub mod error;
 pub mod graph;
+pub mod lane_sender;
 pub mod message;
 pub mod outbox;
+pub mod queue;
 pub mod rate;
 pub mod rules;
 pub mod waha;
 
+pub use attempt::Attempt;
 pub use error::{Backoff, SendError};
 pub use graph::GraphSender;
+pub use lane_sender::{LaneSender, LaneSettings};
 pub use message::{OutgoingMessage, Reply, Sent};
 pub use outbox::{Outbox, OutboxError, OutboxOptions, OutboxState, SentRef};
+pub use queue::{
+    LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord, OutStats,
+    QueuedMessage, Settle, WaitReason,
+};
 pub use rate::{Bucket, Limits, RateLimiter, Take};
 pub use rules::RuleError;
 pub use waha::WahaSender;
@@ -39,7 +48,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct OutboundOptions {
     /// Longest wait for a rate-limit slot; beyond it `send` returns `RateLimited`.
     pub max_rate_wait: Duration,
-    /// HTTP attempts per `send` (retryable errors only).
+    /// HTTP attempts per message (retryable errors only): per `send`, or per queued message
+    /// across the lane's backoffs.
     pub max_attempts: u32,
     pub backoff: Backoff,
     /// Longest total sleep between attempts of one `send`.
@@ -78,7 +88,7 @@ impl Default for OutboundOptions {
     fn default() -> Self {
         OutboundOptions {
             max_rate_wait: Duration::from_secs(5),
-            max_attempts: 4,
+            max_attempts: 6,
             backoff: Backoff::default(),
             max_retry_wait: Duration::from_secs(30),
             inflight_wait: Duration::from_secs(15),

@@ -25,6 +25,8 @@ static SENT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_sent.lua")));
 static FAIL: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_fail.lua")));
+static RELEASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_release.lua")));
 static STATUS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_status.lua")));
 
@@ -352,6 +354,65 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// Appends an audit entry for `msg` with this outcome (the outbound queue's memory twin
+    /// logs failures through it; in Redis `out_settle.lua` writes the entry itself).
+    pub async fn log_outcome(
+        &self,
+        msg: &OutgoingMessage,
+        outcome: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), OutboxError> {
+        let stream = self.keys().outbox(&msg.channel);
+        let entry = audit_entry(msg, outcome, "", error, now_ms);
+        let maxlen = self.options().audit_maxlen;
+        match self {
+            Outbox::Redis { con, .. } => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&stream);
+                if maxlen > 0 {
+                    cmd.arg("MAXLEN").arg("~").arg(maxlen);
+                }
+                cmd.arg("*");
+                for (k, v) in &entry {
+                    cmd.arg(k).arg(v);
+                }
+                let mut con = con.clone();
+                let _: String = cmd.query_async(&mut con).await?;
+            }
+            Outbox::Memory { state, .. } => {
+                Self::memory_state(state).log(stream, entry, maxlen);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives our claim (`marker`) up without logging: the attempt failed and the message will
+    /// be tried again (the outbound queue logs the final outcome). Returns whether it was ours.
+    pub async fn release(
+        &self,
+        msg: &OutgoingMessage,
+        marker: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutboxError> {
+        let key = self.keys().sent(&msg.channel, &msg.outbox_key);
+        match self {
+            Outbox::Redis { con, .. } => {
+                let mut con = con.clone();
+                let released: i64 = RELEASE.key(&key).arg(marker).invoke_async(&mut con).await?;
+                Ok(released == 1)
+            }
+            Outbox::Memory { state, .. } => {
+                let mut st = Self::memory_state(state);
+                let ours = st.get(&key, now_ms) == Some(marker);
+                if ours {
+                    st.values.remove(&key);
+                }
+                Ok(ours)
+            }
+        }
     }
 
     /// A status webhook carried `biz_opaque_callback_data = outbox_key`: that reply was sent

@@ -4,7 +4,8 @@
 //! Every limit is a GCRA bucket (see `lua/rate_take.lua`): `burst` sends at once, then one per
 //! `interval`. One call reserves a slot in all the limits that apply, at one common time, or in
 //! none of them. Per-contact limits are gates (they must fit now, else the caller asks again
-//! later: a chat waiting for its gap never holds up other chats); channel limits are queues
+//! later; the outbound sender then sets that customer's lane aside until the gap ends, so a
+//! chat waiting for its gap never holds up other chats); channel limits are queues
 //! (a slot may be booked ahead, so waiters in many processes line up). The Redis backend shares the buckets across processes; the memory twin runs
 //! the same arithmetic for the single-process mode and tests. Time is passed in (`now_ms`), so
 //! the behaviour suite runs on a synthetic clock.
@@ -198,14 +199,30 @@ impl RateLimiter {
         jitter_ms: u64,
         max_wait_ms: u64,
     ) -> Result<Take, RateError> {
+        self.reserve(channel, contact, limits, now_ms, jitter_ms, max_wait_ms)
+            .await
+            .map(|(take, _)| take)
+    }
+
+    /// [`RateLimiter::take`], also saying whether a per-contact gate (pair gap, per-chat gap)
+    /// is what refused the slot (`true`) rather than the channel's own rate.
+    pub async fn reserve(
+        &self,
+        channel: &str,
+        contact: Option<&str>,
+        limits: &Limits,
+        now_ms: i64,
+        jitter_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<(Take, bool), RateError> {
         let now_us = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
         let earliest_us = now_us.saturating_add(jitter_ms.saturating_mul(1000));
         let max_wait_us = max_wait_ms.saturating_mul(1000);
-        let (reserved, wait_us) = match self {
+        let (reserved, wait_us, gated) = match self {
             RateLimiter::Redis { con, keys } => {
                 let buckets = limits.buckets(keys, channel, contact);
                 if buckets.is_empty() {
-                    return Ok(ready_or_not(earliest_us - now_us, max_wait_us));
+                    return Ok((ready_or_not(earliest_us - now_us, max_wait_us), false));
                 }
                 let mut inv = RATE_TAKE.prepare_invoke();
                 for (key, _, _) in &buckets {
@@ -220,7 +237,7 @@ impl RateLimiter {
                 let mut con = con.clone();
                 let reply: Vec<i64> = inv.invoke_async(&mut con).await?;
                 match reply.as_slice() {
-                    [r, w] if *w >= 0 => (*r == 1, *w as u64),
+                    [r, w, g] if *w >= 0 => (*r == 1, *w as u64, *g == 1),
                     _ => return Err(RateError::UnexpectedReply(reply)),
                 }
             }
@@ -235,11 +252,12 @@ impl RateLimiter {
             }
         };
         let wait_ms = wait_us.div_ceil(1000);
-        Ok(if reserved {
+        let take = if reserved {
             Take::Ready { wait_ms }
         } else {
             Take::NotYet { wait_ms }
-        })
+        };
+        Ok((take, gated))
     }
 }
 
@@ -252,14 +270,14 @@ fn ready_or_not(wait_us: u64, max_wait_us: u64) -> Take {
     }
 }
 
-/// The memory twin of `rate_take.lua`, line for line.
+/// The memory twin of `rate_take.lua`, line for line: (reserved, wait, a gate refused).
 fn gcra(
     tats: &mut HashMap<String, u64>,
     buckets: &[(String, Bucket, bool)],
     now: u64,
     earliest: u64,
     max_wait: u64,
-) -> (bool, u64) {
+) -> (bool, u64, bool) {
     let mut t = earliest;
     let mut gate_wait = 0;
     let mut current = Vec::with_capacity(buckets.len());
@@ -277,16 +295,16 @@ fn gcra(
         }
     }
     if gate_wait > 0 {
-        return (false, gate_wait);
+        return (false, gate_wait, true);
     }
     let wait = t - now;
     if wait > max_wait {
-        return (false, wait);
+        return (false, wait, false);
     }
     for ((key, b, _), tat) in buckets.iter().zip(current) {
         tats.insert(key.clone(), tat.max(t) + b.interval_us);
     }
-    (true, wait)
+    (true, wait, false)
 }
 
 #[cfg(test)]
@@ -324,13 +342,31 @@ mod tests {
             },
             false,
         )];
-        let waits: Vec<(bool, u64)> = (0..5).map(|_| gcra(&mut tats, &b, 0, 0, 10_000)).collect();
+        let waits: Vec<(bool, u64, bool)> =
+            (0..5).map(|_| gcra(&mut tats, &b, 0, 0, 10_000)).collect();
         assert_eq!(
             waits,
-            [(true, 0), (true, 0), (true, 0), (true, 1000), (true, 2000)]
+            [
+                (true, 0, false),
+                (true, 0, false),
+                (true, 0, false),
+                (true, 1000, false),
+                (true, 2000, false)
+            ]
         );
         // Too far: nothing reserved.
-        assert_eq!(gcra(&mut tats, &b, 0, 0, 1000), (false, 3000));
-        assert_eq!(gcra(&mut tats, &b, 0, 0, 3000), (true, 3000));
+        assert_eq!(gcra(&mut tats, &b, 0, 0, 1000), (false, 3000, false));
+        assert_eq!(gcra(&mut tats, &b, 0, 0, 3000), (true, 3000, false));
+        // A closed gate says so.
+        let gate = vec![(
+            "g".to_string(),
+            Bucket {
+                interval_us: 5000,
+                burst: 1,
+            },
+            true,
+        )];
+        assert_eq!(gcra(&mut tats, &gate, 0, 0, 0), (true, 0, false));
+        assert_eq!(gcra(&mut tats, &gate, 0, 0, 0), (false, 5000, true));
     }
 }

@@ -503,6 +503,18 @@ impl MemoryQueue {
         cancel: &[String],
         arm: &[(String, u64)],
     ) -> Result<(), QueueError> {
+        self.replace_timers_now(channel, partition, cancel, arm);
+        Ok(())
+    }
+
+    /// [`MemoryQueue::replace_timers`] without the async wrapper, for the worker's commit.
+    pub(crate) fn replace_timers_now(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) {
         let mut st = self.state();
         let timers = st
             .timers
@@ -514,7 +526,6 @@ impl MemoryQueue {
         for (member, due) in arm {
             timers.insert(member.clone(), *due);
         }
-        Ok(())
     }
 
     pub async fn promote_due_timers(

@@ -250,7 +250,8 @@ impl Queue {
     }
 
     /// Disarms `cancel` and arms `arm` (member from [`timer_member`], due ms) in one atomic
-    /// step: what a new user message does to a conversation's window timers.
+    /// step, unfenced: for tools and tests. Workers never call it: a handled event's timers
+    /// change inside its fenced commit, together with the state they follow from.
     pub async fn replace_timers(
         &self,
         channel: &str,

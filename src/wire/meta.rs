@@ -85,6 +85,7 @@ impl ChangeCtx<'_> {
             status: None,
             field: None,
             timer: None,
+            outbound: None,
             raw: Value::Null,
         }
     }

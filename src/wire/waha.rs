@@ -74,6 +74,7 @@ fn base_event(id: String, event_type: EventType, at: i64, envelope: &Value) -> E
         status: None,
         field: None,
         timer: None,
+        outbound: None,
         raw: envelope.clone(),
     }
 }

@@ -10,6 +10,7 @@
 //! Every write a task makes (state, ack, dead letter, timers) is fenced by the lease's token,
 //! so a worker that lost its lease while paused cannot overwrite the new owner's work.
 
+pub(crate) mod commit;
 mod partition;
 
 use crate::bot::Bot;
@@ -17,14 +18,18 @@ use crate::config::{ChannelConfig, Config};
 use crate::conversation::window::leads_from_minutes;
 use crate::conversation::ConversationStore;
 use crate::metrics::Metrics;
-use crate::outbound::{Outbound, OutgoingMessage, SendError, Sent};
+use crate::outbound::queue::{MemoryOutQueue, RedisOutQueue};
+use crate::outbound::{
+    LaneSender, LaneSettings, OutQueue, OutQueueOptions, Outbound, OutgoingMessage, SendError, Sent,
+};
 use crate::queue::{Lease, Queue, QueueError};
+use commit::Committer;
 use rand::seq::SliceRandom;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How long SIGTERM waits for in-flight events before leaving them to the next owner.
@@ -113,7 +118,7 @@ impl Clock {
     }
 }
 
-/// Called after every reply the worker tried to send, with the outcome (the test kit records
+/// Called after every queued message the sender settled, with the outcome (the test kit records
 /// what would have been sent through it).
 pub type SendObserver = Arc<dyn Fn(&OutgoingMessage, Result<&Sent, &SendError>) + Send + Sync>;
 
@@ -129,6 +134,13 @@ pub(crate) struct Shared {
     pub settings: WorkerSettings,
     pub clock: Clock,
     pub observer: Option<SendObserver>,
+    /// Where a handled event's state, timers and replies are committed, in one step.
+    pub committer: Committer,
+    /// The outbound queue the replies go to (statuses move its records forward).
+    pub out: OutQueue,
+    /// Wakes this process's sender when a commit queued replies.
+    pub wake: Arc<Notify>,
+    pub sending: LaneSettings,
 }
 
 /// What [`Worker::drain`] did.
@@ -138,12 +150,18 @@ pub struct Drained {
     pub handled: u64,
     /// Entries that went to the dead-letter stream.
     pub dead: u64,
+    /// Queued messages the sender sent (not counting ones found already sent).
+    pub sent: u64,
+    /// Queued messages the sender gave up (each became an `outbound.failed` event).
+    pub failed_sends: u64,
 }
 
-/// A worker process's engine.
+/// A worker process's engine: partition tasks that handle events and commit their results,
+/// and a sender that drains the outbound queue lane by lane.
 pub struct Worker {
     shared: Arc<Shared>,
     partitions: Vec<(String, u32)>,
+    sender: OnceLock<Arc<LaneSender>>,
 }
 
 /// A unique consumer name: host, pid and a random part (two processes never share one).
@@ -185,6 +203,8 @@ impl Worker {
             .flat_map(|c| (0..c.partitions).map(move |p| (c.id.clone(), p)))
             .collect();
         let settings = WorkerSettings::from_config(config);
+        let out_options = OutQueueOptions::from_config(&config.sending);
+        let (committer, out) = backends(&queue, &store, &outbound, out_options);
         Worker {
             shared: Arc::new(Shared {
                 id,
@@ -197,9 +217,49 @@ impl Worker {
                 settings,
                 clock: Clock::System,
                 observer: None,
+                committer,
+                out,
+                wake: Arc::new(Notify::new()),
+                sending: LaneSettings::from_config(&config.sending),
             }),
             partitions,
+            sender: OnceLock::new(),
         }
+    }
+
+    /// The process's sender, built once the worker is configured.
+    fn sender(&self) -> Arc<LaneSender> {
+        self.sender
+            .get_or_init(|| {
+                let s = &self.shared;
+                Arc::new(
+                    LaneSender::new(
+                        s.id.clone(),
+                        s.channels.clone(),
+                        s.out.clone(),
+                        s.outbound.clone(),
+                        s.store.clone(),
+                        s.queue.clone(),
+                        s.metrics.clone(),
+                        s.sending.clone(),
+                    )
+                    .with_clock(s.clock.clone())
+                    .with_observer(s.observer.clone())
+                    .with_waker(s.wake.clone()),
+                )
+            })
+            .clone()
+    }
+
+    /// The outbound queue this worker's sender drains.
+    pub fn out_queue(&self) -> &OutQueue {
+        &self.shared.out
+    }
+
+    /// Overrides the sender's tunables taken from `[sending]`.
+    pub fn with_sending(mut self, sending: LaneSettings) -> Self {
+        self.shared_mut().sending = sending;
+        self
     }
 
     fn shared_mut(&mut self) -> &mut Shared {
@@ -225,10 +285,27 @@ impl Worker {
     }
 
     /// Handles, on the calling task, every entry waiting in every partition and every timer
-    /// due at the clock's now, in order, with the same code as [`Worker::run`]; returns when
-    /// nothing is left. Partitions leased by another worker are skipped. For the bot test kit
-    /// and tools: a running worker does this continuously.
+    /// due at the clock's now, in order, with the same code as [`Worker::run`], then sends
+    /// every queued message whose lane is ready at the clock's now (and handles the
+    /// `outbound.failed` events that produces); returns when nothing is left. Partitions leased
+    /// by another worker are skipped. For the bot test kit and tools: a running worker does
+    /// this continuously.
     pub async fn drain(&self) -> Result<Drained, WorkerError> {
+        let mut total = Drained::default();
+        loop {
+            let handled = self.drain_partitions().await?;
+            total.handled += handled.handled;
+            total.dead += handled.dead;
+            let sent = self.sender().drain().await;
+            total.sent += sent.sent;
+            total.failed_sends += sent.failed;
+            if sent.failed == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn drain_partitions(&self) -> Result<Drained, WorkerError> {
         let shared = &self.shared;
         let mut total = Drained::default();
         for (channel, partition) in &self.partitions {
@@ -264,6 +341,9 @@ impl Worker {
     /// Runs until `shutdown` turns true: then stops reading, finishes in-flight events,
     /// releases every lease and returns.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let sender = self.sender();
+        let (stop_sending, sending_stopped) = watch::channel(false);
+        let sender_task = tokio::spawn(sender.run(sending_stopped));
         let shared = self.shared;
         let settings = shared.settings.clone();
         let mut held: HashMap<(String, u32), Held> = HashMap::new();
@@ -310,12 +390,54 @@ impl Worker {
             }
             let _ = shared.queue.release_lease(&h.lease).await;
         }
+        // The sender last: replies committed by the events that just finished still go out
+        // (it stops taking lanes and lets those in hand finish their current message).
+        let _ = stop_sending.send(true);
+        let _ = sender_task.await;
         let _ = shared.queue.leave(&shared.id).await;
         shared
             .metrics
             .set_gauge("coexist_leases_held", &[("worker", &shared.id)], 0);
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// The commit path and the outbound queue next to `queue`: the same Redis, or the in-memory
+/// twins of this process (the memory store, the memory queue's timers, the sender's outbox).
+fn backends(
+    queue: &Queue,
+    store: &ConversationStore,
+    outbound: &Outbound,
+    options: OutQueueOptions,
+) -> (Committer, OutQueue) {
+    match (queue, store) {
+        (Queue::Redis(q), store) => {
+            let state_ttl_ms = match store {
+                ConversationStore::Redis(s) => s.ttl_ms(),
+                ConversationStore::Memory(_) => 0,
+            };
+            let committer = Committer::Redis {
+                con: q.conn(),
+                keys: q.keys().clone(),
+                state_ttl_ms,
+                record_ttl_ms: options.record_ttl_ms,
+            };
+            let out = OutQueue::Redis(RedisOutQueue::new(q.conn(), q.keys().clone(), options));
+            (committer, out)
+        }
+        (Queue::Memory(q), ConversationStore::Memory(s)) => {
+            let out = MemoryOutQueue::new(outbound.outbox().clone(), options);
+            let committer = Committer::Memory {
+                store: s.clone(),
+                queue: q.clone(),
+                out: out.clone(),
+            };
+            (committer, OutQueue::Memory(out))
+        }
+        (Queue::Memory(_), ConversationStore::Redis(_)) => {
+            unreachable!("a Redis conversation store always comes with a Redis queue")
+        }
     }
 }
 

@@ -1,5 +1,13 @@
-//! One held partition: read in order, handle one event at a time, ack after success.
+//! One held partition: read in order, handle one event at a time, commit, ack.
+//!
+//! Handling an event is: decode → load the conversation → apply the event to the window
+//! rules → run the bot → **commit** (state, timers and replies in one fenced step) → ack.
+//! Nothing here sends or waits for a rate limit: replies go to the outbound queue in the
+//! commit, and the lane sender delivers them. A handler runs again only when it failed (forward
+//! bot 5xx, timeout) or its worker died before the commit; the outbox keys of the replies
+//! (`<event id>:<index>`) make the commit of a re-handled event queue nothing twice.
 
+use super::commit::Commit;
 use super::{Drained, Shared};
 use crate::bot::{Context, HandlerError};
 use crate::channel::ChannelKind;
@@ -8,7 +16,7 @@ use crate::conversation::store::{Fence, SaveOutcome};
 use crate::conversation::window::{self, timers_for, PlannedTimer};
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
-use crate::outbound::OutgoingMessage;
+use crate::outbound::{MessageStatus, OutgoingMessage, QueuedMessage};
 use crate::queue::{timer_member, Entry, Lease, QueueError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,130 +32,39 @@ pub(crate) fn fence(lease: &Lease) -> Fence {
     }
 }
 
-/// How handling one entry ended.
-enum Outcome {
-    /// Handled (or deliberately skipped): acknowledge.
-    Done,
+/// How one attempt at an entry ended.
+enum Handled {
+    /// Handled (or deliberately skipped), committed: ack. Carries the event type for metrics.
+    Done(&'static str),
+    /// Failed in a way another attempt can fix (bot 5xx, store error, version conflict).
+    Retry(String),
     /// Failed for good: dead-letter with this error.
-    Dead(String),
+    GiveUp(String),
     /// The lease is gone: stop without acking; the new owner handles the entry.
     LeaseLost,
-    /// Shutting down while the entry waits for a retry: leave it unacked for the next owner.
-    Abandoned,
 }
 
-/// Why one attempt failed.
-enum AttemptError {
-    Retry(String),
-    GiveUp(String),
-    LeaseLost,
-}
-
-impl From<HandlerError> for AttemptError {
+impl From<HandlerError> for Handled {
     fn from(e: HandlerError) -> Self {
         match e {
-            HandlerError::Retry(m) => AttemptError::Retry(m),
-            HandlerError::GiveUp(m) => AttemptError::GiveUp(m),
+            HandlerError::Retry(m) => Handled::Retry(m),
+            HandlerError::GiveUp(m) => Handled::GiveUp(m),
         }
     }
 }
 
-/// The partition task: runs until told to stop or the lease is lost.
-pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Receiver<bool>) {
-    let s = &shared.settings;
-    let mut failures = 0u32;
-    while let Err(e) = shared
-        .queue
-        .ensure_group(&lease.channel, lease.partition)
-        .await
-    {
-        failures += 1;
-        tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "cannot create the consumer group; retrying");
-        if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
-            return;
-        }
-    }
-    let Some(channel) = shared.channels.get(&lease.channel).cloned() else {
-        tracing::error!(channel = %lease.channel, "lease on a channel that is not configured");
-        return;
-    };
-    failures = 0;
-    let mut cache = StateCache::default();
-    'reading: while !*stop.borrow() {
-        if let Err(e) = shared
-            .queue
-            .promote_due_timers(&lease, shared.clock.now_ms().max(0) as u64, 256)
-            .await
-        {
-            if matches!(e, QueueError::LeaseLost { .. }) {
-                return;
-            }
-            tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "promoting timers failed");
-        }
-        let entries = match shared
-            .queue
-            .read(&lease, &shared.id, s.batch, s.block_ms)
-            .await
-        {
-            Ok(entries) => {
-                failures = 0;
-                entries
-            }
-            Err(QueueError::LeaseLost { .. }) => return,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "read failed; retrying");
-                if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        // Handled entries are acked together after the batch (one round trip); a crash before
-        // that only means they are handled again by the next owner (at-least-once).
-        let mut acks = Vec::with_capacity(entries.len());
-        let mut after = Step::Next { dead: false };
-        for entry in entries {
-            after = step(
-                &shared, &lease, &channel, &entry, &mut stop, &mut cache, &mut acks,
-            )
-            .await;
-            if !matches!(after, Step::Next { .. }) || *stop.borrow() {
-                break;
-            }
-        }
-        let flushed = flush_acks(&shared, &lease, &mut acks).await;
-        match (after, flushed) {
-            (Step::Stop, _) | (_, Some(Step::Stop)) => return,
-            (Step::Reread, _) | (_, Some(Step::Reread)) => {
-                wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, 1)).await;
-                continue 'reading;
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Acks what was handled; `Some(step)` when the loop must stop or read again.
-async fn flush_acks(shared: &Shared, lease: &Lease, acks: &mut Vec<String>) -> Option<Step> {
-    if acks.is_empty() {
-        return None;
-    }
-    let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
-    let result = shared.queue.ack_many(lease, &ids).await;
-    acks.clear();
-    match result {
-        Ok(Some(_)) => None,
-        Ok(None) | Err(QueueError::LeaseLost { .. }) => Some(Step::Stop),
-        Err(e) => {
-            tracing::warn!(channel = %lease.channel, error = %e, "ack failed; the entries will be handled again");
-            Some(Step::Reread)
-        }
-    }
+/// How the reading loop goes on after an entry or a batch.
+enum Next {
+    /// Go on (`dead`: the entry was dead-lettered).
+    Continue { dead: bool },
+    /// The lease is gone, or the task is shutting down: stop without acking.
+    Stop,
+    /// Acking failed: read again (the entries come back first, order kept).
+    Reread,
 }
 
 /// The conversations of this partition as this task last saved or loaded them. Only the lease
-/// holder writes a partition's conversations (every save is fenced and version-checked), so
+/// holder writes a partition's conversations (every commit is fenced and version-checked), so
 /// while the task holds the lease its copy is current and the load round trip is skipped; a
 /// new task (a new lease) starts empty. A stale copy can only cost a version conflict, after
 /// which the entry is dropped from the cache and read again.
@@ -176,49 +93,536 @@ impl StateCache {
     }
 }
 
-/// What the reading loop does after one entry.
-enum Step {
-    /// Handled and acked (`dead`: dead-lettered): go on with the next entry.
-    Next { dead: bool },
-    /// The lease is gone or the task is shutting down: stop without acking.
-    Stop,
-    /// Acking failed: read again (the entry comes back first, order kept).
-    Reread,
+/// One held partition: the reading loop and the steps of handling one entry.
+struct PartitionTask<'a> {
+    shared: &'a Shared,
+    lease: &'a Lease,
+    channel: &'a Arc<ChannelConfig>,
+    cache: StateCache,
 }
 
-/// Handles one entry (with retries), then queues its ack (see [`flush_acks`]) or dead-letters
-/// it. Shared by the partition task and [`drain`], so both follow the same rules.
-async fn step(
-    shared: &Shared,
-    lease: &Lease,
-    channel: &Arc<ChannelConfig>,
-    entry: &Entry,
-    stop: &mut watch::Receiver<bool>,
-    cache: &mut StateCache,
-    acks: &mut Vec<String>,
-) -> Step {
-    let outcome = handle_with_retries(shared, lease, channel, entry, stop, cache).await;
-    let dead = matches!(outcome, Outcome::Dead(_));
-    let finished = match outcome {
-        Outcome::Done => {
-            acks.push(entry.id.clone());
-            return Step::Next { dead: false };
+/// What one pass over the partition did.
+#[derive(Default)]
+struct Pass {
+    read: usize,
+    handled: u64,
+    dead: u64,
+}
+
+impl<'a> PartitionTask<'a> {
+    fn new(shared: &'a Shared, lease: &'a Lease, channel: &'a Arc<ChannelConfig>) -> Self {
+        PartitionTask {
+            shared,
+            lease,
+            channel,
+            cache: StateCache::default(),
         }
-        Outcome::Dead(error) => {
-            shared
-                .metrics
-                .inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
-            tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
-            shared.queue.dead_letter(lease, entry, &error).await
+    }
+
+    // ---------------------------------------------------------------- the reading loop
+
+    /// One read → handle each → flush acks round, shared by [`run`] and [`drain`]: promotes
+    /// due timers, reads up to a batch (waiting up to `block_ms`), handles the entries in
+    /// order, then acks them together (a crash before that only means they are handled again
+    /// by the next owner: at-least-once). `Err(next)` when the loop must stop or read again.
+    async fn pass(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        block_ms: u64,
+    ) -> Result<Pass, (Next, QueueError)> {
+        let (shared, lease) = (self.shared, self.lease);
+        let now = shared.clock.now_ms().max(0) as u64;
+        match shared.queue.promote_due_timers(lease, now, 256).await {
+            Ok(_) => {}
+            Err(e @ QueueError::LeaseLost { .. }) => return Err((Next::Stop, e)),
+            Err(e) => {
+                tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "promoting timers failed");
+            }
         }
-        Outcome::LeaseLost | Outcome::Abandoned => return Step::Stop,
+        let entries = match shared
+            .queue
+            .read(lease, &shared.id, shared.settings.batch, block_ms)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e @ QueueError::LeaseLost { .. }) => return Err((Next::Stop, e)),
+            Err(e) => return Err((Next::Reread, e)),
+        };
+        let mut pass = Pass {
+            read: entries.len(),
+            ..Pass::default()
+        };
+        let mut acks = Vec::with_capacity(entries.len());
+        let mut after = Next::Continue { dead: false };
+        for entry in &entries {
+            after = self.step(entry, stop, &mut acks).await;
+            match after {
+                Next::Continue { dead: true } => pass.dead += 1,
+                Next::Continue { dead: false } => pass.handled += 1,
+                _ => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        let flushed = self.flush_acks(&mut acks).await;
+        let lost = || QueueError::LeaseLost {
+            channel: lease.channel.clone(),
+            partition: lease.partition,
+        };
+        match (after, flushed) {
+            (Next::Stop, _) | (_, Some(Next::Stop)) => Err((Next::Stop, lost())),
+            (Next::Reread, _) | (_, Some(Next::Reread)) => Err((
+                Next::Reread,
+                QueueError::Other("acking failed; the entries are handled again".into()),
+            )),
+            _ => Ok(pass),
+        }
+    }
+
+    /// Acks what was handled; `Some(next)` when the loop must stop or read again.
+    async fn flush_acks(&self, acks: &mut Vec<String>) -> Option<Next> {
+        if acks.is_empty() {
+            return None;
+        }
+        let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
+        let result = self.shared.queue.ack_many(self.lease, &ids).await;
+        acks.clear();
+        match result {
+            Ok(Some(_)) => None,
+            Ok(None) | Err(QueueError::LeaseLost { .. }) => Some(Next::Stop),
+            Err(e) => {
+                tracing::warn!(channel = %self.lease.channel, error = %e, "ack failed; the entries will be handled again");
+                Some(Next::Reread)
+            }
+        }
+    }
+
+    /// Handles one entry (with retries), then queues its ack or dead-letters it.
+    async fn step(
+        &mut self,
+        entry: &Entry,
+        stop: &mut watch::Receiver<bool>,
+        acks: &mut Vec<String>,
+    ) -> Next {
+        let (shared, lease) = (self.shared, self.lease);
+        let error = match self.handle_with_retries(entry, stop).await {
+            Some(Handled::Done(_)) => {
+                acks.push(entry.id.clone());
+                return Next::Continue { dead: false };
+            }
+            Some(Handled::GiveUp(error)) => error,
+            Some(Handled::Retry(_) | Handled::LeaseLost) | None => return Next::Stop,
+        };
+        shared
+            .metrics
+            .inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
+        tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
+        match shared.queue.dead_letter(lease, entry, &error).await {
+            Ok(true) => Next::Continue { dead: true },
+            Ok(false) | Err(QueueError::LeaseLost { .. }) => Next::Stop,
+            Err(e) => {
+                tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %e, "ack failed; the entry will be handled again");
+                Next::Reread
+            }
+        }
+    }
+
+    /// Handles one entry, retrying with backoff while the partition waits (order is kept).
+    /// `Done`, `GiveUp` (retries used up included) or `LeaseLost`; `None` when shutting down
+    /// while the entry waits for a retry (it stays pending for the next owner).
+    async fn handle_with_retries(
+        &mut self,
+        entry: &Entry,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Handled> {
+        let (shared, lease) = (self.shared, self.lease);
+        let s = &shared.settings;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self.handle(entry).await;
+            shared.metrics.observe_seconds(
+                "coexist_handler_seconds",
+                &[("channel", &lease.channel)],
+                started.elapsed().as_secs_f64(),
+            );
+            match result {
+                Handled::Done(event_type) => {
+                    shared.metrics.inc(
+                        "coexist_events_handled_total",
+                        &[
+                            ("channel", &lease.channel),
+                            ("type", event_type),
+                            ("outcome", "ok"),
+                        ],
+                    );
+                    return Some(result);
+                }
+                Handled::Retry(e) if attempt >= s.max_attempts => {
+                    return Some(Handled::GiveUp(format!("{e} (after {attempt} attempts)")));
+                }
+                Handled::Retry(e) => {
+                    shared.metrics.inc(
+                        "coexist_handler_retries_total",
+                        &[("channel", &lease.channel)],
+                    );
+                    tracing::info!(channel = %lease.channel, entry = %entry.id, attempt, error = %e, "handler failed; retrying");
+                    if wait_or_stop(stop, backoff(s.retry_backoff_ms, attempt)).await {
+                        return None;
+                    }
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- handling one entry
+
+    /// One attempt: decode, load, apply, run the bot, commit.
+    async fn handle(&mut self, entry: &Entry) -> Handled {
+        let mut event = match self.decode(entry) {
+            Ok(event) => event,
+            Err(e) => return Handled::GiveUp(e),
+        };
+        let event_type = event.event_type.as_str();
+        let now = self.shared.clock.now_ms();
+        // Account-level events, and statuses that named no recipient (the wamid index tells
+        // the bot whose they are, but they were queued in another partition than the
+        // conversation's: its state stays with its own partition).
+        let account_level = event.conversation.is_empty();
+        self.track_status(&mut event).await;
+        if account_level {
+            return self.handle_without_conversation(event, now).await;
+        }
+        let loaded = match self.load(&event.conversation).await {
+            Ok(state) => state,
+            Err(e) => return Handled::Retry(e),
+        };
+        let mut state = loaded.clone().unwrap_or_default();
+        if let (EventType::Timer, Some(timer)) = (event.event_type, event.timer.as_ref()) {
+            if !window::is_timer_current(&state, timer.window_end) {
+                // A newer message moved the window end after this timer was armed.
+                return Handled::Done("timer_stale");
+            }
+            self.shared.metrics.inc(
+                "coexist_timers_fired_total",
+                &[("channel", &self.lease.channel), ("timer", &timer.name)],
+            );
+        }
+        let before = state.clone();
+        let effects = window::apply_event(
+            self.channel.kind,
+            self.channel.coexistence,
+            &mut state,
+            &event,
+            now,
+            self.shared.settings.handover_ms,
+        );
+        // While a person handles the conversation, customer messages are acked without the bot
+        // seeing them (the person answers them on the phone); everything else still reaches the
+        // bot. When the handover ends, the bot sees the messages that come after.
+        let paused = event.event_type == EventType::Message && window::handover_active(&state, now);
+        let (event, mut state, replies) = if paused {
+            (event, state, Vec::new())
+        } else {
+            let mut ctx =
+                Context::new(event, self.channel.clone(), state, now).with_effects(effects);
+            if let Err(e) = self.shared.bot.handle(&mut ctx).await {
+                return e.into();
+            }
+            let (event, state, replies, _) = ctx.into_parts();
+            (event, state, replies)
+        };
+        let replies = self.queue_replies(&event, &mut state, replies, now);
+        match self
+            .commit(&event, loaded.as_ref(), &before, &state, replies, now)
+            .await
+        {
+            Handled::Done(_) => Handled::Done(event_type),
+            other => other,
+        }
+    }
+
+    fn decode(&self, entry: &Entry) -> Result<Event, String> {
+        let mut event: Event = serde_json::from_str(&entry.payload)
+            .map_err(|e| format!("stored event is not valid JSON: {e}"))?;
+        if !entry.conversation.is_empty() {
+            // The queue resolved aliases: one person, one conversation.
+            event.conversation = entry.conversation.clone();
+        }
+        if let Some(received_at) = event.received_at {
+            // Wall clock on purpose (not the injectable one): this is a latency of the deployment.
+            let waited_ms = crate::ingest::now_ms().saturating_sub(received_at).max(0);
+            self.shared.metrics.observe_seconds(
+                "coexist_webhook_to_handler_seconds",
+                &[("channel", &self.lease.channel)],
+                waited_ms as f64 / 1000.0,
+            );
+        }
+        Ok(event)
+    }
+
+    /// A status of a message we queued moves its lifecycle record forward (never back). A
+    /// status that names no recipient finds its conversation through the wamid index.
+    async fn track_status(&self, event: &mut Event) {
+        let Some(status) = &event.status else {
+            return;
+        };
+        let out = &self.shared.out;
+        let ch = &self.lease.channel;
+        let found = match &status.biz_opaque_callback_data {
+            Some(key) => {
+                if let Err(e) = self
+                    .shared
+                    .outbound
+                    .mark_status_seen(ch, key, &status.message_id)
+                    .await
+                {
+                    tracing::warn!(channel = %ch, error = %e, "recording a status for the outbox failed");
+                }
+                Some((key.clone(), String::new()))
+            }
+            None => out
+                .find_by_wamid(ch, &status.message_id)
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some((id, customer)) = found else {
+            return;
+        };
+        if event.conversation.is_empty() && !customer.is_empty() {
+            event.conversation = customer;
+        }
+        let Some(next) = lifecycle_status(&status.status) else {
+            return;
+        };
+        let error = status.errors.first().map(|e| {
+            (
+                e.code.to_string(),
+                e.title.clone().or(e.message.clone()).unwrap_or_default(),
+            )
+        });
+        let at = if event.at > 0 {
+            event.at
+        } else {
+            self.shared.clock.now_ms()
+        };
+        if let Err(e) = out
+            .advance(
+                ch,
+                &id,
+                next,
+                at,
+                Some(&status.message_id),
+                error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+            )
+            .await
+        {
+            tracing::warn!(channel = %ch, error = %e, "moving an outbound record forward failed");
+        }
+    }
+
+    /// Account-level events (and statuses of another partition's conversation): the bot sees
+    /// them; there is no conversation state, and replies have nobody to go to.
+    async fn handle_without_conversation(&self, event: Event, now: i64) -> Handled {
+        let event_type = event.event_type.as_str();
+        let mut ctx = Context::new(
+            event,
+            self.channel.clone(),
+            ConversationState::default(),
+            now,
+        );
+        if let Err(e) = self.shared.bot.handle(&mut ctx).await {
+            return e.into();
+        }
+        let (event, _, replies, _) = ctx.into_parts();
+        if !replies.is_empty() && event.conversation.is_empty() {
+            tracing::warn!(channel = %self.lease.channel, event = %event.id, replies = replies.len(),
+                "replies to an event with no conversation are dropped");
+        }
+        Handled::Done(event_type)
+    }
+
+    async fn load(&mut self, conversation: &str) -> Result<Option<ConversationState>, String> {
+        if let Some(state) = self.cache.get(conversation) {
+            return Ok(state);
+        }
+        let loaded = self
+            .shared
+            .store
+            .load(&self.lease.channel, conversation)
+            .await
+            .map_err(|e| format!("loading conversation: {e}"))?;
+        self.cache.put(conversation, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The replies as queued messages (outbox key `<event id>:<slot>`); each message counts as
+    /// outbound for the conversation.
+    fn queue_replies(
+        &self,
+        event: &Event,
+        state: &mut ConversationState,
+        replies: Vec<(usize, crate::outbound::Reply)>,
+        now: i64,
+    ) -> Vec<QueuedMessage> {
+        replies
+            .into_iter()
+            .map(|(index, reply)| {
+                if reply.is_message() {
+                    window::record_outbound(state, now);
+                }
+                QueuedMessage::new(
+                    OutgoingMessage::new(
+                        &self.lease.channel,
+                        &event.conversation,
+                        reply,
+                        OutgoingMessage::outbox_key_for(&event.id, index),
+                    ),
+                    now,
+                )
+            })
+            .collect()
+    }
+
+    /// The one fenced write: state (if changed), the new window's timers, the replies.
+    async fn commit(
+        &mut self,
+        event: &Event,
+        loaded: Option<&ConversationState>,
+        before: &ConversationState,
+        state: &ConversationState,
+        replies: Vec<QueuedMessage>,
+        now: i64,
+    ) -> Handled {
+        let (cancel_timers, arm_timers) = self.plan_timers(event, before, state, now);
+        let has_replies = !replies.is_empty();
+        let fence = fence(self.lease);
+        let commit = Commit {
+            fence: &fence,
+            conversation: &event.conversation,
+            state: (state != before || loaded.is_none() && has_replies).then_some(state),
+            version: before.version,
+            cancel_timers,
+            arm_timers,
+            replies,
+            now_ms: now,
+        };
+        if commit.is_empty() {
+            return Handled::Done("");
+        }
+        crate::failpoint::hit("worker.before_commit");
+        let committed = self.shared.committer.commit(&commit).await;
+        if committed.is_ok() {
+            crate::failpoint::hit("worker.after_commit");
+        }
+        match committed {
+            Ok(SaveOutcome::Saved { version }) => {
+                if commit.state.is_some() {
+                    let mut saved = state.clone();
+                    saved.version = version;
+                    self.cache.put(&event.conversation, Some(saved));
+                }
+                if has_replies {
+                    self.shared.metrics.add(
+                        "coexist_outbound_queued_total",
+                        &[("channel", &self.lease.channel)],
+                        commit.replies.len() as u64,
+                    );
+                    self.shared.wake.notify_one();
+                }
+                Handled::Done("")
+            }
+            Ok(SaveOutcome::Fenced) => Handled::LeaseLost,
+            Ok(SaveOutcome::Conflict { stored_version }) => {
+                self.cache.forget(&event.conversation);
+                Handled::Retry(format!(
+                    "conversation changed under us (version {stored_version})"
+                ))
+            }
+            Err(e) => {
+                // It may or may not have been written: read the state again next time.
+                self.cache.forget(&event.conversation);
+                Handled::Retry(e.to_string())
+            }
+        }
+    }
+
+    /// Timers to disarm (planned for the old window end) and to arm (for the new one), when
+    /// the window end moved on a WABA channel.
+    fn plan_timers(
+        &self,
+        event: &Event,
+        before: &ConversationState,
+        after: &ConversationState,
+        now: i64,
+    ) -> (Vec<String>, Vec<(String, u64)>) {
+        if self.channel.kind != ChannelKind::Waba || before.window_end_ms == after.window_end_ms {
+            return (Vec::new(), Vec::new());
+        }
+        let leads = &self.shared.settings.leads_ms;
+        let member =
+            |t: &PlannedTimer| timer_member(&timer_event(event, t).to_json(), &event.conversation);
+        // Plan the old timers as of their own window (now may be past some of them: use 0).
+        let cancel = timers_for(ChannelKind::Waba, before, 0, leads)
+            .iter()
+            .map(member)
+            .collect();
+        let arm = timers_for(ChannelKind::Waba, after, now, leads)
+            .iter()
+            .map(|t| (member(t), t.due_ms.max(0) as u64))
+            .collect();
+        (cancel, arm)
+    }
+}
+
+/// The lifecycle status a provider status names (`played` counts as read; gateway-only
+/// statuses such as `pending` move nothing).
+fn lifecycle_status(name: &str) -> Option<MessageStatus> {
+    match name {
+        "sent" | "server" => Some(MessageStatus::Sent),
+        "delivered" | "device" => Some(MessageStatus::Delivered),
+        "read" | "played" => Some(MessageStatus::Read),
+        "failed" | "error" => Some(MessageStatus::Failed),
+        _ => None,
+    }
+}
+
+/// The partition task: runs until told to stop or the lease is lost.
+pub(crate) async fn run(shared: Arc<Shared>, lease: Lease, mut stop: watch::Receiver<bool>) {
+    let s = &shared.settings;
+    let mut failures = 0u32;
+    while let Err(e) = shared
+        .queue
+        .ensure_group(&lease.channel, lease.partition)
+        .await
+    {
+        failures += 1;
+        tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "cannot create the consumer group; retrying");
+        if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
+            return;
+        }
+    }
+    let Some(channel) = shared.channels.get(&lease.channel).cloned() else {
+        tracing::error!(channel = %lease.channel, "lease on a channel that is not configured");
+        return;
     };
-    match finished {
-        Ok(true) => Step::Next { dead },
-        Ok(false) | Err(QueueError::LeaseLost { .. }) => Step::Stop,
-        Err(e) => {
-            tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %e, "ack failed; the entry will be handled again");
-            Step::Reread
+    let mut task = PartitionTask::new(&shared, &lease, &channel);
+    failures = 0;
+    while !*stop.borrow() {
+        match task.pass(&mut stop, s.block_ms).await {
+            Ok(_) => failures = 0,
+            Err((Next::Stop, _)) => return,
+            Err((_, e)) => {
+                failures += 1;
+                tracing::warn!(channel = %lease.channel, partition = lease.partition, error = %e, "reading again");
+                if wait_or_stop(&mut stop, backoff(s.retry_backoff_ms, failures)).await {
+                    return;
+                }
+            }
         }
     }
 }
@@ -236,60 +640,25 @@ pub(crate) async fn drain(
         .await?;
     // Nobody ever stops a drain: it ends when the partition is empty.
     let (_never, mut stop) = watch::channel(false);
+    let mut task = PartitionTask::new(shared, lease, channel);
     let mut drained = Drained::default();
     let mut rereads = 0;
-    let mut cache = StateCache::default();
     loop {
-        shared
-            .queue
-            .promote_due_timers(lease, shared.clock.now_ms().max(0) as u64, 256)
-            .await?;
-        let entries = shared
-            .queue
-            .read(lease, &shared.id, shared.settings.batch, 0)
-            .await?;
-        if entries.is_empty() {
-            return Ok(drained);
-        }
-        let mut acks = Vec::new();
-        let mut reread = false;
-        for entry in &entries {
-            match step(
-                shared, lease, channel, entry, &mut stop, &mut cache, &mut acks,
-            )
-            .await
-            {
-                Step::Next { dead: true } => drained.dead += 1,
-                Step::Next { dead: false } => drained.handled += 1,
-                Step::Stop => {
-                    return Err(QueueError::LeaseLost {
-                        channel: lease.channel.clone(),
-                        partition: lease.partition,
-                    })
-                }
-                Step::Reread => {
-                    reread = true;
-                    break;
-                }
+        match task.pass(&mut stop, 0).await {
+            Ok(pass) if pass.read == 0 => return Ok(drained),
+            Ok(pass) => {
+                drained.handled += pass.handled;
+                drained.dead += pass.dead;
             }
-        }
-        match flush_acks(shared, lease, &mut acks).await {
-            Some(Step::Stop) => {
-                return Err(QueueError::LeaseLost {
-                    channel: lease.channel.clone(),
-                    partition: lease.partition,
-                })
-            }
-            Some(_) => reread = true,
-            None => {}
-        }
-        if reread {
-            rereads += 1;
-            if rereads > 3 {
-                return Err(QueueError::Other(format!(
-                    "acking on {} partition {} keeps failing",
-                    lease.channel, lease.partition
-                )));
+            Err((Next::Stop, e)) => return Err(e),
+            Err((_, e)) => {
+                rereads += 1;
+                if rereads > 3 {
+                    return Err(QueueError::Other(format!(
+                        "{} partition {} keeps failing: {e}",
+                        lease.channel, lease.partition
+                    )));
+                }
             }
         }
     }
@@ -306,243 +675,6 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 fn backoff(base_ms: u64, attempt: u32) -> Duration {
     let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(10));
     Duration::from_millis(exp.min(30_000))
-}
-
-/// Handles one entry, retrying with backoff while the partition waits (order is kept).
-async fn handle_with_retries(
-    shared: &Shared,
-    lease: &Lease,
-    channel: &Arc<ChannelConfig>,
-    entry: &Entry,
-    stop: &mut watch::Receiver<bool>,
-    cache: &mut StateCache,
-) -> Outcome {
-    let s = &shared.settings;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let started = Instant::now();
-        let result = handle_once(shared, lease, channel, entry, cache).await;
-        shared.metrics.observe_seconds(
-            "coexist_handler_seconds",
-            &[("channel", &lease.channel)],
-            started.elapsed().as_secs_f64(),
-        );
-        match result {
-            Ok(event_type) => {
-                shared.metrics.inc(
-                    "coexist_events_handled_total",
-                    &[
-                        ("channel", &lease.channel),
-                        ("type", event_type),
-                        ("outcome", "ok"),
-                    ],
-                );
-                return Outcome::Done;
-            }
-            Err(AttemptError::LeaseLost) => return Outcome::LeaseLost,
-            Err(AttemptError::GiveUp(e)) => return Outcome::Dead(e),
-            Err(AttemptError::Retry(e)) if attempt >= s.max_attempts => {
-                return Outcome::Dead(format!("{e} (after {attempt} attempts)"));
-            }
-            Err(AttemptError::Retry(e)) => {
-                shared.metrics.inc(
-                    "coexist_handler_retries_total",
-                    &[("channel", &lease.channel)],
-                );
-                tracing::info!(channel = %lease.channel, entry = %entry.id, attempt, error = %e, "handler failed; retrying");
-                if wait_or_stop(stop, backoff(s.retry_backoff_ms, attempt)).await {
-                    // Shutdown: the entry stays pending and is handled again by the next owner.
-                    return Outcome::Abandoned;
-                }
-            }
-        }
-    }
-}
-
-/// One attempt: state, window, bot, replies, save, timers. Returns the event type for metrics.
-async fn handle_once(
-    shared: &Shared,
-    lease: &Lease,
-    channel: &Arc<ChannelConfig>,
-    entry: &Entry,
-    cache: &mut StateCache,
-) -> Result<&'static str, AttemptError> {
-    let mut event: Event = serde_json::from_str(&entry.payload)
-        .map_err(|e| AttemptError::GiveUp(format!("stored event is not valid JSON: {e}")))?;
-    if !entry.conversation.is_empty() {
-        // The queue resolved aliases: one person, one conversation.
-        event.conversation = entry.conversation.clone();
-    }
-    let event_type = event.event_type.as_str();
-    if let Some(received_at) = event.received_at {
-        // Wall clock on purpose (not the injectable one): this is a latency of the deployment.
-        let waited_ms = crate::ingest::now_ms().saturating_sub(received_at).max(0);
-        shared.metrics.observe_seconds(
-            "coexist_webhook_to_handler_seconds",
-            &[("channel", &lease.channel)],
-            waited_ms as f64 / 1000.0,
-        );
-    }
-    let now = shared.clock.now_ms();
-
-    if event.conversation.is_empty() {
-        // Account-level: no conversation state; the bot still sees it.
-        let mut ctx = Context::new(event, channel.clone(), ConversationState::default(), now);
-        shared.bot.handle(&mut ctx).await?;
-        return Ok(event_type);
-    }
-
-    let fence = fence(lease);
-    let stored = match cache.get(&event.conversation) {
-        Some(state) => state,
-        None => {
-            let loaded = shared
-                .store
-                .load(&lease.channel, &event.conversation)
-                .await
-                .map_err(|e| AttemptError::Retry(format!("loading conversation: {e}")))?;
-            cache.put(&event.conversation, loaded.clone());
-            loaded
-        }
-    };
-    let mut state = stored.clone().unwrap_or_default();
-    let before = state.clone();
-
-    if let (EventType::Timer, Some(timer)) = (event.event_type, event.timer.as_ref()) {
-        if !window::is_timer_current(&state, timer.window_end) {
-            // A newer message moved the window end after this timer was armed.
-            return Ok("timer_stale");
-        }
-        shared.metrics.inc(
-            "coexist_timers_fired_total",
-            &[("channel", &lease.channel), ("timer", &timer.name)],
-        );
-    }
-
-    state.merge_contact(&event.contact);
-    let effects = window::apply_event(
-        channel.kind,
-        channel.coexistence,
-        &mut state,
-        &event,
-        now,
-        shared.settings.handover_ms,
-    );
-    if let Some(status) = &event.status {
-        if let Some(key) = &status.biz_opaque_callback_data {
-            if let Err(e) = shared
-                .outbound
-                .mark_status_seen(&lease.channel, key, &status.message_id)
-                .await
-            {
-                tracing::warn!(channel = %lease.channel, error = %e, "recording a status for the outbox failed");
-            }
-        }
-    }
-
-    // Messages wait while a person handles the conversation; everything else still reaches the bot.
-    let paused = event.event_type == EventType::Message && window::handover_active(&state, now);
-    let (event, mut state, replies) = if paused {
-        (event, state, Vec::new())
-    } else {
-        let mut ctx = Context::new(event, channel.clone(), state, now).with_effects(effects);
-        shared.bot.handle(&mut ctx).await?;
-        let (event, state, replies, _) = ctx.into_parts();
-        (event, state, replies)
-    };
-
-    // Replies leave in order, each at most once (idempotency key: event id + slot).
-    for (index, reply) in replies {
-        let message = OutgoingMessage {
-            channel: lease.channel.clone(),
-            to: event.conversation.clone(),
-            reply,
-            outbox_key: format!("{}:{index}", event.id),
-            reply_to: None,
-        };
-        let window_now = window::window(channel.kind, &state, shared.clock.now_ms());
-        let sent = shared
-            .outbound
-            .send(&message, channel.kind, window_now)
-            .await;
-        if let Some(observe) = &shared.observer {
-            observe(&message, sent.as_ref());
-        }
-        match sent {
-            Ok(_) => window::record_outbound(&mut state, shared.clock.now_ms()),
-            Err(e) if e.closes_window() => {
-                // Meta said 131047 (or our rules did): the window is closed whatever we computed.
-                tracing::info!(channel = %lease.channel, event = %event.id, error = %e, "reply refused: window closed");
-                window::mark_window_closed(channel.kind, &mut state, shared.clock.now_ms());
-            }
-            Err(e) if e.is_retryable() => {
-                return Err(AttemptError::Retry(format!("sending reply {index}: {e}")))
-            }
-            Err(e) => {
-                tracing::warn!(channel = %lease.channel, event = %event.id, error = %e, "reply not delivered (no retry)");
-            }
-        }
-    }
-
-    if state != before {
-        match shared
-            .store
-            .save(&fence, &lease.channel, &event.conversation, &state)
-            .await
-        {
-            Ok(SaveOutcome::Saved { version }) => {
-                state.version = version;
-                cache.put(&event.conversation, Some(state.clone()));
-            }
-            Ok(SaveOutcome::Fenced) => return Err(AttemptError::LeaseLost),
-            Ok(SaveOutcome::Conflict { stored_version }) => {
-                cache.forget(&event.conversation);
-                return Err(AttemptError::Retry(format!(
-                    "conversation changed under us (version {stored_version})"
-                )));
-            }
-            Err(e) => {
-                // The write may or may not have happened: read it again next time.
-                cache.forget(&event.conversation);
-                return Err(AttemptError::Retry(format!("saving conversation: {e}")));
-            }
-        }
-    }
-
-    if channel.kind == ChannelKind::Waba && before.window_end_ms != state.window_end_ms {
-        rearm_timers(shared, lease, &event, &before, &state).await?;
-    }
-    Ok(event_type)
-}
-
-/// Disarms the timers planned for the old window end and arms those of the new one, in one
-/// atomic round trip.
-async fn rearm_timers(
-    shared: &Shared,
-    lease: &Lease,
-    event: &Event,
-    before: &ConversationState,
-    after: &ConversationState,
-) -> Result<(), AttemptError> {
-    let now = shared.clock.now_ms();
-    let leads = &shared.settings.leads_ms;
-    let member =
-        |t: &PlannedTimer| timer_member(&timer_event(event, t).to_json(), &event.conversation);
-    // Plan the old timers as of their own window (now may be past some of them: use 0).
-    let cancel: Vec<String> = timers_for(ChannelKind::Waba, before, 0, leads)
-        .iter()
-        .map(member)
-        .collect();
-    let arm: Vec<(String, u64)> = timers_for(ChannelKind::Waba, after, now, leads)
-        .iter()
-        .map(|t| (member(t), t.due_ms.max(0) as u64))
-        .collect();
-    shared
-        .queue
-        .replace_timers(&lease.channel, lease.partition, &cancel, &arm)
-        .await
-        .map_err(|e| AttemptError::Retry(format!("re-arming window timers: {e}")))
 }
 
 /// The event a timer produces when it fires. Its id is stable for one window end and slot,
@@ -566,6 +698,7 @@ pub(crate) fn timer_event(source: &Event, timer: &PlannedTimer) -> Event {
         status: None,
         field: None,
         timer: Some(timer.to_timer()),
+        outbound: None,
         raw: serde_json::Value::Null,
     }
 }

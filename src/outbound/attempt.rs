@@ -1,0 +1,273 @@
+//! One try at the head of a customer's lane, without ever waiting long: the rules at send time,
+//! the rate limits (a closed per-contact gate or a far channel slot means "later", not a
+//! sleep), the idempotency claim, one HTTP request. What it comes to says what the lane does
+//! next; the lane sender ([`super::lane_sender`]) acts on it.
+
+use super::message::Sent;
+use super::queue::{QueuedMessage, WaitReason};
+use super::rate::Take;
+use super::rules::{self, RuleError};
+use super::{Outbound, OutboxState, Reply, SendError, Sender};
+use crate::channel::ChannelKind;
+use crate::conversation::window::Window;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How often a lane whose head may have been sent before a crash looks for its status.
+const INFLIGHT_RECHECK_MS: i64 = 1_000;
+
+/// What preparing a send came to: a claim to send with, or already an outcome.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Rules passed, a rate slot is ours and the idempotency key is claimed with this marker:
+    /// send now with [`Outbound::deliver_claimed`] (or give the claim up with
+    /// [`super::Outbox::release`]).
+    Claimed(String),
+    /// Already an outcome: found sent, not now, or given up.
+    Done(Attempt),
+}
+
+/// What one try came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Accepted by the provider now, or found already sent (`duplicate`): settle as sent.
+    Sent(Sent),
+    /// Not now: give the lane back until `until_ms`. `bump`: a failed attempt to count.
+    Later {
+        until_ms: i64,
+        reason: WaitReason,
+        bump: bool,
+    },
+    /// Given up: settle as failed.
+    Failed(SendError),
+}
+
+/// The snake_case code a given-up message carries in its record and `outbound.failed` event.
+pub fn failure_code(e: &SendError) -> &'static str {
+    match e {
+        SendError::Rule(RuleError::WindowClosed { .. }) | SendError::WindowClosed { .. } => {
+            "window_closed"
+        }
+        SendError::Rule(RuleError::TemplatesUnsupported { .. }) => "templates_unsupported",
+        SendError::Rule(RuleError::UnsupportedOnChannel { .. }) => "unsupported_on_channel",
+        other => other.outcome(),
+    }
+}
+
+/// Meta's or the gateway's own error code, when the error carries one.
+pub fn provider_code(e: &SendError) -> Option<i64> {
+    match e {
+        SendError::WindowClosed { code, .. } | SendError::Rejected { code, .. } => Some(*code),
+        SendError::Undeliverable { .. } => Some(131026),
+        SendError::PairRateLimited => Some(131056),
+        _ => None,
+    }
+}
+
+impl Outbound {
+    /// Tries to send `head` now: [`Outbound::prepare`], then [`Outbound::deliver_claimed`].
+    pub async fn attempt(
+        &self,
+        head: &QueuedMessage,
+        kind: ChannelKind,
+        window: Window,
+        now_ms: i64,
+        max_inline_wait: Duration,
+    ) -> Attempt {
+        match self
+            .prepare(head, kind, window, now_ms, max_inline_wait)
+            .await
+        {
+            Prepared::Claimed(marker) => self.deliver_claimed(head, &marker, now_ms).await,
+            Prepared::Done(outcome) => outcome,
+        }
+    }
+
+    /// Everything before the HTTP request: the rules at send time (`window` is the
+    /// conversation's service window now), a rate slot (one up to `max_inline_wait` away is
+    /// waited for here — this lane's own wait, other lanes go on; anything further is
+    /// [`Attempt::Later`]), and the idempotency claim (a key already sent is never sent again;
+    /// one whose earlier send may have left before a crash waits for its status first).
+    pub async fn prepare(
+        &self,
+        head: &QueuedMessage,
+        kind: ChannelKind,
+        window: Window,
+        now_ms: i64,
+        max_inline_wait: Duration,
+    ) -> Prepared {
+        use Prepared::Done;
+        let msg = &head.msg;
+        if let Err(e) = rules::check(kind, window, &msg.reply) {
+            return Done(Attempt::Failed(e.into()));
+        }
+        let Some(ch) = self.inner.channels.get(&msg.channel) else {
+            return Done(Attempt::Failed(SendError::UnknownChannel(
+                msg.channel.clone(),
+            )));
+        };
+        let opts = &self.inner.options;
+        let store_trouble = |attempts: u32| {
+            Done(Attempt::Later {
+                until_ms: now_ms
+                    + opts.backoff.base.as_millis() as i64 * i64::from(attempts.min(10) + 1),
+                reason: WaitReason::Backoff,
+                bump: false,
+            })
+        };
+
+        // Rate limits: reserve a slot, or set the lane aside until one can be had.
+        let contact = msg.reply.is_message().then_some(msg.to.as_str());
+        let jitter = if contact.is_some() && ch.limits.jitter_ms > 0 {
+            rand::random_range(0..=ch.limits.jitter_ms)
+        } else {
+            0
+        };
+        let inline_ms = max_inline_wait.as_millis() as u64;
+        let wait_ms = match self
+            .inner
+            .rate
+            .reserve(&msg.channel, contact, &ch.limits, now_ms, jitter, inline_ms)
+            .await
+        {
+            Ok((Take::Ready { wait_ms }, _)) => wait_ms,
+            Ok((Take::NotYet { wait_ms }, gated)) => {
+                return Done(Attempt::Later {
+                    until_ms: now_ms + wait_ms.max(1) as i64,
+                    reason: if gated {
+                        WaitReason::PairGap
+                    } else {
+                        WaitReason::Rate
+                    },
+                    bump: false,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(channel = %msg.channel, error = %e, "rate limiter unavailable");
+                return store_trouble(head.attempts);
+            }
+        };
+        if wait_ms > 0 {
+            self.wait_for_slot(ch, msg, Duration::from_millis(wait_ms))
+                .await;
+        }
+
+        // The idempotency claim: a key already sent is never sent again.
+        let outbox = &self.inner.outbox;
+        let claim_now = super::now_ms().max(now_ms);
+        let mut state = match outbox.record(msg, claim_now).await {
+            Ok(s) => s,
+            Err(_) => return store_trouble(head.attempts),
+        };
+        if let OutboxState::InFlight { since_ms, marker } = &state {
+            let ready_at = since_ms + opts.inflight_wait.as_millis() as i64;
+            if claim_now < ready_at {
+                // Look again soon: a status carrying the key ends the wait early.
+                return Done(Attempt::Later {
+                    until_ms: ready_at.min(now_ms + INFLIGHT_RECHECK_MS),
+                    reason: WaitReason::InFlight,
+                    bump: false,
+                });
+            }
+            tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key, since_ms,
+                "no status for an earlier send of this message: sending again");
+            state = match outbox.take_over(msg, marker, claim_now).await {
+                Ok(s) => s,
+                Err(_) => return store_trouble(head.attempts),
+            };
+        }
+        match state {
+            OutboxState::Claimed { marker } => Prepared::Claimed(marker),
+            OutboxState::AlreadySent(message_id) => Done(Attempt::Sent(Sent {
+                message_id,
+                duplicate: true,
+            })),
+            // Someone else took it over just now.
+            OutboxState::InFlight { since_ms, .. } => Done(Attempt::Later {
+                until_ms: (since_ms + opts.inflight_wait.as_millis() as i64)
+                    .min(now_ms + INFLIGHT_RECHECK_MS),
+                reason: WaitReason::InFlight,
+                bump: false,
+            }),
+        }
+    }
+
+    /// One HTTP request for a claimed message, and what it means for the lane: sent, later
+    /// (a retryable error, with backoff; the claim is given up), or failed for good.
+    pub async fn deliver_claimed(
+        &self,
+        head: &QueuedMessage,
+        marker: &str,
+        now_ms: i64,
+    ) -> Attempt {
+        let msg = &head.msg;
+        let Some(ch) = self.inner.channels.get(&msg.channel) else {
+            return Attempt::Failed(SendError::UnknownChannel(msg.channel.clone()));
+        };
+        let opts = &self.inner.options;
+        let outbox = &self.inner.outbox;
+
+        // One HTTP request.
+        match ch.sender.send(msg).await {
+            Ok(sent) => {
+                if ch.unhealthy.swap(false, Ordering::Relaxed) {
+                    self.set_healthy(&msg.channel).await;
+                }
+                Attempt::Sent(sent)
+            }
+            Err(e) => {
+                if let SendError::Unauthorized { detail } = &e {
+                    self.set_unhealthy(ch, &msg.channel, detail).await;
+                }
+                // A 2xx we could not read may have been sent: keep the claim pending.
+                if !matches!(e, SendError::BadResponse { .. }) {
+                    if let Err(store) = outbox.release(msg, marker, super::now_ms()).await {
+                        tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key,
+                            error = %store, "could not release the outbox claim");
+                    }
+                }
+                if e.is_retryable() && head.attempts + 1 < opts.max_attempts.max(1) {
+                    let delay = opts.backoff.delay(&e, head.attempts).min(opts.backoff.max);
+                    tracing::info!(channel = %msg.channel, outbox_key = %msg.outbox_key,
+                        attempt = head.attempts + 1, delay_ms = delay.as_millis() as u64,
+                        error = %e, "send failed; the lane backs off");
+                    Attempt::Later {
+                        until_ms: super::now_ms().max(now_ms) + delay.as_millis() as i64,
+                        reason: WaitReason::Backoff,
+                        bump: true,
+                    }
+                } else {
+                    Attempt::Failed(e)
+                }
+            }
+        }
+    }
+
+    /// Waits for a reserved slot `wait` away, showing "typing…" on WAHA while a text waits
+    /// (best effort: a failed receipt or bubble never stops the message).
+    async fn wait_for_slot(
+        &self,
+        ch: &super::ChannelOut,
+        msg: &super::OutgoingMessage,
+        wait: Duration,
+    ) {
+        let typing = match (&ch.sender, &msg.reply) {
+            (Sender::Waha(w), Reply::Text { .. }) => Some(w),
+            _ => None,
+        };
+        if let Some(w) = typing {
+            if let Err(e) = w.send_seen(msg).await {
+                tracing::debug!(error = %e, "sendSeen failed");
+            }
+            if let Err(e) = w.start_typing(msg).await {
+                tracing::debug!(error = %e, "startTyping failed");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        if let Some(w) = typing {
+            if let Err(e) = w.stop_typing(msg).await {
+                tracing::debug!(error = %e, "stopTyping failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The outbound queue of a channel: every message to a customer waits here, in order per
+//! customer, until a sender takes its customer's **lane**.
+//!
+//! Shape (BullMQ Pro's "groups"): one FIFO list per (channel, customer) — the lane — and one
+//! sorted set of lanes that are ready, scored by the time they may next send (the end of a pair
+//! gap, a backoff, a rate slot). A sender takes the lanes whose time has come (`ZRANGEBYSCORE
+//! ready -inf now`), works the head of each, and gives each lane back with its next ready time.
+//! A customer waiting for its gap is simply not in the due part of the set, so it never delays
+//! anybody else; taking the next ready lane is O(log n) whatever the number of customers.
+//!
+//! Taken lanes are leased (`busy`: customer → lease expiry, `owner`: customer → grant token). A
+//! sender that dies loses its lanes when the lease expires; the next `take` by any process puts
+//! them back in `ready`, with their messages untouched and in order, so per-customer order holds
+//! across a takeover. Giving a lane back and deferring it are fenced by the grant token;
+//! settling a message is not (a result the provider gave is the truth whoever records it) but
+//! pops the lane head only if it is still that message.
+//!
+//! Each message also has a lifecycle record (`queued → sending → sent → delivered → read`, or
+//! `failed`), moved only forward, kept `record_ttl_ms` (`[sending] outbox_ttl_secs`).
+//!
+//! The Redis backend and the in-memory twin behave the same; `tests/outbound_queue.rs` runs one
+//! behaviour suite on both.
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryOutQueue;
+pub use self::redis::RedisOutQueue;
+
+use super::message::OutgoingMessage;
+use serde::{Deserialize, Serialize};
+
+/// One message in a lane (stored as JSON in the lane list).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub msg: OutgoingMessage,
+    /// When it was queued (ms): the age an operator sees.
+    pub queued_at: i64,
+    /// Failed attempts so far (retryable errors); bumped by [`OutQueue::defer`].
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl QueuedMessage {
+    pub fn new(msg: OutgoingMessage, queued_at: i64) -> Self {
+        QueuedMessage {
+            msg,
+            queued_at,
+            attempts: 0,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a queued message serializes")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, OutQueueError> {
+        serde_json::from_str(s).map_err(|e| OutQueueError::Decode(e.to_string()))
+    }
+}
+
+/// Where one outbound message stands. Ordered: a status only ever moves to a later one,
+/// except `Failed`, which may follow anything but `Read` (Meta can report a failure after
+/// `sent` or `delivered`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 6] = [
+        MessageStatus::Queued,
+        MessageStatus::Sending,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageStatus> {
+        MessageStatus::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The rank the Lua scripts compare (`queued` 0 … `read` 4, `failed` 5).
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// Whether a record at `self` may move to `next`.
+    pub fn may_move_to(self, next: MessageStatus) -> bool {
+        match next {
+            MessageStatus::Failed => self != MessageStatus::Read && self != MessageStatus::Failed,
+            _ => self != MessageStatus::Failed && next > self,
+        }
+    }
+}
+
+/// The lifecycle record of one outbound message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutRecord {
+    /// The message id: its outbox key.
+    pub id: String,
+    pub channel: String,
+    pub to: String,
+    /// The reply's `type` (`text`, `template`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: MessageStatus,
+    /// Meta's wamid or the gateway's id, once known.
+    pub wamid: Option<String>,
+    /// Why it failed: a snake_case code (`window_closed`, `undeliverable`, …) …
+    pub error_code: Option<String>,
+    /// … and the message.
+    pub error: Option<String>,
+    pub created_at: i64,
+    /// Every status it reached, with the time (ms), oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub status: MessageStatus,
+    pub at: i64,
+}
+
+/// A lane a sender took: work its head, then give it back ([`OutQueue::release`] or
+/// [`OutQueue::defer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneGrant {
+    pub channel: String,
+    pub customer: String,
+    /// `<owner>:<n>`, what the owner hash holds while the grant is valid.
+    pub token: String,
+}
+
+/// What [`OutQueue::take`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub lanes: Vec<LaneGrant>,
+    /// The earliest ready time of the lanes left waiting (ms), if any: when to look again.
+    pub next_ready_ms: Option<i64>,
+    /// Lanes whose lease had expired (their sender died) and were put back as ready.
+    pub reclaimed: u32,
+}
+
+/// Why a lane waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The customer's pair gap (WABA) or per-chat gap (Personal).
+    PairGap,
+    /// The channel's rate (or the Personal per-minute cap).
+    Rate,
+    /// Backing off after a retryable error (130429, 131056, 5xx, timeout).
+    Backoff,
+    /// An earlier send of the head may have left before a crash: waiting for its status.
+    InFlight,
+}
+
+impl WaitReason {
+    pub const ALL: [WaitReason; 4] = [
+        WaitReason::PairGap,
+        WaitReason::Rate,
+        WaitReason::Backoff,
+        WaitReason::InFlight,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::PairGap => "pair_gap",
+            WaitReason::Rate => "rate",
+            WaitReason::Backoff => "backoff",
+            WaitReason::InFlight => "in_flight",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WaitReason> {
+        WaitReason::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+}
+
+/// How a message left its lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Accepted by Meta / the gateway with this id (or found already sent).
+    Sent { wamid: String },
+    /// Given up: a snake_case code and the error text.
+    Failed { code: String, error: String },
+}
+
+/// What `coexist queues` shows for one channel's outbound side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutStats {
+    /// Messages queued and not yet settled.
+    pub backlog: u64,
+    /// Lanes whose time has come or will come (not taken).
+    pub lanes_ready: u64,
+    /// Lanes a sender holds now.
+    pub lanes_busy: u64,
+    /// Lanes set aside until a later time, by reason (`pair_gap`, `rate`, `backoff`, `in_flight`).
+    pub waiting: std::collections::BTreeMap<String, u64>,
+    /// Age of the oldest unsettled message (ms), 0 when none.
+    pub oldest_ms: u64,
+}
+
+/// Tunables shared by both backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutQueueOptions {
+    /// How long a lifecycle record (and the list index entry) is kept.
+    pub record_ttl_ms: u64,
+    /// How long a lane grant lasts before another sender may take the lane over.
+    pub lane_lease_ms: u64,
+}
+
+impl Default for OutQueueOptions {
+    fn default() -> Self {
+        OutQueueOptions {
+            record_ttl_ms: 30 * 24 * 3600 * 1000,
+            lane_lease_ms: 30_000,
+        }
+    }
+}
+
+impl OutQueueOptions {
+    /// The defaults, with what `[sending]` sets (`outbox_ttl_secs`, `lane_lease_ms`).
+    pub fn from_config(c: &crate::config::SendingConfig) -> Self {
+        let d = OutQueueOptions::default();
+        OutQueueOptions {
+            record_ttl_ms: c
+                .outbox_ttl_secs
+                .map_or(d.record_ttl_ms, |s| s.saturating_mul(1000)),
+            lane_lease_ms: c.lane_lease_ms.unwrap_or(d.lane_lease_ms).max(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutQueueError {
+    #[error("outbound queue: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("outbound queue: stored message is not valid: {0}")]
+    Decode(String),
+    #[error("outbound queue: unexpected reply {0}")]
+    UnexpectedReply(String),
+}
+
+/// The outbound queue, Redis-backed or in memory.
+#[derive(Clone, Debug)]
+pub enum OutQueue {
+    Redis(RedisOutQueue),
+    Memory(MemoryOutQueue),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            OutQueue::Redis(q) => q.$method($($arg),*).await,
+            OutQueue::Memory(q) => q.$method($($arg),*).await,
+        }
+    };
+}
+
+impl OutQueue {
+    /// Queues messages to `customer` of `channel`, in order, each once per outbox key (a key
+    /// already recorded is skipped). Creates each record (`queued`), appends to the lane, and
+    /// makes the lane ready now unless it is taken or already waiting. Returns how many were
+    /// new. (Replies of a handled event are queued by the worker's commit instead, in the same
+    /// atomic step as the state; this is for messages with no inbound event.)
+    pub async fn push(
+        &self,
+        channel: &str,
+        customer: &str,
+        messages: &[QueuedMessage],
+        now_ms: i64,
+    ) -> Result<usize, OutQueueError> {
+        dispatch!(self.push(channel, customer, messages, now_ms))
+    }
+
+    /// Takes up to `max` lanes of `channel` whose ready time is `<= now_ms`, leased to `owner`
+    /// for `lane_lease_ms`. First puts back as ready every lane whose lease expired.
+    pub async fn take(
+        &self,
+        channel: &str,
+        owner: &str,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Taken, OutQueueError> {
+        dispatch!(self.take(channel, owner, now_ms, max))
+    }
+
+    /// The head of a lane (the next message to send to that customer), if any.
+    pub async fn head(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Option<QueuedMessage>, OutQueueError> {
+        dispatch!(self.head(channel, customer))
+    }
+
+    /// Everything waiting in a customer's lane, oldest first (for operators and tests).
+    pub async fn lane(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Vec<QueuedMessage>, OutQueueError> {
+        dispatch!(self.lane(channel, customer))
+    }
+
+    /// The head is being sent: its record moves to `sending` (if it was `queued`), and the
+    /// lane lease is extended. `false` when the grant is no longer valid (stop working the lane).
+    pub async fn begin(
+        &self,
+        grant: &LaneGrant,
+        head: &QueuedMessage,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        dispatch!(self.begin(grant, head, now_ms))
+    }
+
+    /// The head left its lane: pops it (only if it is still the head), records the outcome
+    /// (sent: wamid, the idempotency marker `sent:<wamid>`, the wamid → message index; failed:
+    /// code and error), moves the record forward, and extends the grant if still held.
+    /// Idempotent: settling the same message twice changes nothing the second time.
+    pub async fn settle(
+        &self,
+        grant: &LaneGrant,
+        head: &QueuedMessage,
+        outcome: &Settle,
+        now_ms: i64,
+    ) -> Result<(), OutQueueError> {
+        dispatch!(self.settle(grant, head, outcome, now_ms))
+    }
+
+    /// Gives the lane back, to be taken again at `until_ms` (`reason` says why it waits;
+    /// `None` when it is simply ready). With `bump` the head's attempt count goes up by one
+    /// (only if `head` is still the head). Fenced: nothing happens when the grant is stale.
+    /// An empty lane is dropped instead of made ready. Returns whether the grant was valid.
+    pub async fn defer(
+        &self,
+        grant: &LaneGrant,
+        until_ms: i64,
+        reason: Option<WaitReason>,
+        bump: Option<&QueuedMessage>,
+    ) -> Result<bool, OutQueueError> {
+        dispatch!(self.defer(grant, until_ms, reason, bump))
+    }
+
+    /// Gives the lane back ready now: [`OutQueue::defer`] with no wait.
+    pub async fn release(&self, grant: &LaneGrant, now_ms: i64) -> Result<bool, OutQueueError> {
+        self.defer(grant, now_ms, None, None).await
+    }
+
+    /// A status webhook for message `id`: moves its record forward (never back; `failed` never
+    /// after `read`), keeping `wamid` and `error` when given. `false` when nothing changed
+    /// (unknown id, or not a move forward).
+    pub async fn advance(
+        &self,
+        channel: &str,
+        id: &str,
+        status: MessageStatus,
+        at_ms: i64,
+        wamid: Option<&str>,
+        error: Option<(&str, &str)>,
+    ) -> Result<bool, OutQueueError> {
+        dispatch!(self.advance(channel, id, status, at_ms, wamid, error))
+    }
+
+    /// The message id (outbox key) a provider message id belongs to, with its customer.
+    pub async fn find_by_wamid(
+        &self,
+        channel: &str,
+        wamid: &str,
+    ) -> Result<Option<(String, String)>, OutQueueError> {
+        dispatch!(self.find_by_wamid(channel, wamid))
+    }
+
+    /// One message's record.
+    pub async fn record(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<OutRecord>, OutQueueError> {
+        dispatch!(self.record(channel, id))
+    }
+
+    /// The newest `limit` records of a channel (newest first), only those at `status` if given.
+    pub async fn list(
+        &self,
+        channel: &str,
+        status: Option<MessageStatus>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<OutRecord>, OutQueueError> {
+        dispatch!(self.list(channel, status, limit, now_ms))
+    }
+
+    /// Backlog, lanes ready / busy / waiting by reason, oldest message age.
+    pub async fn stats(&self, channel: &str, now_ms: i64) -> Result<OutStats, OutQueueError> {
+        dispatch!(self.stats(channel, now_ms))
+    }
+}

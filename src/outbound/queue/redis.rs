@@ -1,0 +1,455 @@
+//! The outbound queue in Redis: lanes are lists, ready/busy lanes sorted sets, records hashes
+//! (see `lua/out_*.lua` for every multi-step change).
+
+use super::{
+    HistoryEntry, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord, OutStats,
+    QueuedMessage, Settle, Taken, WaitReason,
+};
+use crate::keys::Keys;
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+macro_rules! out_script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            redis::Script::new(concat!(
+                include_str!("../../lua/out_lib.lua"),
+                "\n",
+                include_str!(concat!("../../lua/", $file))
+            ))
+        })
+    };
+}
+
+static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua");
+static TAKE: LazyLock<redis::Script> = out_script!("out_take.lua");
+static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua");
+static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua");
+static DEFER: LazyLock<redis::Script> = out_script!("out_defer.lua");
+static ADVANCE: LazyLock<redis::Script> = out_script!("out_advance.lua");
+/// The worker's commit (state + timers + replies): it queues through the same `push` helper.
+pub(crate) static COMMIT: LazyLock<redis::Script> = out_script!("commit.lua");
+
+/// Most lanes one take hands out (a Lua number must stay an integer for `LIMIT`).
+pub(crate) const MAX_TAKE: usize = 10_000;
+
+/// Approximate cap of a channel's audit stream.
+const AUDIT_MAXLEN: u64 = 10_000;
+
+#[derive(Clone)]
+pub struct RedisOutQueue {
+    con: ConnectionManager,
+    keys: Keys,
+    options: OutQueueOptions,
+}
+
+impl std::fmt::Debug for RedisOutQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisOutQueue({})", self.keys.prefix())
+    }
+}
+
+impl RedisOutQueue {
+    pub fn new(con: ConnectionManager, keys: Keys, options: OutQueueOptions) -> Self {
+        RedisOutQueue { con, keys, options }
+    }
+
+    pub fn options(&self) -> OutQueueOptions {
+        self.options
+    }
+
+    pub(crate) async fn push(
+        &self,
+        channel: &str,
+        customer: &str,
+        messages: &[QueuedMessage],
+        now_ms: i64,
+    ) -> Result<usize, OutQueueError> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let k = &self.keys;
+        let mut inv = PUSH.prepare_invoke();
+        inv.key(k.out_lane(channel, customer))
+            .key(k.out_ready(channel))
+            .key(k.out_busy(channel))
+            .key(k.out_queued(channel))
+            .key(k.out_index(channel));
+        for m in messages {
+            inv.key(k.out_record(channel, &m.msg.outbox_key));
+        }
+        inv.arg(customer)
+            .arg(now_ms)
+            .arg(self.options.record_ttl_ms);
+        for m in messages {
+            inv.arg(&m.msg.outbox_key)
+                .arg(m.to_json())
+                .arg(m.msg.reply.type_name());
+        }
+        let mut con = self.con.clone();
+        let added: i64 = inv.invoke_async(&mut con).await?;
+        Ok(added.max(0) as usize)
+    }
+
+    pub(crate) async fn take(
+        &self,
+        channel: &str,
+        owner: &str,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Taken, OutQueueError> {
+        let k = &self.keys;
+        let mut con = self.con.clone();
+        let reply: Vec<redis::Value> = TAKE
+            .key(k.out_ready(channel))
+            .key(k.out_busy(channel))
+            .key(k.out_owner(channel))
+            .key(k.out_grants(channel))
+            .key(k.out_wait(channel))
+            .arg(now_ms)
+            .arg(self.options.lane_lease_ms)
+            .arg(owner)
+            .arg(max.min(MAX_TAKE))
+            .invoke_async(&mut con)
+            .await?;
+        let text = |v: &redis::Value| -> Result<String, OutQueueError> {
+            redis::from_redis_value_ref::<String>(v)
+                .map_err(|e| OutQueueError::UnexpectedReply(e.to_string()))
+        };
+        let int = |v: &redis::Value| -> Result<i64, OutQueueError> {
+            redis::from_redis_value_ref::<i64>(v)
+                .map_err(|e| OutQueueError::UnexpectedReply(e.to_string()))
+        };
+        if reply.len() < 2 || reply.len() % 2 != 0 {
+            return Err(OutQueueError::UnexpectedReply(format!("{reply:?}")));
+        }
+        let next = int(&reply[1])?;
+        let mut lanes = Vec::with_capacity(reply.len() / 2 - 1);
+        for pair in reply[2..].chunks(2) {
+            lanes.push(LaneGrant {
+                channel: channel.to_string(),
+                customer: text(&pair[0])?,
+                token: text(&pair[1])?,
+            });
+        }
+        Ok(Taken {
+            lanes,
+            next_ready_ms: (next >= 0).then_some(next),
+            reclaimed: int(&reply[0])?.max(0) as u32,
+        })
+    }
+
+    pub(crate) async fn head(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Option<QueuedMessage>, OutQueueError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = redis::cmd("LINDEX")
+            .arg(self.keys.out_lane(channel, customer))
+            .arg(0)
+            .query_async(&mut con)
+            .await?;
+        raw.as_deref().map(QueuedMessage::from_json).transpose()
+    }
+
+    pub(crate) async fn lane(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Vec<QueuedMessage>, OutQueueError> {
+        let mut con = self.con.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.out_lane(channel, customer))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        raw.iter().map(|s| QueuedMessage::from_json(s)).collect()
+    }
+
+    pub(crate) async fn begin(
+        &self,
+        grant: &LaneGrant,
+        head: &QueuedMessage,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        let k = &self.keys;
+        let ch = &grant.channel;
+        let mut con = self.con.clone();
+        let held: i64 = BEGIN
+            .key(k.out_record(ch, &head.msg.outbox_key))
+            .key(k.out_busy(ch))
+            .key(k.out_owner(ch))
+            .arg(&grant.customer)
+            .arg(&grant.token)
+            .arg(now_ms)
+            .arg(self.options.lane_lease_ms)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub(crate) async fn settle(
+        &self,
+        grant: &LaneGrant,
+        head: &QueuedMessage,
+        outcome: &Settle,
+        now_ms: i64,
+    ) -> Result<(), OutQueueError> {
+        let k = &self.keys;
+        let ch = &grant.channel;
+        let id = &head.msg.outbox_key;
+        let (kind, detail, error) = match outcome {
+            Settle::Sent { wamid } => ("sent", wamid.as_str(), ""),
+            Settle::Failed { code, error } => ("failed", code.as_str(), error.as_str()),
+        };
+        let wamid_key = match outcome {
+            Settle::Sent { wamid } => k.sent_message(ch, wamid),
+            Settle::Failed { .. } => k.sent_message(ch, ""),
+        };
+        let mut con = self.con.clone();
+        let _: i64 = SETTLE
+            .key(k.out_lane(ch, &grant.customer))
+            .key(k.out_record(ch, id))
+            .key(k.out_queued(ch))
+            .key(k.out_busy(ch))
+            .key(k.out_owner(ch))
+            .key(k.sent(ch, id))
+            .key(wamid_key)
+            .key(k.outbox(ch))
+            .arg(head.to_json())
+            .arg(id)
+            .arg(&grant.customer)
+            .arg(&grant.token)
+            .arg(now_ms)
+            .arg(self.options.lane_lease_ms)
+            .arg(self.options.record_ttl_ms)
+            .arg(kind)
+            .arg(detail)
+            .arg(error)
+            .arg(head.msg.reply.type_name())
+            .arg(if head.msg.reply.is_message() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(AUDIT_MAXLEN)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn defer(
+        &self,
+        grant: &LaneGrant,
+        until_ms: i64,
+        reason: Option<WaitReason>,
+        bump: Option<&QueuedMessage>,
+    ) -> Result<bool, OutQueueError> {
+        let k = &self.keys;
+        let ch = &grant.channel;
+        let (old, new) = match bump {
+            Some(head) => {
+                let mut next = head.clone();
+                next.attempts += 1;
+                (head.to_json(), next.to_json())
+            }
+            None => (String::new(), String::new()),
+        };
+        let mut con = self.con.clone();
+        let held: i64 = DEFER
+            .key(k.out_lane(ch, &grant.customer))
+            .key(k.out_ready(ch))
+            .key(k.out_busy(ch))
+            .key(k.out_owner(ch))
+            .key(k.out_wait(ch))
+            .arg(&grant.customer)
+            .arg(&grant.token)
+            .arg(until_ms)
+            .arg(reason.map_or("", WaitReason::as_str))
+            .arg(old)
+            .arg(new)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub(crate) async fn advance(
+        &self,
+        channel: &str,
+        id: &str,
+        status: MessageStatus,
+        at_ms: i64,
+        wamid: Option<&str>,
+        error: Option<(&str, &str)>,
+    ) -> Result<bool, OutQueueError> {
+        let (code, text) = error.unwrap_or(("", ""));
+        let mut con = self.con.clone();
+        let moved: i64 = ADVANCE
+            .key(self.keys.out_record(channel, id))
+            .arg(status.as_str())
+            .arg(at_ms)
+            .arg(wamid.unwrap_or(""))
+            .arg(code)
+            .arg(text)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    pub(crate) async fn find_by_wamid(
+        &self,
+        channel: &str,
+        wamid: &str,
+    ) -> Result<Option<(String, String)>, OutQueueError> {
+        let mut con = self.con.clone();
+        let v: Option<String> = redis::cmd("GET")
+            .arg(self.keys.sent_message(channel, wamid))
+            .query_async(&mut con)
+            .await?;
+        Ok(v.and_then(|v| {
+            v.split_once('\n')
+                .map(|(id, to)| (id.to_string(), to.to_string()))
+        }))
+    }
+
+    pub(crate) async fn record(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<OutRecord>, OutQueueError> {
+        let mut con = self.con.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.out_record(channel, id))
+            .query_async(&mut con)
+            .await?;
+        Ok(decode_record(channel, id, &fields))
+    }
+
+    pub(crate) async fn list(
+        &self,
+        channel: &str,
+        status: Option<MessageStatus>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<OutRecord>, OutQueueError> {
+        let index = self.keys.out_index(channel);
+        let mut con = self.con.clone();
+        let oldest = now_ms.saturating_sub(self.options.record_ttl_ms as i64);
+        let _: i64 = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(format!("({oldest}"))
+            .query_async(&mut con)
+            .await?;
+        const PAGE: usize = 200;
+        let mut found = Vec::new();
+        let mut start = 0;
+        while found.len() < limit {
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&index)
+                .arg(start)
+                .arg(start + PAGE - 1)
+                .query_async(&mut con)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGETALL").arg(self.keys.out_record(channel, id));
+            }
+            let records: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+            for (id, fields) in ids.iter().zip(records) {
+                if let Some(r) = decode_record(channel, id, &fields) {
+                    if status.is_none_or(|s| r.status == s) && found.len() < limit {
+                        found.push(r);
+                    }
+                }
+            }
+            start += PAGE;
+        }
+        Ok(found)
+    }
+
+    pub(crate) async fn stats(
+        &self,
+        channel: &str,
+        now_ms: i64,
+    ) -> Result<OutStats, OutQueueError> {
+        let k = &self.keys;
+        let mut con = self.con.clone();
+        let (backlog, oldest, ready, busy, waits): (
+            u64,
+            Vec<(String, f64)>,
+            u64,
+            u64,
+            Vec<String>,
+        ) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(k.out_queued(channel))
+            .cmd("ZRANGE")
+            .arg(k.out_queued(channel))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZCARD")
+            .arg(k.out_ready(channel))
+            .cmd("ZCARD")
+            .arg(k.out_busy(channel))
+            .cmd("HVALS")
+            .arg(k.out_wait(channel))
+            .query_async(&mut con)
+            .await?;
+        let mut waiting = std::collections::BTreeMap::new();
+        for w in waits {
+            *waiting.entry(w).or_insert(0) += 1;
+        }
+        let waiting_total: u64 = waiting.values().sum();
+        Ok(OutStats {
+            backlog,
+            lanes_ready: ready.saturating_sub(waiting_total),
+            lanes_busy: busy,
+            waiting,
+            oldest_ms: oldest
+                .first()
+                .map_or(0, |(_, at)| now_ms.saturating_sub(*at as i64).max(0) as u64),
+        })
+    }
+}
+
+/// A record from its hash fields (`None` when the hash is empty or unreadable).
+pub(crate) fn decode_record(
+    channel: &str,
+    id: &str,
+    f: &HashMap<String, String>,
+) -> Option<OutRecord> {
+    let status = MessageStatus::parse(f.get("st")?)?;
+    Some(OutRecord {
+        id: id.to_string(),
+        channel: channel.to_string(),
+        to: f.get("to").cloned().unwrap_or_default(),
+        kind: f.get("type").cloned().unwrap_or_default(),
+        status,
+        wamid: f.get("wamid").cloned(),
+        error_code: f.get("ecode").cloned(),
+        error: f.get("err").cloned(),
+        created_at: f.get("created").and_then(|c| c.parse().ok()).unwrap_or(0),
+        history: decode_history(f.get("hist").map_or("", String::as_str)),
+    })
+}
+
+/// `"queued:1700…,sending:1700…"` → entries.
+pub(crate) fn decode_history(s: &str) -> Vec<HistoryEntry> {
+    s.split(',')
+        .filter_map(|part| {
+            let (status, at) = part.split_once(':')?;
+            Some(HistoryEntry {
+                status: MessageStatus::parse(status)?,
+                at: at.parse().ok()?,
+            })
+        })
+        .collect()
+}
