@@ -57,7 +57,32 @@ pub struct Config {
     pub bot: BotConfig,
     pub worker: WorkerConfig,
     pub sending: SendingConfig,
+    /// `[api]`: the send API. `None` (no table): the `/v1` routes answer 404.
+    pub api: Option<ApiConfig>,
 }
+
+/// `[api]`: who may use the send API, and what a broadcast skips.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Every key accepted in `Authorization: Bearer <key>` (several during a rotation).
+    pub keys: Vec<Secret>,
+    /// How long an `Idempotency-Key` is remembered (default 86400: one day).
+    pub idempotency_ttl_secs: u64,
+    /// A customer whose last message is one of these words (any case, trimmed) has opted out:
+    /// broadcasts skip them (default STOP, UNSUBSCRIBE, CANCEL, QUIT, END, STOPALL, OPTOUT).
+    pub opt_out_words: Vec<String>,
+}
+
+/// The opt-out words a broadcast honours when `[api] opt_out_words` is not set.
+pub const DEFAULT_OPT_OUT_WORDS: [&str; 7] = [
+    "STOP",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "QUIT",
+    "END",
+    "STOPALL",
+    "OPTOUT",
+];
 
 /// `[sending]`: how the senders wait and retry. Every key is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -165,6 +190,12 @@ pub struct ChannelConfig {
     pub max_per_minute: u32,
     /// Personal channels: random extra delay up to this many ms before each send.
     pub jitter_ms: u64,
+    /// WABA: unique customers reached outside a service window in a moving 24 h (Meta's
+    /// messaging limit tier); 0 = unlimited.
+    pub messaging_limit_per_day: u32,
+    /// WABA channels with the same portfolio share one messaging-limit counter (Meta counts
+    /// per business portfolio); `None`: the channel counts alone.
+    pub portfolio: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +252,16 @@ struct RawFile {
     worker: RawWorker,
     #[serde(default)]
     sending: SendingConfig,
+    api: Option<Spanned<RawApi>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+    idempotency_ttl_secs: Option<u64>,
+    opt_out_words: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +311,8 @@ struct RawChannel {
     pair_gap_ms: Option<u64>,
     max_per_minute: Option<u32>,
     jitter_ms: Option<u64>,
+    messaging_limit_per_day: Option<u32>,
+    portfolio: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +459,40 @@ impl Ctx<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// `[api]`: keys only through `${VAR}` (a key written in the file is refused), at least
+    /// one set.
+    fn api(&self, raw: &Option<Spanned<RawApi>>) -> Result<Option<ApiConfig>, ConfigError> {
+        let Some(spanned) = raw else {
+            return Ok(None);
+        };
+        let a = spanned.get_ref();
+        for (i, k) in a.keys.iter().enumerate() {
+            if !k.get_ref().contains("${") {
+                return self.err(
+                    k.span(),
+                    &format!("api.keys[{i}]"),
+                    "API keys come from the environment: write \"${VAR}\" and export VAR",
+                );
+            }
+        }
+        let keys = self.secrets(&a.keys, "api.keys")?;
+        if keys.is_empty() {
+            return self.err(
+                spanned.span(),
+                "api.keys",
+                "no API key is set: keys = [\"${COEXIST_API_KEY}\"] and export the variable (or remove the [api] table to turn the send API off)",
+            );
+        }
+        Ok(Some(ApiConfig {
+            keys,
+            idempotency_ttl_secs: a.idempotency_ttl_secs.unwrap_or(24 * 3600).max(1),
+            opt_out_words: a
+                .opt_out_words
+                .clone()
+                .unwrap_or_else(|| DEFAULT_OPT_OUT_WORDS.map(String::from).to_vec()),
+        }))
     }
 
     fn build(&self, raw: RawFile) -> Result<Config, ConfigError> {
@@ -608,6 +685,8 @@ impl Ctx<'_> {
                     ChannelKind::Waba => 0,
                     ChannelKind::Personal => 1_500,
                 }),
+                messaging_limit_per_day: c.messaging_limit_per_day.unwrap_or(0),
+                portfolio: c.portfolio.clone().filter(|p| !p.is_empty()),
             });
         }
         debug_assert!(!ids.contains_key(UNROUTED_CHANNEL));
@@ -680,6 +759,7 @@ impl Ctx<'_> {
             bot,
             worker,
             sending: raw.sending.clone(),
+            api: self.api(&raw.api)?,
         })
     }
 }

@@ -1,12 +1,14 @@
 //! The HTTP layer (actix-web) — the only module that knows HTTP servers exist.
 //!
 //! Routes: `GET|POST /webhooks/meta`, `POST /webhooks/personal/{channel}`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`. Each handler reads the raw body (verification needs the
+//! `GET /readyz`, `GET /metrics`, and the send API under `/v1` (404 without `[api]`; see
+//! [`crate::api`]: JSON in and out, errors as `{"error": {"code", "message", …}}`). Each handler reads the raw body (verification needs the
 //! exact bytes), calls [`Ingest`], and maps its typed errors to status codes:
 //! missing signature 401, wrong signature 403, unreadable body 400, unknown channel 404,
 //! body too large 413, queue unavailable 503 (so Meta and WAHA retry). 200 only after the
 //! queue confirmed every event.
 
+use crate::api::{ApiError, SendApi};
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::verify::SignatureError;
 use actix_web::http::StatusCode;
@@ -23,6 +25,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub ingest: Ingest,
     pub max_body_bytes: usize,
+    /// The send API; `None` without an `[api]` table (its routes answer 404).
+    pub api: Option<SendApi>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +217,120 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.ingest.metrics().render())
 }
 
+// ------------------------------------------------------------------ the send API
+
+fn api_response(
+    route: &'static str,
+    state: &AppState,
+    result: Result<(u16, serde_json::Value), ApiError>,
+) -> HttpResponse {
+    let (status, body, outcome) = match result {
+        Ok((status, body)) => (status, body, "ok"),
+        Err(e) => (e.status, e.body(), e.code),
+    };
+    state.ingest.metrics().inc(
+        "coexist_http_requests_total",
+        &[("route", route), ("outcome", outcome)],
+    );
+    let mut res = HttpResponse::build(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    if status == 503 {
+        res.insert_header(("Retry-After", "5"));
+    }
+    res.content_type("application/json").body(body.to_string())
+}
+
+/// The API of this state after the key check: 404 without `[api]`, 401 without a good key.
+fn api_of<'a>(req: &HttpRequest, state: &'a AppState) -> Result<&'a SendApi, ApiError> {
+    let api = state
+        .api
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the send API is off (no [api] table)"))?;
+    api.authorize(header(req, "authorization"))?;
+    Ok(api)
+}
+
+async fn api_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    read_body(req, payload, limit).await.map_err(|e| match e {
+        HttpError::TooLarge(n) => ApiError {
+            status: 413,
+            code: "too_large",
+            message: format!("body larger than {n} bytes"),
+            extra: Vec::new(),
+        },
+        other => ApiError {
+            status: 400,
+            code: "invalid_request",
+            message: other.to_string(),
+            extra: Vec::new(),
+        },
+    })
+}
+
+async fn api_send(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        let body = api_body(&req, payload, state.max_body_bytes).await?;
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let accepted = api
+            .send_body(&path, &body, key, crate::ingest::now_ms())
+            .await?;
+        Ok((
+            202,
+            serde_json::json!({"id": accepted.id, "status": accepted.status}),
+        ))
+    }
+    .await;
+    api_response("api_messages", &state, result)
+}
+
+async fn api_message(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        let (channel, id) = path.into_inner();
+        Ok((200, api.message(&channel, &id).await?))
+    }
+    .await;
+    api_response("api_message", &state, result)
+}
+
+/// Any other `/v1` path: JSON 404 (or 401 first, so paths are not probed without a key).
+async fn api_unknown(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let result = api_of(&req, &state).and_then(|_| {
+        Err(ApiError::not_found(format!(
+            "no route {} {}",
+            req.method(),
+            req.path()
+        )))
+    });
+    api_response("api_unknown", &state, result)
+}
+
 /// The routes, for `App::configure`; the handlers read `web::Data<AppState>`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/channels/{channel}/messages", web::post().to(api_send))
+        .route(
+            "/v1/channels/{channel}/messages/{id}",
+            web::get().to(api_message),
+        )
+        .route("/v1/{tail:.*}", web::route().to(api_unknown));
     cfg.route("/webhooks/meta", web::get().to(meta_handshake))
         .route("/webhooks/meta", web::post().to(meta_post))
         .route(

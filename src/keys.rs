@@ -153,6 +153,11 @@ impl Keys {
         self.channel_key(channel, "out:index")
     }
 
+    /// An `Idempotency-Key` of the send API: `<body hash>\n<message id>`.
+    pub fn out_idempotency(&self, channel: &str, key: &str) -> String {
+        self.channel_key(channel, &format!("out:idem:{key}"))
+    }
+
     /// Registry of live workers (not per channel: one key for the whole deployment).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
@@ -191,6 +196,7 @@ mod tests {
             k.out_record("shop", "e:0"),
             k.out_queued("shop"),
             k.out_index("shop"),
+            k.out_idempotency("shop", "k-1"),
         ] {
             assert!(key.starts_with("cx:{shop}:"), "{key}");
         }

@@ -18,6 +18,7 @@ pub mod wire;
 pub use channel::ChannelKind;
 pub use config::Config;
 pub use event::{Event, EventType};
+pub mod api;
 pub mod bot;
 pub mod ingest;
 pub mod ingress;

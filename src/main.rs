@@ -52,6 +52,37 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Send one message on a channel, through the send API's code path: checked against the
+    /// customer's window, queued in their lane; prints {"id", "status"}.
+    Send {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// The recipient: wa_id, business-scoped user id, or WAHA chat id.
+        #[arg(long)]
+        to: String,
+        /// A free-form text.
+        #[arg(
+            long,
+            conflicts_with = "template",
+            required_unless_present = "template"
+        )]
+        text: Option<String>,
+        /// An approved template's name (WABA only).
+        #[arg(long)]
+        template: Option<String>,
+        /// The template's language code.
+        #[arg(long, default_value = "en_US", requires = "template")]
+        language: String,
+        /// Template parameters: a JSON array of strings (the body's {{1}}, {{2}}, …) or of
+        /// component objects as Meta takes them.
+        #[arg(long, requires = "template")]
+        params: Option<String>,
+        /// Sends once per key, also when the command is run again.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Outbound messages and their lifecycle (queued, sending, sent, delivered, read, failed).
     Outbox {
         #[command(subcommand)]
@@ -159,6 +190,27 @@ fn main() -> ExitCode {
         Command::Queues { config, json } => queues(&config, json),
         Command::Dlq { action } => dlq(action),
         Command::Outbox { action } => outbox(action),
+        Command::Send {
+            config,
+            channel,
+            to,
+            text,
+            template,
+            language,
+            params,
+            idempotency_key,
+        } => send(
+            &config,
+            &channel,
+            SendWhat {
+                to,
+                text,
+                template,
+                language,
+                params,
+            },
+            idempotency_key.as_deref(),
+        ),
         Command::Parse { file, config } => parse(file.as_deref(), config.as_deref()),
         Command::Sign { secret, algo, file } => sign(&secret, algo.into(), file.as_deref()),
         Command::Replay {
@@ -212,6 +264,7 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
                 Box::pin(async move {
                     let queue = coexist::runtime::connect_queue(&config).await.map_err(|e| format!("{e:#}"))?;
                     Ok(coexist::ingress::AppState {
+                        api: coexist::runtime::send_api(&config, &queue),
                         ingest: coexist::runtime::ingest(&config, queue, metrics),
                         max_body_bytes: config.server.max_body_bytes,
                     })
@@ -220,6 +273,8 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
             memory => coexist::ingress::shared_state(coexist::ingress::AppState {
                 ingest: coexist::runtime::ingest(&config, memory, metrics),
                 max_body_bytes: config.server.max_body_bytes,
+                // No sender runs in a `serve` on the embedded queue: the API lives in `run`.
+                api: None,
             }),
         };
         coexist::ingress::server_with(factory, listener, workers)?.await?;
@@ -327,6 +382,87 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
             }
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// What `coexist send` was asked to send.
+struct SendWhat {
+    to: String,
+    text: Option<String>,
+    template: Option<String>,
+    language: String,
+    params: Option<String>,
+}
+
+impl SendWhat {
+    /// The request body the API would get for these flags.
+    fn body(&self) -> Result<serde_json::Value> {
+        use serde_json::json;
+        match (&self.text, &self.template) {
+            (Some(text), _) => Ok(json!({"to": self.to, "type": "text", "text": text})),
+            (None, Some(name)) => {
+                let components = match &self.params {
+                    None => json!([]),
+                    Some(p) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(p).context("--params: expected a JSON array")?;
+                        match v.as_array() {
+                            Some(a) if a.iter().all(|x| x.is_string()) => json!([{
+                                "type": "body",
+                                "parameters": a.iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>(),
+                            }]),
+                            Some(a) if a.iter().all(|x| x.is_object()) => v.clone(),
+                            _ => {
+                                bail!("--params: a JSON array of strings, or of component objects")
+                            }
+                        }
+                    }
+                };
+                Ok(json!({"to": self.to, "type": "template", "name": name,
+                          "language": self.language, "components": components}))
+            }
+            (None, None) => bail!("--text or --template"),
+        }
+    }
+}
+
+fn send(
+    config_path: &Path,
+    channel: &str,
+    what: SendWhat,
+    idempotency_key: Option<&str>,
+) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    require_redis(&config, config_path, "send")?;
+    let body = what.body()?.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let queue = coexist::runtime::connect_queue(&config).await?;
+        let api = coexist::runtime::send_api_of(&config, &queue).context("no outbound queue")?;
+        match api
+            .send_body(
+                channel,
+                body.as_bytes(),
+                idempotency_key,
+                coexist::ingest::now_ms(),
+            )
+            .await
+        {
+            Ok(accepted) => {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": accepted.id, "status": accepted.status})
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("{}", e.body());
+                eprintln!("coexist: not sent: {e}");
+                Ok(ExitCode::from(if e.status == 503 { 1 } else { 2 }))
+            }
+        }
     })
 }
 

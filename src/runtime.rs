@@ -199,13 +199,15 @@ fn run_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> 
         let worker = worker_with_bot(config, queue.clone(), metrics.clone(), id, bot)?;
         // Statuses of our own sends go into the worker's outbox as they arrive.
         let outbox = worker.outbox();
+        // The send API queues into the worker's own outbound queue and wakes its sender.
+        let api = worker.send_api(config);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker_task = tokio::spawn(worker.run(stopped));
         let ingest = crate::ingest::Ingest::new(config, queue, metrics).with_outbox(outbox);
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
-        let state = crate::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes };
+        let state = crate::ingress::AppState { ingest, max_body_bytes: config.server.max_body_bytes, api };
         // The HTTP server stops on SIGTERM / SIGINT; then the worker finishes in-flight events.
         let served = crate::ingress::server(state, listener, Some(config.server.http_workers(config.redis.as_ref())))?.await;
         let _ = stop.send(true);
@@ -254,6 +256,25 @@ pub fn out_queue(config: &Config, queue: &Queue) -> Option<crate::outbound::OutQ
         }
         Queue::Memory(_) => None,
     }
+}
+
+/// The send API over the Redis of `queue` (`None` without `[api]`, or on the embedded queue:
+/// a `serve` process has no sender of its own; `run` builds its API from its worker).
+pub fn send_api(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
+    config.api.as_ref()?;
+    send_api_of(config, queue)
+}
+
+/// The send API over the Redis of `queue` whatever `[api]` says (the CLI's `send`);
+/// `None` on the embedded queue.
+pub fn send_api_of(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
+    let out = out_queue(config, queue)?;
+    Some(crate::api::SendApi::new(
+        config,
+        queue.clone(),
+        conversation_store(config, queue),
+        out,
+    ))
 }
 
 /// The ingress pipeline for `queue`, recording statuses of our own sends in its outbox.

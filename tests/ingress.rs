@@ -113,6 +113,7 @@ fn start_ingress(config: Config) -> Ingress {
             let state = AppState {
                 ingest,
                 max_body_bytes: config.server.max_body_bytes,
+                api: None,
             };
             let server = ingress::server(state, listener, Some(1)).unwrap();
             tx.send((format!("http://127.0.0.1:{port}"), server.handle(), metrics))

@@ -16,6 +16,16 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/conv_save.lua")));
+static NOTE_OUTBOUND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/conv_note_outbound.lua")));
+
+/// The state with the last outbound time noted beside it (`lo`) merged in.
+fn with_outbound(mut state: ConversationState, noted: Option<i64>) -> ConversationState {
+    if let Some(at) = noted {
+        state.last_outbound_ms = Some(state.last_outbound_ms.map_or(at, |t| t.max(at)));
+    }
+    state
+}
 
 /// The partition lease a writer holds. The queue's lease converts into this.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +103,25 @@ impl ConversationStore {
         match self {
             ConversationStore::Redis(s) => s.save(fence, channel, contact, state).await,
             ConversationStore::Memory(s) => s.save(fence, channel, contact, state),
+        }
+    }
+
+    /// Notes a message the business sent outside any handled event (the send API): the
+    /// conversation's last outbound time moves to `at_ms` if that is later. Kept beside the
+    /// state (not in it), because only the partition's lease holder writes the state; `load`
+    /// merges it. It never touches the window.
+    pub async fn note_outbound(
+        &self,
+        channel: &str,
+        contact: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            ConversationStore::Redis(s) => s.note_outbound(channel, contact, at_ms).await,
+            ConversationStore::Memory(s) => {
+                s.note_outbound(channel, contact, at_ms);
+                Ok(())
+            }
         }
     }
 
@@ -181,16 +210,34 @@ impl RedisConversationStore {
     ) -> Result<Option<ConversationState>, StoreError> {
         let key = self.keys.conversation(channel, contact);
         let mut con = self.con.clone();
-        let (json, version): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("s")
-            .arg("v")
-            .query_async(&mut con)
-            .await?;
+        let (json, version, outbound): (Option<String>, Option<u64>, Option<i64>) =
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("s")
+                .arg("v")
+                .arg("lo")
+                .query_async(&mut con)
+                .await?;
         match json {
             None => Ok(None),
-            Some(json) => decode(&key, &json, version.unwrap_or(0)).map(Some),
+            Some(json) => decode(&key, &json, version.unwrap_or(0))
+                .map(|state| Some(with_outbound(state, outbound))),
         }
+    }
+
+    pub async fn note_outbound(
+        &self,
+        channel: &str,
+        contact: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: i64 = NOTE_OUTBOUND
+            .key(self.keys.conversation(channel, contact))
+            .arg(at_ms)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
     }
 
     pub async fn save(
@@ -282,6 +329,8 @@ impl Entry {
 #[derive(Default)]
 struct MemoryStates {
     map: HashMap<(String, String), Entry>,
+    /// Last outbound times noted beside the states (the `lo` field in Redis).
+    outbound: HashMap<(String, String), i64>,
     saves: u64,
 }
 
@@ -321,7 +370,8 @@ impl MemoryConversationStore {
         let mut states = self.lock();
         match states.map.get(&key) {
             Some(e) if e.live(Instant::now()) => {
-                decode(&format!("{channel}/{contact}"), &e.json, e.version).map(Some)
+                decode(&format!("{channel}/{contact}"), &e.json, e.version)
+                    .map(|s| Some(with_outbound(s, states.outbound.get(&key).copied())))
             }
             Some(_) => {
                 states.map.remove(&key);
@@ -393,6 +443,20 @@ impl MemoryConversationStore {
         );
         and_then();
         Ok(SaveOutcome::Saved { version })
+    }
+
+    pub fn note_outbound(&self, channel: &str, contact: &str, at_ms: i64) {
+        let mut states = self.lock();
+        if states.outbound.len() > 100_000 {
+            let live: std::collections::HashSet<(String, String)> =
+                states.map.keys().cloned().collect();
+            states.outbound.retain(|k, _| live.contains(k));
+        }
+        let key = (channel.to_owned(), contact.to_owned());
+        if states.map.contains_key(&key) {
+            let noted = states.outbound.entry(key).or_insert(at_ms);
+            *noted = (*noted).max(at_ms);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryStates> {

@@ -495,6 +495,15 @@ impl MemoryQueue {
         Ok(true)
     }
 
+    /// The canonical conversation of a customer id (see [`super::Queue::conversation_of`]).
+    pub fn conversation_of(&self, channel: &str, contact: &str) -> Option<String> {
+        self.state()
+            .aliases
+            .get(channel)
+            .and_then(|a| a.get(contact))
+            .map(|(_, c)| c.clone())
+    }
+
     /// Disarms `cancel` and arms `arm` (member, due ms) at once.
     pub async fn replace_timers(
         &self,

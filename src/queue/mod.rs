@@ -316,6 +316,19 @@ impl Queue {
         }
     }
 
+    /// The canonical conversation an id of a customer belongs to on a channel (the alias map
+    /// ingress keeps: one person, one conversation), `None` when the id was never seen.
+    pub async fn conversation_of(
+        &self,
+        channel: &str,
+        contact: &str,
+    ) -> Result<Option<String>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.conversation_of(channel, contact).await,
+            Queue::Memory(q) => Ok(q.conversation_of(channel, contact)),
+        }
+    }
+
     /// Readiness: is the backing store reachable?
     pub async fn ping(&self) -> Result<(), QueueError> {
         match self {

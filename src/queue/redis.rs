@@ -178,6 +178,20 @@ impl RedisQueue {
     }
 
     /// Readiness probe.
+    pub async fn conversation_of(
+        &self,
+        channel: &str,
+        contact: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(self.inner.keys.aliases(channel))
+            .arg(contact)
+            .query_async(&mut self.conn())
+            .await?;
+        // `<partition>:<canonical conversation>`
+        Ok(v.and_then(|v| v.split_once(':').map(|(_, c)| c.to_string())))
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

@@ -256,6 +256,16 @@ impl Worker {
         &self.shared.out
     }
 
+    /// The send API over this worker's stores, waking its sender (`None` without `[api]`).
+    pub fn send_api(&self, config: &Config) -> Option<crate::api::SendApi> {
+        config.api.as_ref()?;
+        let s = &self.shared;
+        Some(
+            crate::api::SendApi::new(config, s.queue.clone(), s.store.clone(), s.out.clone())
+                .with_waker(s.wake.clone()),
+        )
+    }
+
     /// Overrides the sender's tunables taken from `[sending]`.
     pub fn with_sending(mut self, sending: LaneSettings) -> Self {
         self.shared_mut().sending = sending;

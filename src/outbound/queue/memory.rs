@@ -13,8 +13,8 @@
 //! entry here (the outbox has no call that logs a free code and text); Redis's script does.
 
 use super::{
-    HistoryEntry, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord, OutStats,
-    QueuedMessage, Settle, Taken, WaitReason,
+    HistoryEntry, Idempotency, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord,
+    OutStats, QueuedMessage, Settle, Submitted, Taken, WaitReason,
 };
 use crate::outbound::message::Sent;
 use crate::outbound::outbox::{Outbox, OutboxError, SentRef};
@@ -28,9 +28,15 @@ const RECLAIM_BATCH: usize = 256;
 /// count left), so a long-running process does not keep expired records forever.
 const SWEEP_MIN: usize = 1024;
 
+/// (channel, Idempotency-Key) → (body hash, message id, expires at).
+type IdempotencyKeys = HashMap<(String, String), (String, String, i64)>;
+
 #[derive(Clone)]
 pub struct MemoryOutQueue {
     state: Arc<Mutex<State>>,
+    /// (channel, Idempotency-Key) → (body hash, message id, expires at): `out:idem:<key>`.
+    /// Locked before `state` when both are needed (only `submit` needs both).
+    idempotency: Arc<Mutex<IdempotencyKeys>>,
     outbox: Outbox,
     options: OutQueueOptions,
 }
@@ -237,6 +243,7 @@ impl MemoryOutQueue {
     pub fn new(outbox: Outbox, options: OutQueueOptions) -> Self {
         MemoryOutQueue {
             state: Arc::default(),
+            idempotency: Arc::default(),
             outbox,
             options,
         }
@@ -252,6 +259,37 @@ impl MemoryOutQueue {
 
     /// `out_push.lua` (the `push` helper of `out_lib.lua`), synchronously: the worker's
     /// in-memory commit calls it inside its own locked step.
+    /// `out_submit.lua`.
+    pub(crate) async fn submit(
+        &self,
+        message: &QueuedMessage,
+        customer: &str,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Submitted, OutQueueError> {
+        let channel = &message.msg.channel;
+        let id = &message.msg.outbox_key;
+        let mut keys = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = idempotency {
+            if keys.len() > 100_000 {
+                keys.retain(|_, (_, _, exp)| *exp > now_ms);
+            }
+            let slot = (channel.clone(), i.key.clone());
+            match keys.get(&slot).filter(|(_, _, exp)| *exp > now_ms) {
+                Some((hash, first, _)) if *hash == i.body_hash => {
+                    return Ok(Submitted::Existing(first.clone()))
+                }
+                Some((_, first, _)) => return Ok(Submitted::Conflict(first.clone())),
+                None => {
+                    let exp = now_ms.saturating_add(ms(i.ttl_ms));
+                    keys.insert(slot, (i.body_hash.clone(), id.clone(), exp));
+                }
+            }
+        }
+        self.push_now(channel, customer, std::slice::from_ref(message), now_ms);
+        Ok(Submitted::Queued(id.clone()))
+    }
+
     pub(crate) fn push_now(
         &self,
         channel: &str,

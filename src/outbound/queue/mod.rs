@@ -205,6 +205,26 @@ pub enum Settle {
     Failed { code: String, error: String },
 }
 
+/// An `Idempotency-Key` with what it guards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// A hash of the request body: the same key with another body is a conflict.
+    pub body_hash: String,
+    pub ttl_ms: u64,
+}
+
+/// What [`OutQueue::submit`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued now under this id.
+    Queued(String),
+    /// The key was used before with the same body: that message's id, nothing queued.
+    Existing(String),
+    /// The key was used before with another body: nothing queued.
+    Conflict(String),
+}
+
 /// What `coexist queues` shows for one channel's outbound side.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct OutStats {
@@ -291,6 +311,19 @@ impl OutQueue {
         now_ms: i64,
     ) -> Result<usize, OutQueueError> {
         dispatch!(self.push(channel, customer, messages, now_ms))
+    }
+
+    /// Queues one message that no inbound event produced (the send API), at most once per
+    /// `idempotency` key, atomically: the key and the message are written together or not at
+    /// all, so concurrent requests with one key queue one message.
+    pub async fn submit(
+        &self,
+        message: &QueuedMessage,
+        customer: &str,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Submitted, OutQueueError> {
+        dispatch!(self.submit(message, customer, idempotency, now_ms))
     }
 
     /// Takes up to `max` lanes of `channel` whose ready time is `<= now_ms`, leased to `owner`

@@ -2,8 +2,8 @@
 //! (see `lua/out_*.lua` for every multi-step change).
 
 use super::{
-    HistoryEntry, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord, OutStats,
-    QueuedMessage, Settle, Taken, WaitReason,
+    HistoryEntry, Idempotency, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord,
+    OutStats, QueuedMessage, Settle, Submitted, Taken, WaitReason,
 };
 use crate::keys::Keys;
 use redis::aio::ConnectionManager;
@@ -23,6 +23,7 @@ macro_rules! out_script {
 }
 
 static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua");
+static SUBMIT: LazyLock<redis::Script> = out_script!("out_submit.lua");
 static TAKE: LazyLock<redis::Script> = out_script!("out_take.lua");
 static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua");
 static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua");
@@ -90,6 +91,53 @@ impl RedisOutQueue {
         let mut con = self.con.clone();
         let added: i64 = inv.invoke_async(&mut con).await?;
         Ok(added.max(0) as usize)
+    }
+
+    pub(crate) async fn submit(
+        &self,
+        message: &QueuedMessage,
+        customer: &str,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Submitted, OutQueueError> {
+        let k = &self.keys;
+        let ch = &message.msg.channel;
+        let id = &message.msg.outbox_key;
+        let (use_key, idem_key, hash, ttl) = match idempotency {
+            Some(i) => (
+                "1",
+                k.out_idempotency(ch, &i.key),
+                i.body_hash.as_str(),
+                i.ttl_ms,
+            ),
+            None => ("0", k.out_idempotency(ch, ""), "", 0),
+        };
+        let mut con = self.con.clone();
+        let (outcome, first): (String, String) = SUBMIT
+            .key(idem_key)
+            .key(k.out_lane(ch, customer))
+            .key(k.out_ready(ch))
+            .key(k.out_busy(ch))
+            .key(k.out_queued(ch))
+            .key(k.out_index(ch))
+            .key(k.out_record(ch, id))
+            .arg(use_key)
+            .arg(hash)
+            .arg(id)
+            .arg(message.to_json())
+            .arg(message.msg.reply.type_name())
+            .arg(customer)
+            .arg(now_ms)
+            .arg(self.options.record_ttl_ms)
+            .arg(ttl)
+            .invoke_async(&mut con)
+            .await?;
+        match outcome.as_str() {
+            "queued" => Ok(Submitted::Queued(first)),
+            "existing" => Ok(Submitted::Existing(first)),
+            "conflict" => Ok(Submitted::Conflict(first)),
+            other => Err(OutQueueError::UnexpectedReply(other.to_string())),
+        }
     }
 
     pub(crate) async fn take(
