@@ -158,6 +158,36 @@ impl Keys {
         self.channel_key(channel, &format!("out:idem:{key}"))
     }
 
+    /// A broadcast (hash: name, message, total, fed, state, created, `c:<status>` counts).
+    pub fn broadcast(&self, channel: &str, id: &str) -> String {
+        self.channel_key(channel, &format!("bc:{id}"))
+    }
+
+    /// A broadcast's recipients (list of `{"to", "params"}` JSON, in order).
+    pub fn broadcast_recipients(&self, channel: &str, id: &str) -> String {
+        self.channel_key(channel, &format!("bc:{id}:to"))
+    }
+
+    /// Where a broadcast's recipients are appended before it is made visible.
+    pub fn broadcast_staging(&self, channel: &str, id: &str) -> String {
+        self.channel_key(channel, &format!("bc:{id}:staging"))
+    }
+
+    /// Sorted set of the channel's running broadcasts (id → created ms).
+    pub fn broadcasts_running(&self, channel: &str) -> String {
+        self.channel_key(channel, "bc:running")
+    }
+
+    /// Customers reached outside a service window in the last 24 h (Meta's messaging limit):
+    /// customer → last time. Per channel, or per business portfolio when the channel names one
+    /// (its own hash tag: every WABA channel of the portfolio shares it).
+    pub fn reach(&self, channel: &str, portfolio: Option<&str>) -> String {
+        match portfolio {
+            Some(p) => format!("{}:{{portfolio:{p}}}:reach", self.prefix),
+            None => self.channel_key(channel, "reach"),
+        }
+    }
+
     /// Registry of live workers (not per channel: one key for the whole deployment).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
@@ -197,6 +227,11 @@ mod tests {
             k.out_queued("shop"),
             k.out_index("shop"),
             k.out_idempotency("shop", "k-1"),
+            k.broadcast("shop", "bc-1"),
+            k.broadcast_recipients("shop", "bc-1"),
+            k.broadcast_staging("shop", "bc-1"),
+            k.broadcasts_running("shop"),
+            k.reach("shop", None),
         ] {
             assert!(key.starts_with("cx:{shop}:"), "{key}");
         }

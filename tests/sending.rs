@@ -301,8 +301,12 @@ async fn undeliverable_131026_is_not_retried_and_a_500_is() {
     );
     assert!(ms_between(&reqs[1], &reqs[2]) >= 450);
     assert!(ms_between(&reqs[2], &reqs[3]) >= 950, "backoff doubles");
-    // 131026: the claim was released, nothing recorded as sent; the audit says why.
-    assert_eq!(d.outbox(WABA, "wamid.final.1:0").await, None);
+    // 131026: the key says it was given up (a sender after a crash will not try again),
+    // nothing recorded as sent; the audit says why.
+    assert_eq!(
+        d.outbox(WABA, "wamid.final.1:0").await.as_deref(),
+        Some("failed:undeliverable")
+    );
     let audit = support::xrange(&d.redis_url, &d.keys.outbox(WABA)).await;
     let outcomes: Vec<(&str, &str)> = audit
         .iter()

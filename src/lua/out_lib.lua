@@ -1,24 +1,28 @@
 -- out_lib.lua: helpers shared by the outbound-queue scripts (prepended to each of them at
 -- compile time; Redis scripts cannot call one another). No keys are built here.
 
--- Status ranks: queued 0 < sending 1 < sent 2 < delivered 3 < read 4; failed 5.
-local RANK = {queued = 0, sending = 1, sent = 2, delivered = 3, read = 4, failed = 5}
+-- Status ranks: queued 0 < sending 1 < sent 2 < delivered 3 < read 4; failed 5, skipped 6 (the
+-- two ends that are not delivery).
+local RANK = {queued = 0, sending = 1, sent = 2, delivered = 3, read = 4, failed = 5, skipped = 6}
 
--- May a record at `from` move to `to`? Forward only; `failed` after anything but read/failed.
+-- May a record at `from` move to `to`? Forward only; `failed` or `skipped` after anything but
+-- read, failed or skipped.
 local function may_move(from, to)
   local f, t = RANK[from], RANK[to]
   if f == nil or t == nil then
     return false
   end
-  if to == 'failed' then
-    return from ~= 'read' and from ~= 'failed'
+  local final = from == 'failed' or from == 'skipped'
+  if to == 'failed' or to == 'skipped' then
+    return from ~= 'read' and not final
   end
-  return from ~= 'failed' and t > f
+  return not final and t > f
 end
 
 -- Moves the record at `rec` to `status` at `at` if that is a move forward; appends the
--- history ("status:at,…"). Returns true when it moved.
-local function move(rec, status, at)
+-- history ("status:at,…"). `counter` (a broadcast's hash, or nil) counts records per status
+-- in fields `c:<status>`. Returns true when it moved.
+local function move(rec, status, at, counter)
   local from = redis.call('HGET', rec, 'st')
   if not from or not may_move(from, status) then
     return false
@@ -28,6 +32,10 @@ local function move(rec, status, at)
     hist = hist .. ','
   end
   redis.call('HSET', rec, 'st', status, 'hist', hist .. status .. ':' .. at)
+  if counter then
+    redis.call('HINCRBY', counter, 'c:' .. from, -1)
+    redis.call('HINCRBY', counter, 'c:' .. status, 1)
+  end
   return true
 end
 

@@ -2,12 +2,13 @@
 --
 -- KEYS[1] lane   KEYS[2] record   KEYS[3] queued   KEYS[4] busy   KEYS[5] owner
 -- KEYS[6] idempotency marker (keys.sent)   KEYS[7] wamid index (keys.sent_message)
--- KEYS[8] audit stream
+-- KEYS[8] audit stream   KEYS[9] broadcast hash (counts)
 -- ARGV[1] head JSON as read (unused: matched by id)   ARGV[2] message id   ARGV[3] customer   ARGV[4] grant token
 -- ARGV[5] now ms   ARGV[6] lease ms   ARGV[7] record TTL ms   ARGV[8] 'sent' | 'failed'
 -- ARGV[9] wamid (sent) or error code (failed)   ARGV[10] error text   ARGV[11] type
 -- ARGV[12] 1 when the message counts for the wamid index (not a read receipt)
 -- ARGV[13] audit stream cap (MAXLEN ~), 0 = none
+-- ARGV[14] '1' when the message belongs to the broadcast KEYS[9]
 --
 -- Not fenced by the grant: what the provider answered is true whoever records it. The lane
 -- head is popped only if it is still this message (same id: a takeover may have bumped its
@@ -15,6 +16,10 @@
 -- Returns 1 when the head was popped now, 0 when it had gone already.
 
 local now = tonumber(ARGV[5])
+local counter = nil
+if ARGV[14] == '1' then
+  counter = KEYS[9]
+end
 local popped = 0
 if head_id(redis.call('LINDEX', KEYS[1], 0)) == ARGV[2] then
   redis.call('LPOP', KEYS[1])
@@ -31,9 +36,9 @@ if ARGV[8] == 'sent' then
     if not redis.call('HGET', KEYS[2], 'wamid') then
       redis.call('HSET', KEYS[2], 'wamid', ARGV[9])
     end
-    move(KEYS[2], 'sent', now)
+    move(KEYS[2], 'sent', now, counter)
   end
-elseif known and move(KEYS[2], 'failed', now) then
+elseif known and move(KEYS[2], ARGV[8], now, counter) then
   redis.call('HSET', KEYS[2], 'ecode', ARGV[9], 'err', ARGV[10])
 end
 if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[4] then

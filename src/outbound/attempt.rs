@@ -42,6 +42,31 @@ pub enum Attempt {
     Failed(SendError),
 }
 
+/// Every code a given-up message may carry (see [`failure_code`]).
+const CODES: [&str; 16] = [
+    "window_closed",
+    "templates_unsupported",
+    "unsupported_on_channel",
+    "rate_limited",
+    "pair_rate_limited",
+    "undeliverable",
+    "transient",
+    "unauthorized",
+    "rejected",
+    "bad_response",
+    "in_flight",
+    "store_error",
+    "unknown_channel",
+    "refused",
+    "messaging_limit",
+    "given_up",
+];
+
+/// A stored code as the `'static` one it names (`given_up` for anything unknown).
+pub fn static_code(code: &str) -> &'static str {
+    CODES.into_iter().find(|c| *c == code).unwrap_or("given_up")
+}
+
 /// The snake_case code a given-up message carries in its record and `outbound.failed` event.
 pub fn failure_code(e: &SendError) -> &'static str {
     match e {
@@ -98,6 +123,11 @@ impl Outbound {
     ) -> Prepared {
         use Prepared::Done;
         let msg = &head.msg;
+        // What the key says comes first: a message already sent (or given up) is settled as
+        // such whatever the rules say now, and one that may be on the wire is waited for.
+        if let Some(known) = self.known_outcome(msg, now_ms).await {
+            return Done(known);
+        }
         if let Err(e) = rules::check(kind, window, &msg.reply) {
             return Done(Attempt::Failed(e.into()));
         }
@@ -160,7 +190,7 @@ impl Outbound {
             Err(_) => return store_trouble(head.attempts),
         };
         if let OutboxState::InFlight { since_ms, marker } = &state {
-            let ready_at = since_ms + opts.inflight_wait.as_millis() as i64;
+            let ready_at = self.inflight_deadline(&msg.outbox_key, *since_ms, claim_now);
             if claim_now < ready_at {
                 // Look again soon: a status carrying the key ends the wait early.
                 return Done(Attempt::Later {
@@ -176,8 +206,12 @@ impl Outbound {
                 Err(_) => return store_trouble(head.attempts),
             };
         }
+        self.forget_inflight(&msg.outbox_key);
         match state {
             OutboxState::Claimed { marker } => Prepared::Claimed(marker),
+            OutboxState::GivenUp(code) => Done(Attempt::Failed(SendError::GivenUp {
+                code: static_code(&code),
+            })),
             OutboxState::AlreadySent(message_id) => Done(Attempt::Sent(Sent {
                 message_id,
                 duplicate: true,
@@ -219,14 +253,24 @@ impl Outbound {
                 if let SendError::Unauthorized { detail } = &e {
                     self.set_unhealthy(ch, &msg.channel, detail).await;
                 }
-                // A 2xx we could not read may have been sent: keep the claim pending.
-                if !matches!(e, SendError::BadResponse { .. }) {
-                    if let Err(store) = outbox.release(msg, marker, super::now_ms()).await {
-                        tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                            error = %store, "could not release the outbox claim");
-                    }
+                let retry = e.is_retryable() && head.attempts + 1 < opts.max_attempts.max(1);
+                // A 2xx we could not read may have been sent: keep the claim pending. A retry
+                // gives the claim back; a final failure writes it into the key, so that a crash
+                // before the failure is recorded cannot make the next sender try again.
+                let kept = if matches!(e, SendError::BadResponse { .. }) {
+                    Ok(true)
+                } else if retry {
+                    outbox.release(msg, marker, super::now_ms()).await
+                } else {
+                    outbox
+                        .give_up(msg, marker, failure_code(&e), super::now_ms())
+                        .await
+                };
+                if let Err(store) = kept {
+                    tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key,
+                        error = %store, "could not update the outbox claim");
                 }
-                if e.is_retryable() && head.attempts + 1 < opts.max_attempts.max(1) {
+                if retry {
                     let delay = opts.backoff.delay(&e, head.attempts).min(opts.backoff.max);
                     tracing::info!(channel = %msg.channel, outbox_key = %msg.outbox_key,
                         attempt = head.attempts + 1, delay_ms = delay.as_millis() as u64,
@@ -241,6 +285,106 @@ impl Outbound {
                 }
             }
         }
+    }
+
+    /// What the idempotency key already says, before anything else is tried: sent (settle as
+    /// sent), given up (settle as failed), or possibly on the wire (wait for its status). `None`
+    /// when the key is free, or when an unconfirmed send has been waited for long enough.
+    async fn known_outcome(&self, msg: &super::OutgoingMessage, now_ms: i64) -> Option<Attempt> {
+        if self.is_held(&msg.outbox_key) {
+            // This process holds the provider's answer and is recording it (Redis away).
+            return Some(Attempt::Later {
+                until_ms: now_ms + INFLIGHT_RECHECK_MS,
+                reason: WaitReason::InFlight,
+                bump: false,
+            });
+        }
+        let now = super::now_ms().max(now_ms);
+        let value = match self
+            .inner
+            .outbox
+            .get(&msg.channel, &msg.outbox_key, now)
+            .await
+        {
+            Ok(v) => v?,
+            Err(_) => {
+                return Some(Attempt::Later {
+                    until_ms: now_ms + self.inner.options.backoff.base.as_millis() as i64,
+                    reason: WaitReason::Backoff,
+                    bump: false,
+                })
+            }
+        };
+        if let Some(id) = value.strip_prefix("sent:") {
+            self.forget_inflight(&msg.outbox_key);
+            return Some(Attempt::Sent(Sent {
+                message_id: id.to_string(),
+                duplicate: true,
+            }));
+        }
+        if let Some(code) = value.strip_prefix("failed:") {
+            return Some(Attempt::Failed(SendError::GivenUp {
+                code: static_code(code),
+            }));
+        }
+        let since = super::outbox::marker_since(&value);
+        let ready_at = self.inflight_deadline(&msg.outbox_key, since, now);
+        (now < ready_at).then(|| Attempt::Later {
+            until_ms: ready_at.min(now_ms + INFLIGHT_RECHECK_MS),
+            reason: WaitReason::InFlight,
+            bump: false,
+        })
+    }
+
+    /// When an unconfirmed claim made at `since_ms` may be taken over: `inflight_wait` after
+    /// the claim, and never sooner than `inflight_wait` after this process first saw it
+    /// pending — a sender that held its answer through a long Redis outage records it within
+    /// that time once Redis is back.
+    fn inflight_deadline(&self, key: &str, since_ms: i64, now_ms: i64) -> i64 {
+        let wait = self.inner.options.inflight_wait.as_millis() as i64;
+        let mut seen = self
+            .inner
+            .inflight_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now_ms - *at < 10 * wait);
+        }
+        let first_seen = *seen.entry(key.to_string()).or_insert(now_ms);
+        since_ms.max(first_seen) + wait
+    }
+
+    fn forget_inflight(&self, key: &str) {
+        self.inner
+            .inflight_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Marks `key` as held by this process (its answer not recorded yet) until [`Outbound::release_held`].
+    pub fn hold(&self, key: &str) {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
+    }
+
+    pub fn release_held(&self, key: &str) {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn is_held(&self, key: &str) -> bool {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     /// Waits for a reserved slot `wait` away, showing "typing…" on WAHA while a text waits

@@ -44,6 +44,9 @@ pub enum SendError {
     Store { detail: String },
     #[error("unknown channel {0:?}")]
     UnknownChannel(String),
+    /// An earlier attempt gave this message up for good (`code`) before its sender stopped.
+    #[error("given up earlier ({code})")]
+    GivenUp { code: &'static str },
 }
 
 fn after(d: &Option<Duration>) -> String {
@@ -134,6 +137,7 @@ impl SendError {
             SendError::InFlight { .. } => "in_flight",
             SendError::Store { .. } => "store_error",
             SendError::UnknownChannel(_) => "unknown_channel",
+            SendError::GivenUp { code } => code,
         }
     }
 }

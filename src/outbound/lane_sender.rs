@@ -51,7 +51,7 @@ impl Default for LaneSettings {
             per_grant: 8,
             poll: Duration::from_millis(50),
             max_inline_wait: Duration::from_millis(1_000),
-            record_patience: Duration::from_secs(120),
+            record_patience: Duration::from_secs(600),
         }
     }
 }
@@ -392,14 +392,26 @@ impl LaneSender {
     /// does not answer: a message the provider accepted must never look unsent.
     async fn settle(&self, grant: &LaneGrant, head: &QueuedMessage, outcome: &Settle) {
         let now = self.clock.now_ms();
-        self.persist("recording a send", || {
-            self.out.settle(grant, head, outcome, now)
-        })
-        .await;
+        let key = &head.msg.outbox_key;
+        let sent = matches!(outcome, Settle::Sent { .. });
+        if sent {
+            // Until it is recorded, this process is the only one that knows it was sent:
+            // any lane of ours that reaches the key waits instead of sending it again.
+            self.outbound.hold(key);
+        }
+        let recorded = self
+            .persist("recording a send", || {
+                self.out.settle(grant, head, outcome, now)
+            })
+            .await;
+        if recorded || !sent {
+            self.outbound.release_held(key);
+        }
     }
 
-    /// Runs `write` until it succeeds, with backoff, for at most `record_patience`.
-    async fn persist<T, E, F, Fut>(&self, what: &str, write: F)
+    /// Runs `write` until it succeeds, with backoff, for at most `record_patience`; whether it
+    /// succeeded.
+    async fn persist<T, E, F, Fut>(&self, what: &str, write: F) -> bool
     where
         E: std::fmt::Display,
         F: Fn() -> Fut,
@@ -409,7 +421,7 @@ impl LaneSender {
         let mut delay = Duration::from_millis(50);
         loop {
             match write().await {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(e) if started.elapsed() < self.settings.record_patience => {
                     tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "{what} failed; holding the result and retrying");
                     tokio::time::sleep(delay).await;
@@ -417,7 +429,7 @@ impl LaneSender {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "{what} failed for good; the lane will be taken over");
-                    return;
+                    return false;
                 }
             }
         }

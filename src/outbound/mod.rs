@@ -158,6 +158,10 @@ struct Inner {
     rate: RateLimiter,
     metrics: Metrics,
     options: OutboundOptions,
+    /// Outbox keys first seen pending (an unconfirmed send) by this process, with when.
+    inflight_seen: std::sync::Mutex<HashMap<String, i64>>,
+    /// Outbox keys whose provider answer this process holds, not recorded yet.
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Wall-clock milliseconds: shared by every process, as the Redis buckets and markers are.
@@ -252,6 +256,8 @@ impl Outbound {
                 rate,
                 metrics,
                 options,
+                inflight_seen: Default::default(),
+                held: Default::default(),
             }),
         })
     }
@@ -370,6 +376,11 @@ impl Outbound {
             match state {
                 OutboxState::Claimed { marker } => return Ok(Claim::Mine(marker)),
                 OutboxState::AlreadySent(id) => return Ok(Claim::Done(id)),
+                OutboxState::GivenUp(code) => {
+                    return Err(SendError::GivenUp {
+                        code: attempt::static_code(&code),
+                    })
+                }
                 OutboxState::InFlight { since_ms, marker } => {
                     let age = now_ms() - since_ms;
                     if age >= wait_ms {

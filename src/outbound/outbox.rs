@@ -27,6 +27,8 @@ static FAIL: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_fail.lua")));
 static RELEASE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_release.lua")));
+static GIVE_UP: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_give_up.lua")));
 static STATUS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_status.lua")));
 
@@ -40,6 +42,8 @@ pub enum OutboxState {
     /// Another send of this key started at `since_ms` and has not been confirmed: it may have
     /// left before a crash. Wait for a status, then [`Outbox::take_over`] with `marker`.
     InFlight { since_ms: i64, marker: String },
+    /// Given up for good with this code ([`Outbox::give_up`]): never sent.
+    GivenUp(String),
 }
 
 /// What a status webhook's `biz_opaque_callback_data` led to.
@@ -140,7 +144,7 @@ fn new_marker(now_ms: i64) -> String {
     format!("pending:{now_ms}:{:016x}", rand::random::<u64>())
 }
 
-fn marker_since(marker: &str) -> i64 {
+pub(crate) fn marker_since(marker: &str) -> i64 {
     marker
         .split(':')
         .nth(1)
@@ -250,6 +254,7 @@ impl Outbox {
                 let mut st = Self::memory_state(state);
                 match st.get(&key, now_ms).map(str::to_owned) {
                     Some(v) if v.starts_with("sent:") => ("sent".into(), v[5..].to_string()),
+                    Some(v) if v.starts_with("failed:") => ("failed".into(), v[7..].to_string()),
                     current if current.is_none() || current.as_deref() == Some(expected) => {
                         st.set(key, marker.clone(), ttl, now_ms);
                         ("claimed".into(), String::new())
@@ -262,6 +267,7 @@ impl Outbox {
         match state.as_str() {
             "claimed" => Ok(OutboxState::Claimed { marker }),
             "sent" => Ok(OutboxState::AlreadySent(value)),
+            "failed" => Ok(OutboxState::GivenUp(value)),
             "pending" => Ok(OutboxState::InFlight {
                 since_ms: marker_since(&value),
                 marker: value,
@@ -387,6 +393,40 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// The message failed for good: our claim becomes `failed:<code>`, so it is never sent
+    /// after a crash either. Returns whether the claim was ours.
+    pub async fn give_up(
+        &self,
+        msg: &OutgoingMessage,
+        marker: &str,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutboxError> {
+        let key = self.keys().sent(&msg.channel, &msg.outbox_key);
+        let ttl = self.options().sent_ttl_ms;
+        match self {
+            Outbox::Redis { con, .. } => {
+                let mut con = con.clone();
+                let written: i64 = GIVE_UP
+                    .key(&key)
+                    .arg(marker)
+                    .arg(code)
+                    .arg(ttl)
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok(written == 1)
+            }
+            Outbox::Memory { state, .. } => {
+                let mut st = Self::memory_state(state);
+                let ours = st.get(&key, now_ms) == Some(marker);
+                if ours {
+                    st.set(key, format!("failed:{code}"), ttl, now_ms);
+                }
+                Ok(ours)
+            }
+        }
     }
 
     /// Gives our claim (`marker`) up without logging: the attempt failed and the message will

@@ -13,8 +13,9 @@
 //! entry here (the outbox has no call that logs a free code and text); Redis's script does.
 
 use super::{
-    HistoryEntry, Idempotency, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord,
-    OutStats, QueuedMessage, Settle, Submitted, Taken, WaitReason,
+    broadcast_of, BroadcastRecord, HistoryEntry, Idempotency, LaneGrant, MessageStatus,
+    NewBroadcast, OutQueueError, OutQueueOptions, OutRecord, OutStats, QueuedMessage, Settle,
+    Submitted, Taken, WaitReason,
 };
 use crate::outbound::message::Sent;
 use crate::outbound::outbox::{Outbox, OutboxError, SentRef};
@@ -85,9 +86,56 @@ struct Channel {
     index: ZSet,
     /// Record count at which expired records are next swept.
     sweep_at: usize,
+    /// id → broadcast (`bc:<id>` and its recipients list).
+    broadcasts: HashMap<String, Broadcast>,
+    /// Running broadcast ids → created time (`bc:running`).
+    running: ZSet,
+}
+
+/// A broadcast (the hash `bc:<id>` and the list `bc:<id>:to`).
+#[derive(Clone, Debug, Default)]
+struct Broadcast {
+    name: String,
+    message: String,
+    fed: u64,
+    state: String,
+    created: i64,
+    counts: BTreeMap<String, i64>,
+    recipients: Vec<String>,
+}
+
+impl Broadcast {
+    fn to_record(&self, id: &str) -> BroadcastRecord {
+        BroadcastRecord {
+            id: id.to_string(),
+            name: self.name.clone(),
+            message: self.message.clone(),
+            total: self.recipients.len() as u64,
+            fed: self.fed,
+            stored_state: self.state.clone(),
+            created_at: self.created,
+            counts: self.counts.clone(),
+        }
+    }
 }
 
 impl Channel {
+    /// Moves record `id` forward (`out_lib.lua`'s `move`, with its broadcast's counts).
+    fn move_record(&mut self, id: &str, status: MessageStatus, at: i64, clock: i64) -> bool {
+        let Some(rec) = self.records.get_mut(id).filter(|r| r.expires_at > clock) else {
+            return false;
+        };
+        let from = rec.status;
+        if !rec.advance(status, at) {
+            return false;
+        }
+        if let Some(b) = broadcast_of(id).and_then(|bc| self.broadcasts.get_mut(bc)) {
+            *b.counts.entry(from.as_str().to_string()).or_default() -= 1;
+            *b.counts.entry(status.as_str().to_string()).or_default() += 1;
+        }
+        true
+    }
+
     fn record(&self, id: &str, clock: i64) -> Option<&Record> {
         self.records.get(id).filter(|r| r.expires_at > clock)
     }
@@ -449,9 +497,7 @@ impl MemoryOutQueue {
         }
         ch.busy
             .add_xx(&grant.customer, now_ms.saturating_add(lease));
-        if let Some(rec) = ch.record_mut(&head.msg.outbox_key, clock) {
-            rec.advance(MessageStatus::Sending, now_ms);
-        }
+        ch.move_record(&head.msg.outbox_key, MessageStatus::Sending, now_ms, clock);
         Ok(true)
     }
 
@@ -481,20 +527,24 @@ impl MemoryOutQueue {
             }
         }
         ch.queued.remove(id);
-        if let Some(rec) = ch.record_mut(id, clock) {
-            match outcome {
-                Settle::Sent { wamid } => {
+        let (status, code, error) = match outcome {
+            Settle::Sent { wamid } => {
+                if let Some(rec) = ch.record_mut(id, clock) {
                     if rec.wamid.is_none() {
                         rec.wamid = Some(wamid.clone());
                     }
-                    rec.advance(MessageStatus::Sent, now_ms);
                 }
-                Settle::Failed { code, error } => {
-                    if rec.advance(MessageStatus::Failed, now_ms) {
-                        rec.error_code = Some(code.clone());
-                        rec.error = Some(error.clone());
-                    }
-                }
+                (MessageStatus::Sent, None, None)
+            }
+            Settle::Failed { code, error } => (MessageStatus::Failed, Some(code), Some(error)),
+            Settle::Skipped { reason } => {
+                (MessageStatus::Skipped, Some(reason), Some(&String::new()))
+            }
+        };
+        if ch.move_record(id, status, now_ms, clock) {
+            if let (Some(code), Some(rec)) = (code, ch.record_mut(id, clock)) {
+                rec.error_code = Some(code.clone());
+                rec.error = error.cloned();
             }
         }
         if ch.owner.get(&grant.customer) == Some(&grant.token) {
@@ -524,6 +574,15 @@ impl MemoryOutQueue {
                 if popped {
                     self.outbox
                         .log_outcome(&msg, code, error, now_ms)
+                        .await
+                        .map_err(outbox_error)?;
+                }
+                return Ok(());
+            }
+            Settle::Skipped { reason } => {
+                if popped {
+                    self.outbox
+                        .log_outcome(&msg, reason, "", now_ms)
                         .await
                         .map_err(outbox_error)?;
                 }
@@ -631,16 +690,15 @@ impl MemoryOutQueue {
         let mut guard = self.lock();
         let st = &mut *guard;
         let clock = st.clock;
-        let Some(rec) = st
-            .channels
-            .get_mut(channel)
-            .and_then(|ch| ch.record_mut(id, clock))
-        else {
+        let Some(ch) = st.channels.get_mut(channel) else {
             return Ok(false);
         };
-        if !rec.advance(status, at_ms) {
+        if !ch.move_record(id, status, at_ms, clock) {
             return Ok(false);
         }
+        let Some(rec) = ch.record_mut(id, clock) else {
+            return Ok(false);
+        };
         if let Some(w) = wamid.filter(|w| !w.is_empty()) {
             if rec.wamid.is_none() {
                 rec.wamid = Some(w.to_string());
@@ -657,6 +715,150 @@ impl MemoryOutQueue {
             }
         }
         Ok(true)
+    }
+
+    /// `bc_create.lua`.
+    pub(crate) async fn create_broadcast(
+        &self,
+        channel: &str,
+        b: &NewBroadcast,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        let mut st = self.lock();
+        st.tick(now_ms);
+        let ch = st.channels.entry(channel.to_string()).or_default();
+        if ch.broadcasts.contains_key(&b.id) {
+            return Ok(false);
+        }
+        let mut counts = BTreeMap::new();
+        counts.insert("skipped".to_string(), b.skipped as i64);
+        counts.insert("queued".to_string(), 0);
+        ch.broadcasts.insert(
+            b.id.clone(),
+            Broadcast {
+                name: b.name.clone(),
+                message: b.message.clone(),
+                fed: 0,
+                state: "running".into(),
+                created: now_ms,
+                counts,
+                recipients: b.recipients.clone(),
+            },
+        );
+        ch.running.add(&b.id, now_ms);
+        Ok(true)
+    }
+
+    pub(crate) async fn broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        let st = self.lock();
+        Ok(st
+            .channels
+            .get(channel)
+            .and_then(|ch| ch.broadcasts.get(id))
+            .map(|b| b.to_record(id)))
+    }
+
+    pub(crate) async fn running_broadcasts(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<String>, OutQueueError> {
+        let st = self.lock();
+        Ok(st
+            .channels
+            .get(channel)
+            .map(|ch| ch.running.up_to(i64::MAX, usize::MAX))
+            .unwrap_or_default())
+    }
+
+    pub(crate) async fn broadcast_recipients(
+        &self,
+        channel: &str,
+        id: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<String>, OutQueueError> {
+        let st = self.lock();
+        Ok(st
+            .channels
+            .get(channel)
+            .and_then(|ch| ch.broadcasts.get(id))
+            .map(|b| {
+                b.recipients
+                    .iter()
+                    .skip(usize::try_from(from).unwrap_or(usize::MAX))
+                    .take(n)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `bc_feed.lua`.
+    pub(crate) async fn feed_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+        cursor: u64,
+        items: &[(String, QueuedMessage)],
+        now_ms: i64,
+    ) -> Result<Option<usize>, OutQueueError> {
+        {
+            let st = self.lock();
+            let b = st
+                .channels
+                .get(channel)
+                .and_then(|ch| ch.broadcasts.get(id));
+            if !b.is_some_and(|b| b.state == "running" && b.fed == cursor) {
+                return Ok(None);
+            }
+        }
+        // One process: no other feeder can move the cursor between the check and here
+        // except this queue's own callers, which the lane sender serializes per channel.
+        let mut added = 0;
+        for (customer, m) in items {
+            added += self.push_now(channel, customer, std::slice::from_ref(m), now_ms);
+        }
+        let mut st = self.lock();
+        if let Some(b) = st
+            .channels
+            .get_mut(channel)
+            .and_then(|ch| ch.broadcasts.get_mut(id))
+        {
+            b.fed += items.len() as u64;
+            *b.counts.entry("queued".into()).or_default() += added as i64;
+        }
+        Ok(Some(added))
+    }
+
+    pub(crate) async fn retire_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<(), OutQueueError> {
+        if let Some(ch) = self.lock().channels.get_mut(channel) {
+            ch.running.remove(id);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn cancel_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        let mut st = self.lock();
+        let Some(ch) = st.channels.get_mut(channel) else {
+            return Ok(None);
+        };
+        ch.running.remove(id);
+        Ok(ch.broadcasts.get_mut(id).map(|b| {
+            b.state = "cancelled".into();
+            b.to_record(id)
+        }))
     }
 
     /// The wamid index (`keys.sent_message`), in the outbox.

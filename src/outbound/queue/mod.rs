@@ -60,8 +60,8 @@ impl QueuedMessage {
 }
 
 /// Where one outbound message stands. Ordered: a status only ever moves to a later one,
-/// except `Failed`, which may follow anything but `Read` (Meta can report a failure after
-/// `sent` or `delivered`).
+/// except `Failed` and `Skipped` (a broadcast recipient left out), which may follow anything
+/// but `Read`, `Failed` or `Skipped` (Meta can report a failure after `sent` or `delivered`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
@@ -71,16 +71,18 @@ pub enum MessageStatus {
     Delivered,
     Read,
     Failed,
+    Skipped,
 }
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 6] = [
+    pub const ALL: [MessageStatus; 7] = [
         MessageStatus::Queued,
         MessageStatus::Sending,
         MessageStatus::Sent,
         MessageStatus::Delivered,
         MessageStatus::Read,
         MessageStatus::Failed,
+        MessageStatus::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +93,7 @@ impl MessageStatus {
             MessageStatus::Delivered => "delivered",
             MessageStatus::Read => "read",
             MessageStatus::Failed => "failed",
+            MessageStatus::Skipped => "skipped",
         }
     }
 
@@ -98,16 +101,17 @@ impl MessageStatus {
         MessageStatus::ALL.into_iter().find(|m| m.as_str() == s)
     }
 
-    /// The rank the Lua scripts compare (`queued` 0 … `read` 4, `failed` 5).
+    /// The rank the Lua scripts compare (`queued` 0 … `read` 4, `failed` 5, `skipped` 6).
     pub fn rank(self) -> u8 {
         self as u8
     }
 
     /// Whether a record at `self` may move to `next`.
     pub fn may_move_to(self, next: MessageStatus) -> bool {
+        let done = matches!(self, MessageStatus::Failed | MessageStatus::Skipped);
         match next {
-            MessageStatus::Failed => self != MessageStatus::Read && self != MessageStatus::Failed,
-            _ => self != MessageStatus::Failed && next > self,
+            MessageStatus::Failed | MessageStatus::Skipped => self != MessageStatus::Read && !done,
+            _ => !done && next > self,
         }
     }
 }
@@ -172,14 +176,17 @@ pub enum WaitReason {
     Backoff,
     /// An earlier send of the head may have left before a crash: waiting for its status.
     InFlight,
+    /// Meta's messaging limit (unique customers outside a window in 24 h) is reached.
+    MessagingLimit,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 4] = [
+    pub const ALL: [WaitReason; 5] = [
         WaitReason::PairGap,
         WaitReason::Rate,
         WaitReason::Backoff,
         WaitReason::InFlight,
+        WaitReason::MessagingLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -188,6 +195,7 @@ impl WaitReason {
             WaitReason::Rate => "rate",
             WaitReason::Backoff => "backoff",
             WaitReason::InFlight => "in_flight",
+            WaitReason::MessagingLimit => "messaging_limit",
         }
     }
 
@@ -203,6 +211,91 @@ pub enum Settle {
     Sent { wamid: String },
     /// Given up: a snake_case code and the error text.
     Failed { code: String, error: String },
+    /// Left out on purpose (a broadcast recipient in a handover, opted out, or the broadcast
+    /// cancelled): the reason.
+    Skipped { reason: String },
+}
+
+/// The broadcast a message id belongs to: broadcast messages are `<broadcast id>.<index>`
+/// with broadcast ids `bc-…`.
+pub fn broadcast_of(message_id: &str) -> Option<&str> {
+    message_id
+        .strip_prefix("bc-")
+        .and_then(|_| message_id.rsplit_once('.'))
+        .map(|(bc, _)| bc)
+}
+
+/// A broadcast as it is created: its recipients (`{"to", "params"}` JSON each, duplicates
+/// already left out and counted in `skipped`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewBroadcast {
+    pub id: String,
+    pub name: String,
+    /// The message (a reply in the forward protocol's shape) every recipient gets.
+    pub message: String,
+    pub recipients: Vec<String>,
+    pub skipped: u64,
+}
+
+/// A broadcast as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BroadcastRecord {
+    pub id: String,
+    pub name: String,
+    pub message: String,
+    pub total: u64,
+    /// Recipients moved into lanes so far.
+    pub fed: u64,
+    /// `running` or `cancelled` as stored (`done` is derived: see [`BroadcastRecord::state`]).
+    pub stored_state: String,
+    pub created_at: i64,
+    /// Messages per status (`queued` counts those fed and not yet settled).
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+impl BroadcastRecord {
+    fn count(&self, status: &str) -> u64 {
+        self.counts.get(status).copied().unwrap_or(0).max(0) as u64
+    }
+
+    /// Recipients that reached an end: sent, delivered, read, failed or skipped.
+    pub fn finished(&self) -> u64 {
+        ["sent", "delivered", "read", "failed", "skipped"]
+            .iter()
+            .map(|s| self.count(s))
+            .sum()
+    }
+
+    /// Fed and not settled yet.
+    pub fn in_flight(&self) -> u64 {
+        self.count("queued") + self.count("sending")
+    }
+
+    /// `cancelled`, `done` (every recipient fed and settled), or `running`.
+    pub fn state(&self) -> &'static str {
+        if self.stored_state == "cancelled" {
+            "cancelled"
+        } else if self.fed >= self.total && self.in_flight() == 0 {
+            "done"
+        } else {
+            "running"
+        }
+    }
+
+    /// `{"queued", "sent", "delivered", "read", "failed", "skipped"}`, adding up to `total`
+    /// (queued: everything not finished, fed or not).
+    pub fn view_counts(&self) -> serde_json::Value {
+        let done = ["sent", "delivered", "read", "failed", "skipped"];
+        let mut counts = serde_json::Map::new();
+        counts.insert(
+            "queued".into(),
+            (self.total.saturating_sub(self.finished())).into(),
+        );
+        for s in done {
+            counts.insert(s.into(), self.count(s).into());
+        }
+        serde_json::Value::Object(counts)
+    }
 }
 
 /// An `Idempotency-Key` with what it guards.
@@ -442,6 +535,69 @@ impl OutQueue {
         now_ms: i64,
     ) -> Result<Vec<OutRecord>, OutQueueError> {
         dispatch!(self.list(channel, status, limit, now_ms))
+    }
+
+    /// Stores a broadcast whole (or nothing, on an error): `false` when its id exists.
+    pub async fn create_broadcast(
+        &self,
+        channel: &str,
+        broadcast: &NewBroadcast,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        dispatch!(self.create_broadcast(channel, broadcast, now_ms))
+    }
+
+    /// One broadcast, with its counts.
+    pub async fn broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        dispatch!(self.broadcast(channel, id))
+    }
+
+    /// The ids of the channel's running broadcasts, oldest first.
+    pub async fn running_broadcasts(&self, channel: &str) -> Result<Vec<String>, OutQueueError> {
+        dispatch!(self.running_broadcasts(channel))
+    }
+
+    /// `n` recipients of a broadcast from index `from` (their JSON).
+    pub async fn broadcast_recipients(
+        &self,
+        channel: &str,
+        id: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<String>, OutQueueError> {
+        dispatch!(self.broadcast_recipients(channel, id, from, n))
+    }
+
+    /// Queues the next recipients' messages (`(customer, message)` each) if the broadcast is
+    /// running and its cursor is still `cursor`; `None` when another feeder was first.
+    pub async fn feed_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+        cursor: u64,
+        items: &[(String, QueuedMessage)],
+        now_ms: i64,
+    ) -> Result<Option<usize>, OutQueueError> {
+        dispatch!(self.feed_broadcast(channel, id, cursor, items, now_ms))
+    }
+
+    /// Takes a broadcast off the running set (done, cancelled or gone).
+    pub async fn retire_broadcast(&self, channel: &str, id: &str) -> Result<(), OutQueueError> {
+        dispatch!(self.retire_broadcast(channel, id))
+    }
+
+    /// Cancels a running broadcast: nothing more is fed, and what is queued is skipped when its
+    /// turn comes. The record after, `None` for an unknown id.
+    pub async fn cancel_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        dispatch!(self.cancel_broadcast(channel, id))
     }
 
     /// Backlog, lanes ready / busy / waiting by reason, oldest message age.

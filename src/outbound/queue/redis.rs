@@ -2,8 +2,9 @@
 //! (see `lua/out_*.lua` for every multi-step change).
 
 use super::{
-    HistoryEntry, Idempotency, LaneGrant, MessageStatus, OutQueueError, OutQueueOptions, OutRecord,
-    OutStats, QueuedMessage, Settle, Submitted, Taken, WaitReason,
+    broadcast_of, BroadcastRecord, HistoryEntry, Idempotency, LaneGrant, MessageStatus,
+    NewBroadcast, OutQueueError, OutQueueOptions, OutRecord, OutStats, QueuedMessage, Settle,
+    Submitted, Taken, WaitReason,
 };
 use crate::keys::Keys;
 use redis::aio::ConnectionManager;
@@ -24,6 +25,8 @@ macro_rules! out_script {
 
 static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua");
 static SUBMIT: LazyLock<redis::Script> = out_script!("out_submit.lua");
+static BC_CREATE: LazyLock<redis::Script> = out_script!("bc_create.lua");
+static BC_FEED: LazyLock<redis::Script> = out_script!("bc_feed.lua");
 static TAKE: LazyLock<redis::Script> = out_script!("out_take.lua");
 static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua");
 static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua");
@@ -226,14 +229,17 @@ impl RedisOutQueue {
         let k = &self.keys;
         let ch = &grant.channel;
         let mut con = self.con.clone();
+        let (counter, counted) = self.counter(ch, &head.msg.outbox_key);
         let held: i64 = BEGIN
             .key(k.out_record(ch, &head.msg.outbox_key))
             .key(k.out_busy(ch))
             .key(k.out_owner(ch))
+            .key(counter)
             .arg(&grant.customer)
             .arg(&grant.token)
             .arg(now_ms)
             .arg(self.options.lane_lease_ms)
+            .arg(counted)
             .invoke_async(&mut con)
             .await?;
         Ok(held == 1)
@@ -252,11 +258,13 @@ impl RedisOutQueue {
         let (kind, detail, error) = match outcome {
             Settle::Sent { wamid } => ("sent", wamid.as_str(), ""),
             Settle::Failed { code, error } => ("failed", code.as_str(), error.as_str()),
+            Settle::Skipped { reason } => ("skipped", reason.as_str(), ""),
         };
         let wamid_key = match outcome {
             Settle::Sent { wamid } => k.sent_message(ch, wamid),
-            Settle::Failed { .. } => k.sent_message(ch, ""),
+            Settle::Failed { .. } | Settle::Skipped { .. } => k.sent_message(ch, ""),
         };
+        let (counter, counted) = self.counter(ch, id);
         let mut con = self.con.clone();
         let _: i64 = SETTLE
             .key(k.out_lane(ch, &grant.customer))
@@ -267,6 +275,7 @@ impl RedisOutQueue {
             .key(k.sent(ch, id))
             .key(wamid_key)
             .key(k.outbox(ch))
+            .key(counter)
             .arg(head.to_json())
             .arg(id)
             .arg(&grant.customer)
@@ -284,9 +293,18 @@ impl RedisOutQueue {
                 "0"
             })
             .arg(AUDIT_MAXLEN)
+            .arg(counted)
             .invoke_async(&mut con)
             .await?;
         Ok(())
+    }
+
+    /// The hash counting a broadcast message's statuses, and whether `id` has one.
+    fn counter(&self, channel: &str, id: &str) -> (String, &'static str) {
+        match broadcast_of(id) {
+            Some(bc) => (self.keys.broadcast(channel, bc), "1"),
+            None => (self.keys.broadcast(channel, ""), "0"),
+        }
     }
 
     pub(crate) async fn defer(
@@ -334,17 +352,170 @@ impl RedisOutQueue {
         error: Option<(&str, &str)>,
     ) -> Result<bool, OutQueueError> {
         let (code, text) = error.unwrap_or(("", ""));
+        let (counter, counted) = self.counter(channel, id);
         let mut con = self.con.clone();
         let moved: i64 = ADVANCE
             .key(self.keys.out_record(channel, id))
+            .key(counter)
             .arg(status.as_str())
             .arg(at_ms)
             .arg(wamid.unwrap_or(""))
             .arg(code)
             .arg(text)
+            .arg(counted)
             .invoke_async(&mut con)
             .await?;
         Ok(moved == 1)
+    }
+
+    pub(crate) async fn create_broadcast(
+        &self,
+        channel: &str,
+        b: &NewBroadcast,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        let k = &self.keys;
+        let staging = k.broadcast_staging(channel, &b.id);
+        let mut con = self.con.clone();
+        // Recipients go to a staging list first (it expires if we die half-way), in chunks.
+        for chunk in b.recipients.chunks(1000) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("RPUSH").arg(&staging).arg(chunk).ignore();
+            pipe.cmd("PEXPIRE").arg(&staging).arg(3_600_000).ignore();
+            let () = pipe.query_async(&mut con).await?;
+        }
+        let created: i64 = BC_CREATE
+            .key(k.broadcast(channel, &b.id))
+            .key(k.broadcast_recipients(channel, &b.id))
+            .key(&staging)
+            .key(k.broadcasts_running(channel))
+            .arg(&b.name)
+            .arg(&b.message)
+            .arg(b.recipients.len())
+            .arg(b.skipped)
+            .arg(now_ms)
+            .arg(self.options.record_ttl_ms)
+            .arg(&b.id)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(created == 1)
+    }
+
+    pub(crate) async fn broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        let mut con = self.con.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.broadcast(channel, id))
+            .query_async(&mut con)
+            .await?;
+        Ok(decode_broadcast(id, &fields))
+    }
+
+    pub(crate) async fn running_broadcasts(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<String>, OutQueueError> {
+        let mut con = self.con.clone();
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.keys.broadcasts_running(channel))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?)
+    }
+
+    pub(crate) async fn broadcast_recipients(
+        &self,
+        channel: &str,
+        id: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<String>, OutQueueError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        Ok(redis::cmd("LRANGE")
+            .arg(self.keys.broadcast_recipients(channel, id))
+            .arg(from)
+            .arg(from + n as u64 - 1)
+            .query_async(&mut con)
+            .await?)
+    }
+
+    pub(crate) async fn feed_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+        cursor: u64,
+        items: &[(String, QueuedMessage)],
+        now_ms: i64,
+    ) -> Result<Option<usize>, OutQueueError> {
+        let k = &self.keys;
+        let mut inv = BC_FEED.prepare_invoke();
+        inv.key(k.broadcast(channel, id))
+            .key(k.out_ready(channel))
+            .key(k.out_busy(channel))
+            .key(k.out_queued(channel))
+            .key(k.out_index(channel));
+        for (customer, m) in items {
+            inv.key(k.out_lane(channel, customer))
+                .key(k.out_record(channel, &m.msg.outbox_key));
+        }
+        inv.arg(cursor).arg(now_ms).arg(self.options.record_ttl_ms);
+        for (customer, m) in items {
+            inv.arg(customer)
+                .arg(&m.msg.outbox_key)
+                .arg(m.to_json())
+                .arg(m.msg.reply.type_name());
+        }
+        let mut con = self.con.clone();
+        let added: i64 = inv.invoke_async(&mut con).await?;
+        Ok((added >= 0).then_some(added as usize))
+    }
+
+    pub(crate) async fn retire_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<(), OutQueueError> {
+        let mut con = self.con.clone();
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.broadcasts_running(channel))
+            .arg(id)
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn cancel_broadcast(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
+        let key = self.keys.broadcast(channel, id);
+        let mut con = self.con.clone();
+        // Only an existing broadcast is marked (HSET on a missing key would create one).
+        let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut con).await?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let () = redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("state")
+            .arg("cancelled")
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.broadcasts_running(channel))
+            .arg(id)
+            .ignore()
+            .query_async(&mut con)
+            .await?;
+        self.broadcast(channel, id).await
     }
 
     pub(crate) async fn find_by_wamid(
@@ -466,6 +637,25 @@ impl RedisOutQueue {
                 .map_or(0, |(_, at)| now_ms.saturating_sub(*at as i64).max(0) as u64),
         })
     }
+}
+
+/// A broadcast from its hash fields (`None` when the hash is empty).
+pub(crate) fn decode_broadcast(id: &str, f: &HashMap<String, String>) -> Option<BroadcastRecord> {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let stored_state = f.get("state")?.clone();
+    Some(BroadcastRecord {
+        id: id.to_string(),
+        name: f.get("name").cloned().unwrap_or_default(),
+        message: f.get("message").cloned().unwrap_or_default(),
+        total: num("total").max(0) as u64,
+        fed: num("fed").max(0) as u64,
+        stored_state,
+        created_at: num("created"),
+        counts: f
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("c:")?.to_string(), v.parse().ok()?)))
+            .collect(),
+    })
 }
 
 /// A record from its hash fields (`None` when the hash is empty or unreadable).
