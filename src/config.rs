@@ -996,4 +996,113 @@ secret = "${FORWARD_SECRET}"
             "{dbg}"
         );
     }
+
+    // ---------------------------------------------------------------- [api]
+
+    /// The tests' environment plus the send API's keys (`EMPTY_KEY` is set, to "").
+    fn api_env(name: &str) -> Option<String> {
+        match name {
+            "COEXIST_API_KEY" => Some("key-now".into()),
+            "COEXIST_API_KEY_PREVIOUS" => Some("key-before".into()),
+            "EMPTY_KEY" => Some(String::new()),
+            other => env(other),
+        }
+    }
+
+    fn parse_api(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", &api_env)
+    }
+
+    fn api_error_of(text: &str) -> String {
+        parse_api(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn without_an_api_table_the_send_api_is_off() {
+        assert!(parse_api("").unwrap().api.is_none());
+        assert!(parse_api(DESIGN_EXAMPLE).unwrap().api.is_none());
+    }
+
+    #[test]
+    fn api_keys_come_from_the_environment_and_rotate() {
+        let c = parse_api(&format!(
+            "{DESIGN_EXAMPLE}\n[api]\nkeys = [\"${{COEXIST_API_KEY}}\", \"${{COEXIST_API_KEY_PREVIOUS}}\"]\n"
+        ))
+        .unwrap();
+        let api = c.api.expect("[api] read");
+        assert_eq!(
+            api.keys,
+            vec![Secret::new("key-now"), Secret::new("key-before")]
+        );
+        assert_eq!(api.idempotency_ttl_secs, 24 * 3600, "a day by default");
+        assert_eq!(
+            api.opt_out_words,
+            DEFAULT_OPT_OUT_WORDS.map(String::from).to_vec()
+        );
+        // Outside a rotation the previous key's variable is unset: that entry is skipped.
+        let c = parse_api("[api]\nkeys = [\"${COEXIST_API_KEY}\", \"${NOT_SET}\"]\n").unwrap();
+        assert_eq!(c.api.unwrap().keys, vec![Secret::new("key-now")]);
+    }
+
+    #[test]
+    fn a_literal_api_key_is_refused_with_its_index_and_line() {
+        let e =
+            api_error_of("[api]\nkeys = [\n  \"${COEXIST_API_KEY}\",\n  \"sk-live-literal\",\n]\n");
+        assert!(e.contains("api.keys[1]"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("${VAR}"), "says what to write instead: {e}");
+        assert!(!e.contains("sk-live-literal"), "the key is not echoed: {e}");
+        let e = api_error_of("[api]\nkeys = [\"sk-live-literal\"]\n");
+        assert!(e.contains("api.keys[0]") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn an_api_table_with_no_key_set_is_an_error() {
+        for text in [
+            "[api]\nkeys = [\"${NOT_SET}\"]\n",
+            "[api]\nkeys = [\"${EMPTY_KEY}\"]\n",
+            "[api]\nkeys = []\n",
+            "[api]\nidempotency_ttl_secs = 60\n",
+        ] {
+            let e = api_error_of(text);
+            assert!(
+                e.contains("`api.keys`") && e.contains("no API key is set"),
+                "{text}: {e}"
+            );
+            assert!(e.contains("line 1"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn api_idempotency_ttl_and_opt_out_words_are_read_and_checked() {
+        let c = parse_api(
+            "[api]\nkeys = [\"${COEXIST_API_KEY}\"]\nidempotency_ttl_secs = 600\nopt_out_words = [\"STOP\", \"PARAR\"]\n",
+        )
+        .unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.idempotency_ttl_secs, 600);
+        assert_eq!(api.opt_out_words, ["STOP", "PARAR"]);
+        // 0 would forget every key at once: one second at least.
+        let c = parse_api("[api]\nkeys = [\"${COEXIST_API_KEY}\"]\nidempotency_ttl_secs = 0\n")
+            .unwrap();
+        assert_eq!(c.api.unwrap().idempotency_ttl_secs, 1);
+        let e = api_error_of("[api]\nkeys = [\"${COEXIST_API_KEY}\"]\nidempotency_ttl = 600\n");
+        assert!(e.contains("line 3") && e.contains("idempotency_ttl"), "{e}");
+        let e = api_error_of("[api]\nkeys = \"${COEXIST_API_KEY}\"\n");
+        assert!(e.contains("line 2"), "keys is a list: {e}");
+        let e = api_error_of("[api]\nkeys = [\"${COEXIST_API_KEY}\"]\nidempotency_ttl_secs = -1\n");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_never_debug_print() {
+        let c =
+            parse_api("[api]\nkeys = [\"${COEXIST_API_KEY}\", \"${COEXIST_API_KEY_PREVIOUS}\"]\n")
+                .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("key-now") && !dbg.contains("key-before"),
+            "{dbg}"
+        );
+    }
 }

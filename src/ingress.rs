@@ -311,6 +311,61 @@ async fn api_message(
     api_response("api_message", &state, result)
 }
 
+async fn api_broadcast_create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        // A broadcast's list may be far larger than one webhook: 64 MiB at most.
+        let limit = state.max_body_bytes.max(64 * 1024 * 1024);
+        let body = api_body(&req, payload, limit).await?;
+        let ndjson = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| {
+                t.starts_with("application/x-ndjson") || t.starts_with("application/ndjson")
+            });
+        let answer = api
+            .create_broadcast(&path, &body, ndjson, crate::ingest::now_ms())
+            .await?;
+        Ok((202, answer))
+    }
+    .await;
+    api_response("api_broadcasts", &state, result)
+}
+
+async fn api_broadcast(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        let (channel, id) = path.into_inner();
+        Ok((200, api.broadcast(&channel, &id).await?))
+    }
+    .await;
+    api_response("api_broadcast", &state, result)
+}
+
+async fn api_broadcast_cancel(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        let (channel, id) = path.into_inner();
+        Ok((200, api.cancel_broadcast(&channel, &id).await?))
+    }
+    .await;
+    api_response("api_broadcast_cancel", &state, result)
+}
+
 /// Any other `/v1` path: JSON 404 (or 401 first, so paths are not probed without a key).
 async fn api_unknown(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let result = api_of(&req, &state).and_then(|_| {
@@ -329,6 +384,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/channels/{channel}/messages/{id}",
             web::get().to(api_message),
+        )
+        .route(
+            "/v1/channels/{channel}/broadcasts",
+            web::post().to(api_broadcast_create),
+        )
+        .route(
+            "/v1/channels/{channel}/broadcasts/{id}",
+            web::get().to(api_broadcast),
+        )
+        .route(
+            "/v1/channels/{channel}/broadcasts/{id}/cancel",
+            web::post().to(api_broadcast_cancel),
         )
         .route("/v1/{tail:.*}", web::route().to(api_unknown));
     cfg.route("/webhooks/meta", web::get().to(meta_handshake))

@@ -83,6 +83,12 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Broadcasts: create one from a JSON or NDJSON file, follow it, cancel it (the send API's
+    /// code path).
+    Broadcast {
+        #[command(subcommand)]
+        action: BroadcastAction,
+    },
     /// Outbound messages and their lifecycle (queued, sending, sent, delivered, read, failed).
     Outbox {
         #[command(subcommand)]
@@ -148,6 +154,39 @@ enum DlqAction {
 }
 
 #[derive(Subcommand)]
+enum BroadcastAction {
+    /// Creates a broadcast from FILE (`.ndjson`: a first line with name and message, then one
+    /// recipient per line; else the JSON body of the API) and prints its id.
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        file: PathBuf,
+    },
+    /// Counts and state of a broadcast; on a terminal, a progress bar (`--watch`: until done).
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        id: String,
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops a broadcast: nothing more is sent.
+    Cancel {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum OutboxAction {
     /// The newest messages of a channel, newest first, with their status and error.
     List {
@@ -190,6 +229,7 @@ fn main() -> ExitCode {
         Command::Queues { config, json } => queues(&config, json),
         Command::Dlq { action } => dlq(action),
         Command::Outbox { action } => outbox(action),
+        Command::Broadcast { action } => broadcast(action),
         Command::Send {
             config,
             channel,
@@ -464,6 +504,127 @@ fn send(
             }
         }
     })
+}
+
+/// The send API of a config (Redis only: the embedded queue lives inside `run`).
+async fn cli_api(config: &Config, path: &Path, what: &str) -> Result<coexist::api::SendApi> {
+    require_redis(config, path, what)?;
+    let queue = coexist::runtime::connect_queue(config).await?;
+    coexist::runtime::send_api_of(config, &queue).context("no outbound queue")
+}
+
+fn broadcast(action: BroadcastAction) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let answer = match action {
+            BroadcastAction::Create {
+                config: path,
+                channel,
+                file,
+            } => {
+                let config = load_config(&path)?;
+                let body = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let ndjson = file
+                    .extension()
+                    .is_some_and(|e| e == "ndjson" || e == "jsonl");
+                let api = cli_api(&config, &path, "broadcast create").await?;
+                api.create_broadcast(&channel, &body, ndjson, coexist::ingest::now_ms())
+                    .await
+            }
+            BroadcastAction::Status {
+                config: path,
+                channel,
+                id,
+                watch,
+                json,
+            } => {
+                let config = load_config(&path)?;
+                let api = cli_api(&config, &path, "broadcast status").await?;
+                return broadcast_status(&api, &channel, &id, watch, json).await;
+            }
+            BroadcastAction::Cancel {
+                config: path,
+                channel,
+                id,
+            } => {
+                let config = load_config(&path)?;
+                let api = cli_api(&config, &path, "broadcast cancel").await?;
+                api.cancel_broadcast(&channel, &id).await
+            }
+        };
+        match answer {
+            Ok(v) => {
+                println!("{v}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("{}", e.body());
+                eprintln!("coexist: {e}");
+                Ok(ExitCode::from(if e.status == 503 { 1 } else { 2 }))
+            }
+        }
+    })
+}
+
+/// Prints a broadcast's counts: JSON, or on a terminal a progress bar (redrawn with `--watch`
+/// until the broadcast is done or cancelled).
+async fn broadcast_status(
+    api: &coexist::api::SendApi,
+    channel: &str,
+    id: &str,
+    watch: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal() && !json;
+    loop {
+        let v = match api.broadcast(channel, id).await {
+            Ok(v) => v,
+            Err(e) => {
+                println!("{}", e.body());
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let state = v["state"].as_str().unwrap_or("").to_string();
+        if terminal {
+            print!("\r{}", progress_line(&v));
+            std::io::stdout().flush()?;
+        } else {
+            println!("{v}");
+        }
+        if !watch || state != "running" {
+            if terminal {
+                println!();
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `[#########-----------]  45%  4500/10000  sent 4400 delivered 80 read 20 failed 0 skipped 0  running`
+fn progress_line(v: &serde_json::Value) -> String {
+    let total = v["total"].as_u64().unwrap_or(0);
+    let c = &v["counts"];
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let done = total.saturating_sub(n("queued"));
+    let width = 30u64;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    format!(
+        "[{}{}] {:>3}%  {done}/{total}  sent {} delivered {} read {} failed {} skipped {}  {}",
+        "#".repeat(filled as usize),
+        "-".repeat((width - filled) as usize),
+        (done * 100).checked_div(total).unwrap_or(100),
+        n("sent"),
+        n("delivered"),
+        n("read"),
+        n("failed"),
+        n("skipped"),
+        v["state"].as_str().unwrap_or("")
+    )
 }
 
 fn outbox(action: OutboxAction) -> Result<ExitCode> {

@@ -1015,6 +1015,7 @@ async fn rate_suite(rate: RateLimiter) {
         pair: None,
         per_minute: None,
         jitter_ms: 0,
+        ..Limits::unlimited()
     };
     let t0 = 1_700_000_000_000i64;
     let take = |ch: &'static str,
@@ -1076,6 +1077,7 @@ async fn rate_suite(rate: RateLimiter) {
         pair: Bucket::gap(1_000, 1),
         per_minute: None,
         jitter_ms: 0,
+        ..Limits::unlimited()
     };
     assert_eq!(
         take("c3", Some("a"), pair.clone(), t0, 0, 10_000).await,
@@ -1099,6 +1101,7 @@ async fn rate_suite(rate: RateLimiter) {
         pair: Bucket::gap(6_000, 3),
         per_minute: None,
         jitter_ms: 0,
+        ..Limits::unlimited()
     };
     let mut waits = Vec::new();
     for _ in 0..4 {
@@ -1122,6 +1125,7 @@ async fn rate_suite(rate: RateLimiter) {
         pair: None,
         per_minute: Bucket::per_minute(60),
         jitter_ms: 0,
+        ..Limits::unlimited()
     };
     assert_eq!(
         take("c6", Some("a"), cap.clone(), t0, 0, 10_000).await,
@@ -1139,6 +1143,7 @@ async fn rate_suite(rate: RateLimiter) {
         pair: Bucket::gap(3_000, 1),
         per_minute: None,
         jitter_ms: 0,
+        ..Limits::unlimited()
     };
     assert_eq!(
         take("c7", Some("a"), all.clone(), t0, 0, 10_000).await,

@@ -8,12 +8,14 @@
 //! buttons on Personal (`unsupported_on_channel`). Queued, it waits in the customer's lane in
 //! order with the bot's replies, and is checked again when its turn comes.
 
+pub mod broadcast;
 pub mod request;
 
 use crate::channel::ChannelKind;
 use crate::config::{ApiConfig, ChannelConfig, Config, Secret};
 use crate::conversation::window::{self, Window};
 use crate::conversation::ConversationStore;
+use crate::outbound::queue::{BroadcastRecord, NewBroadcast};
 use crate::outbound::rules::{self, RuleError};
 use crate::outbound::{
     Idempotency, OutQueue, OutRecord, OutgoingMessage, QueuedMessage, Submitted,
@@ -119,6 +121,19 @@ pub fn message_view(record: &OutRecord) -> Value {
         "error": error,
         "created_at": record.created_at,
         "history": record.history.iter().map(|h| json!({"status": h.status.as_str(), "at": h.at})).collect::<Vec<_>>(),
+    })
+}
+
+/// What `GET …/broadcasts/{id}` answers.
+pub fn broadcast_view(channel: &str, b: &BroadcastRecord) -> Value {
+    json!({
+        "id": b.id,
+        "channel": channel,
+        "name": b.name,
+        "total": b.total,
+        "counts": b.view_counts(),
+        "state": b.state(),
+        "created_at": b.created_at,
     })
 }
 
@@ -313,6 +328,96 @@ impl SendApi {
             Some(record) => Ok(message_view(&record)),
             None => Err(ApiError::not_found(format!(
                 "no message {id:?} on {channel}"
+            ))),
+        }
+    }
+
+    /// `POST /v1/channels/{channel}/broadcasts`: JSON, or NDJSON when `ndjson`. The
+    /// message is checked against the channel kind now (a template on Personal: 422); each
+    /// recipient's window, handover and opt-out are checked when their turn comes.
+    pub async fn create_broadcast(
+        &self,
+        channel: &str,
+        body: &[u8],
+        ndjson: bool,
+        now_ms: i64,
+    ) -> Result<Value, ApiError> {
+        let ch = self.channel(channel)?.clone();
+        let request = if ndjson {
+            broadcast::from_ndjson(body, ch.kind)
+        } else {
+            broadcast::from_json(body, ch.kind)
+        }
+        .map_err(ApiError::invalid)?;
+        // The channel's own rules (no window yet: that is per recipient, at send time).
+        let open = match ch.kind {
+            ChannelKind::Waba => Window::Open { until_ms: i64::MAX },
+            ChannelKind::Personal => Window::NotApplicable,
+        };
+        rules::check(ch.kind, open, &request.message).map_err(ApiError::rule)?;
+        let id = format!("bc-{:032x}", rand::random::<u128>());
+        let new = NewBroadcast {
+            id: id.clone(),
+            name: request.name.clone(),
+            message: serde_json::to_string(&request.message)
+                .map_err(|e| ApiError::new(400, "invalid_request", e.to_string()))?,
+            recipients: request.recipients,
+            skipped: request.duplicates,
+        };
+        let total = new.recipients.len() as u64 + new.skipped;
+        self.inner
+            .out
+            .create_broadcast(channel, &new, now_ms)
+            .await
+            .map_err(ApiError::unavailable)?;
+        if let Some(wake) = &self.inner.wake {
+            wake.notify_one();
+        }
+        let mut answer = json!({"id": id, "total": total, "state": "running"});
+        if ch.kind == ChannelKind::Personal && new.recipients.len() > broadcast::PERSONAL_WARNING_AT
+        {
+            answer["warning"] = json!(format!(
+                "{} recipients is a lot for a Personal number: WhatsApp bans numbers that write to many people at once; they are paced at the channel's per-chat gap and per-minute cap",
+                new.recipients.len()
+            ));
+        }
+        if new.skipped > 0 {
+            answer["skipped"] = json!(new.skipped);
+        }
+        Ok(answer)
+    }
+
+    /// `GET /v1/channels/{channel}/broadcasts/{id}`.
+    pub async fn broadcast(&self, channel: &str, id: &str) -> Result<Value, ApiError> {
+        self.channel(channel)?;
+        match self
+            .inner
+            .out
+            .broadcast(channel, id)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
+            Some(b) => Ok(broadcast_view(channel, &b)),
+            None => Err(ApiError::not_found(format!(
+                "no broadcast {id:?} on {channel}"
+            ))),
+        }
+    }
+
+    /// `POST /v1/channels/{channel}/broadcasts/{id}/cancel`: nothing more is sent; what was
+    /// queued is skipped (`cancelled`) when its turn comes.
+    pub async fn cancel_broadcast(&self, channel: &str, id: &str) -> Result<Value, ApiError> {
+        self.channel(channel)?;
+        match self
+            .inner
+            .out
+            .cancel_broadcast(channel, id)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
+            Some(b) => Ok(broadcast_view(channel, &b)),
+            None => Err(ApiError::not_found(format!(
+                "no broadcast {id:?} on {channel}"
             ))),
         }
     }

@@ -41,6 +41,11 @@ pub struct ConversationState {
     /// Latest delivery status of the last [`STATUS_MEMORY`] messages sent.
     #[serde(skip_serializing_if = "StatusLog::is_empty")]
     pub statuses: StatusLog,
+    /// When the customer opted out of business-initiated messages (their message was one of
+    /// `[api] opt_out_words`); cleared when they opt in again (START, SUBSCRIBE, UNSTOP).
+    /// Broadcasts skip them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opted_out_at_ms: Option<i64>,
     /// The bot author's typed state, as JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bot_state: Option<Value>,

@@ -176,6 +176,30 @@ pub fn mark_window_closed(kind: ChannelKind, state: &mut ConversationState, at_m
     state.window_end_ms != before
 }
 
+/// Words that take an opt-out back (any case, trimmed).
+pub const OPT_IN_WORDS: [&str; 3] = ["START", "SUBSCRIBE", "UNSTOP"];
+
+/// A customer's message that is exactly an opt-out word (`words`, any case, trimmed) opts
+/// them out of business-initiated messages; one of [`OPT_IN_WORDS`] opts them back in. Any
+/// other message changes nothing. Returns true when the state changed.
+pub fn note_consent(
+    state: &mut ConversationState,
+    text: &str,
+    at_ms: i64,
+    words: &[String],
+) -> bool {
+    let said = text.trim();
+    if words.iter().any(|w| w.eq_ignore_ascii_case(said)) {
+        if state.opted_out_at_ms.is_none() {
+            state.opted_out_at_ms = Some(at_ms);
+            return true;
+        }
+    } else if OPT_IN_WORDS.iter().any(|w| w.eq_ignore_ascii_case(said)) {
+        return state.opted_out_at_ms.take().is_some();
+    }
+    false
+}
+
 /// Records a message the business sent through the API (does not touch the window).
 pub fn record_outbound(state: &mut ConversationState, at_ms: i64) {
     state.last_outbound_ms = Some(state.last_outbound_ms.map_or(at_ms, |t| t.max(at_ms)));

@@ -146,6 +146,32 @@ impl Outbound {
             })
         };
 
+        // Meta's messaging limit: a template outside the customer's window reaches a customer
+        // the business may not have reached in 24 h; beyond the limit, wait for the window to
+        // roll.
+        let business_initiated = !window.allows_free_form() && msg.reply.is_message();
+        if kind == ChannelKind::Waba && business_initiated {
+            match self
+                .inner
+                .rate
+                .reach(&msg.channel, &ch.limits, &msg.to, now_ms)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(until_ms)) => {
+                    return Done(Attempt::Later {
+                        until_ms,
+                        reason: WaitReason::MessagingLimit,
+                        bump: false,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %msg.channel, error = %e, "messaging limit unavailable");
+                    return store_trouble(head.attempts);
+                }
+            }
+        }
+
         // Rate limits: reserve a slot, or set the lane aside until one can be had.
         let contact = msg.reply.is_message().then_some(msg.to.as_str());
         let jitter = if contact.is_some() && ch.limits.jitter_ms > 0 {

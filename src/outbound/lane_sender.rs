@@ -14,11 +14,15 @@
 //! in between neither loses it nor doubles it).
 
 use super::attempt::{failure_code, provider_code, Attempt, Prepared};
+use super::message::{OutgoingMessage, Reply};
+use super::queue::broadcast_of;
 use super::queue::{LaneGrant, OutQueue, QueuedMessage, Settle};
 use super::{Outbound, SendError, Sent};
+use crate::api::broadcast::personalize;
+use crate::api::request::conversation_id;
 use crate::config::ChannelConfig;
-use crate::conversation::window::{self, Window};
-use crate::conversation::ConversationStore;
+use crate::conversation::window;
+use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Event, EventType, OutboundFailure};
 use crate::metrics::Metrics;
 use crate::queue::{NewEvent, Queue};
@@ -148,9 +152,18 @@ impl LaneSender {
         let mut channels: Vec<String> = self.channels.keys().cloned().collect();
         channels.sort();
         tracing::info!(sender = %self.id, lanes = self.settings.lanes, "outbound sender started");
+        let mut fed_at = 0i64;
         while !*stop.borrow() {
             let now = self.clock.now_ms();
             let mut next = now + self.settings.poll.as_millis() as i64;
+            if now - fed_at >= FEED_EVERY_MS {
+                fed_at = now;
+                for channel in &channels {
+                    if let Some(c) = self.channels.get(channel) {
+                        self.feed_broadcasts(c).await;
+                    }
+                }
+            }
             for channel in &channels {
                 let free = permits.available_permits();
                 if free == 0 {
@@ -213,6 +226,9 @@ impl LaneSender {
         loop {
             let mut worked = false;
             for channel in &channels {
+                if let Some(c) = self.channels.get(*channel) {
+                    worked |= self.feed_broadcasts(c).await > 0;
+                }
                 let now = self.clock.now_ms();
                 let Ok(taken) = self.out.take(channel, &self.id, now, 64).await else {
                     return total;
@@ -248,14 +264,27 @@ impl LaneSender {
                     return count;
                 }
             };
-            let window = match self.window(&channel, &head.msg.to, now).await {
-                Some(w) => w,
-                None => {
-                    self.defer(&grant, now + 1_000, super::WaitReason::Backoff, None)
-                        .await;
-                    return count;
-                }
+            let Some(state) = self.conversation(&channel, &head.msg.to).await else {
+                self.defer(&grant, now + 1_000, super::WaitReason::Backoff, None)
+                    .await;
+                return count;
             };
+            if let Some(reason) = self.skip_reason(&channel, &head, &state, now).await {
+                self.settle(
+                    &grant,
+                    &head,
+                    &Settle::Skipped {
+                        reason: reason.into(),
+                    },
+                )
+                .await;
+                self.metrics.inc(
+                    "coexist_messages_sent_total",
+                    &[("channel", &grant.channel), ("outcome", "skipped")],
+                );
+                continue;
+            }
+            let window = window::window(channel.kind, &state, now);
             let started = Instant::now();
             let prepared = self
                 .outbound
@@ -321,22 +350,106 @@ impl LaneSender {
         count
     }
 
-    /// The conversation's service window now; `None` when the store cannot be read.
-    async fn window(&self, channel: &ChannelConfig, to: &str, now: i64) -> Option<Window> {
-        if !channel.kind.has_service_window() {
-            return Some(Window::NotApplicable);
-        }
+    /// The conversation as stored now (default when never seen); `None` when the store cannot
+    /// be read.
+    async fn conversation(&self, channel: &ChannelConfig, to: &str) -> Option<ConversationState> {
         match self.store.load(&channel.id, to).await {
-            Ok(state) => Some(window::window(
-                channel.kind,
-                &state.unwrap_or_default(),
-                now,
-            )),
+            Ok(state) => Some(state.unwrap_or_default()),
             Err(e) => {
                 tracing::warn!(channel = %channel.id, error = %e, "loading the conversation for a send failed");
                 None
             }
         }
+    }
+
+    /// Why a broadcast's message must not go to this customer now: the broadcast was
+    /// cancelled, a person is handling the conversation, or the customer opted out.
+    async fn skip_reason(
+        &self,
+        channel: &ChannelConfig,
+        head: &QueuedMessage,
+        state: &ConversationState,
+        now: i64,
+    ) -> Option<&'static str> {
+        let bc = broadcast_of(&head.msg.outbox_key)?;
+        if let Ok(Some(b)) = self.out.broadcast(&channel.id, bc).await {
+            if b.stored_state == "cancelled" {
+                return Some("cancelled");
+            }
+        }
+        if window::handover_active(state, now) {
+            return Some("handover");
+        }
+        state.opted_out_at_ms.map(|_| "opted_out")
+    }
+
+    /// Moves the next recipients of the channel's running broadcasts into their lanes, keeping
+    /// about two seconds of the channel's rate in flight per broadcast: the rest waits in the
+    /// broadcast's list, so a reply to a customer never queues behind a whole campaign.
+    pub async fn feed_broadcasts(&self, channel: &ChannelConfig) -> usize {
+        let ids = match self.out.running_broadcasts(&channel.id).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(channel = %channel.id, error = %e, "reading running broadcasts failed");
+                return 0;
+            }
+        };
+        let mut fed = 0;
+        for id in ids {
+            fed += self.feed_one(channel, &id).await.unwrap_or_else(|e| {
+                tracing::warn!(channel = %channel.id, broadcast = %id, error = %e, "feeding a broadcast failed");
+                0
+            });
+        }
+        fed
+    }
+
+    async fn feed_one(
+        &self,
+        channel: &ChannelConfig,
+        id: &str,
+    ) -> Result<usize, super::OutQueueError> {
+        let out = &self.out;
+        let Some(b) = out.broadcast(&channel.id, id).await? else {
+            out.retire_broadcast(&channel.id, id).await?;
+            return Ok(0);
+        };
+        if b.stored_state == "cancelled" || (b.fed >= b.size && b.in_flight() == 0) {
+            out.retire_broadcast(&channel.id, id).await?;
+            return Ok(0);
+        }
+        let room = feed_window(channel).saturating_sub(b.in_flight());
+        let n = room.min(500).min(b.size.saturating_sub(b.fed)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let message: Reply = serde_json::from_str(&b.message)
+            .map_err(|e| super::OutQueueError::Decode(e.to_string()))?;
+        let now = self.clock.now_ms();
+        let mut items = Vec::with_capacity(n);
+        let recipients = out.broadcast_recipients(&channel.id, id, b.fed, n).await?;
+        for (i, r) in recipients.iter().enumerate() {
+            let r: serde_json::Value =
+                serde_json::from_str(r).map_err(|e| super::OutQueueError::Decode(e.to_string()))?;
+            let to = r["to"].as_str().unwrap_or_default();
+            let reply = personalize(&message, &r["params"]).unwrap_or_else(|_| message.clone());
+            let id_of_conv = conversation_id(channel.kind, to);
+            let customer = match self.queue.conversation_of(&channel.id, &id_of_conv).await {
+                Ok(Some(c)) => c,
+                _ => id_of_conv,
+            };
+            let msg = OutgoingMessage::new(
+                &channel.id,
+                &customer,
+                reply,
+                format!("{id}.{}", b.fed + i as u64),
+            );
+            items.push((customer, QueuedMessage::new(msg, now)));
+        }
+        Ok(out
+            .feed_broadcast(&channel.id, id, b.fed, &items, now)
+            .await?
+            .unwrap_or(0))
     }
 
     async fn defer(
@@ -463,6 +576,18 @@ impl LaneSender {
         if let Some(observe) = &self.observer {
             observe(&head.msg, result);
         }
+    }
+}
+
+/// How often a sender moves broadcast recipients into lanes.
+const FEED_EVERY_MS: i64 = 200;
+
+/// How many of one broadcast's messages may wait in lanes at once: about two seconds of the
+/// channel's rate (at least 20; 1,000 when the rate is unlimited).
+fn feed_window(channel: &ChannelConfig) -> u64 {
+    match channel.send_rate_per_second {
+        0 => 1_000,
+        rate => (u64::from(rate) * 2).clamp(20, 5_000),
     }
 }
 

@@ -38,6 +38,11 @@ pub const WABA_PAIR_BURST: u32 = 10;
 
 static RATE_TAKE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../lua/rate_take.lua")));
+static REACH_TAKE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../lua/reach_take.lua")));
+
+/// The moving window of Meta's messaging limit.
+pub const REACH_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// `burst` sends at once, then one per `interval_us`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +85,10 @@ pub struct Limits {
     pub per_minute: Option<Bucket>,
     /// Random extra delay before each message, up to this many ms (0: none).
     pub jitter_ms: u64,
+    /// Meta's messaging limit: unique customers reached outside a window per 24 h (0: none).
+    pub reach_per_day: u32,
+    /// Whose count it is: the channel's own, or its business portfolio's.
+    pub reach_portfolio: Option<String>,
 }
 
 impl Limits {
@@ -91,12 +100,16 @@ impl Limits {
                 pair: Bucket::gap(c.pair_gap_ms, WABA_PAIR_BURST),
                 per_minute: None,
                 jitter_ms: c.jitter_ms,
+                reach_per_day: c.messaging_limit_per_day,
+                reach_portfolio: c.portfolio.clone(),
             },
             ChannelKind::Personal => Limits {
                 channel: Bucket::per_second(c.send_rate_per_second),
                 pair: Bucket::gap(c.pair_gap_ms, 1),
                 per_minute: Bucket::per_minute(c.max_per_minute),
                 jitter_ms: c.jitter_ms,
+                reach_per_day: 0,
+                reach_portfolio: None,
             },
         }
     }
@@ -108,6 +121,8 @@ impl Limits {
             pair: None,
             per_minute: None,
             jitter_ms: 0,
+            reach_per_day: 0,
+            reach_portfolio: None,
         }
     }
 
@@ -164,8 +179,13 @@ pub enum RateLimiter {
     Memory {
         keys: Keys,
         tats: Arc<Mutex<HashMap<String, u64>>>,
+        /// reach key → customer → last time reached.
+        reach: Arc<Mutex<ReachSets>>,
     },
 }
+
+/// The memory twin's reach sets: key → customer → last time reached (ms).
+type ReachSets = HashMap<String, HashMap<String, i64>>;
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +205,7 @@ impl RateLimiter {
         RateLimiter::Memory {
             keys,
             tats: Arc::default(),
+            reach: Arc::default(),
         }
     }
 
@@ -202,6 +223,48 @@ impl RateLimiter {
         self.reserve(channel, contact, limits, now_ms, jitter_ms, max_wait_ms)
             .await
             .map(|(take, _)| take)
+    }
+
+    /// Meta's messaging limit for one business-initiated message to `customer` outside a
+    /// service window: `None` when it may go (the customer is counted), else the time (ms)
+    /// when a new customer fits again. No limit set: always `None`.
+    pub async fn reach(
+        &self,
+        channel: &str,
+        limits: &Limits,
+        customer: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, RateError> {
+        if limits.reach_per_day == 0 {
+            return Ok(None);
+        }
+        let limit = limits.reach_per_day as usize;
+        match self {
+            RateLimiter::Redis { con, keys } => {
+                let mut con = con.clone();
+                let at: i64 = REACH_TAKE
+                    .key(keys.reach(channel, limits.reach_portfolio.as_deref()))
+                    .arg(now_ms)
+                    .arg(REACH_WINDOW_MS)
+                    .arg(limit)
+                    .arg(customer)
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok((at > 0).then_some(at))
+            }
+            RateLimiter::Memory { keys, reach, .. } => {
+                let key = keys.reach(channel, limits.reach_portfolio.as_deref());
+                let mut reach = reach.lock().unwrap_or_else(|e| e.into_inner());
+                let set = reach.entry(key).or_default();
+                set.retain(|_, at| *at > now_ms - REACH_WINDOW_MS);
+                if set.contains_key(customer) || set.len() < limit {
+                    set.insert(customer.to_string(), now_ms);
+                    return Ok(None);
+                }
+                let oldest = set.values().min().copied().unwrap_or(now_ms);
+                Ok(Some(oldest + REACH_WINDOW_MS + 1))
+            }
+        }
     }
 
     /// [`RateLimiter::take`], also saying whether a per-contact gate (pair gap, per-chat gap)
@@ -241,7 +304,7 @@ impl RateLimiter {
                     _ => return Err(RateError::UnexpectedReply(reply)),
                 }
             }
-            RateLimiter::Memory { keys, tats } => {
+            RateLimiter::Memory { keys, tats, .. } => {
                 let buckets = limits.buckets(keys, channel, contact);
                 let mut tats = tats.lock().unwrap_or_else(|e| e.into_inner());
                 if tats.len() > 10_000 {

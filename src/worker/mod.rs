@@ -48,6 +48,8 @@ pub struct WorkerSettings {
     pub block_ms: u64,
     /// Entries read per call.
     pub batch: usize,
+    /// A customer's message that is one of these opts them out of broadcasts.
+    pub opt_out_words: Vec<String>,
 }
 
 impl WorkerSettings {
@@ -62,6 +64,14 @@ impl WorkerSettings {
             // Short enough that timers and shutdown are noticed promptly.
             block_ms: config.worker.block_ms.clamp(10, 5_000),
             batch: 64,
+            opt_out_words: config.api.as_ref().map_or_else(
+                || {
+                    crate::config::DEFAULT_OPT_OUT_WORDS
+                        .map(String::from)
+                        .to_vec()
+                },
+                |a| a.opt_out_words.clone(),
+            ),
         }
     }
 

@@ -320,6 +320,13 @@ impl<'a> PartitionTask<'a> {
             now,
             self.shared.settings.handover_ms,
         );
+        if let (EventType::Message, Some(text)) = (
+            event.event_type,
+            event.message.as_ref().and_then(|m| m.text.as_deref()),
+        ) {
+            let at = if event.at > 0 { event.at } else { now };
+            window::note_consent(&mut state, text, at, &self.shared.settings.opt_out_words);
+        }
         // While a person handles the conversation, customer messages are acked without the bot
         // seeing them (the person answers them on the phone); everything else still reaches the
         // bot. When the handover ends, the bot sees the messages that come after.

@@ -102,6 +102,8 @@ struct Broadcast {
     created: i64,
     counts: BTreeMap<String, i64>,
     recipients: Vec<String>,
+    /// Listed again, left out at creation.
+    duplicates: u64,
 }
 
 impl Broadcast {
@@ -110,7 +112,8 @@ impl Broadcast {
             id: id.to_string(),
             name: self.name.clone(),
             message: self.message.clone(),
-            total: self.recipients.len() as u64,
+            total: self.recipients.len() as u64 + self.duplicates,
+            size: self.recipients.len() as u64,
             fed: self.fed,
             stored_state: self.state.clone(),
             created_at: self.created,
@@ -743,6 +746,7 @@ impl MemoryOutQueue {
                 created: now_ms,
                 counts,
                 recipients: b.recipients.clone(),
+                duplicates: b.skipped,
             },
         );
         ch.running.add(&b.id, now_ms);

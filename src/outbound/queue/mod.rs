@@ -243,7 +243,10 @@ pub struct BroadcastRecord {
     pub id: String,
     pub name: String,
     pub message: String,
+    /// Recipients listed (duplicates included: they count as skipped).
     pub total: u64,
+    /// Recipients stored to be messaged (each `to` once).
+    pub size: u64,
     /// Recipients moved into lanes so far.
     pub fed: u64,
     /// `running` or `cancelled` as stored (`done` is derived: see [`BroadcastRecord::state`]).
@@ -275,7 +278,7 @@ impl BroadcastRecord {
     pub fn state(&self) -> &'static str {
         if self.stored_state == "cancelled" {
             "cancelled"
-        } else if self.fed >= self.total && self.in_flight() == 0 {
+        } else if self.fed >= self.size && self.in_flight() == 0 {
             "done"
         } else {
             "running"

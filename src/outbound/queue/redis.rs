@@ -648,6 +648,7 @@ pub(crate) fn decode_broadcast(id: &str, f: &HashMap<String, String>) -> Option<
         name: f.get("name").cloned().unwrap_or_default(),
         message: f.get("message").cloned().unwrap_or_default(),
         total: num("total").max(0) as u64,
+        size: num("size").max(0) as u64,
         fed: num("fed").max(0) as u64,
         stored_state,
         created_at: num("created"),
