@@ -473,14 +473,12 @@ fn send(
     idempotency_key: Option<&str>,
 ) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    require_redis(&config, config_path, "send")?;
     let body = what.body()?.to_string();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let queue = coexist::runtime::connect_queue(&config).await?;
-        let api = coexist::runtime::send_api_of(&config, &queue).context("no outbound queue")?;
+        let api = cli_api(&config, config_path, "send").await?;
         match api
             .send_body(
                 channel,
