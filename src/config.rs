@@ -469,11 +469,11 @@ impl Ctx<'_> {
         };
         let a = spanned.get_ref();
         for (i, k) in a.keys.iter().enumerate() {
-            if !k.get_ref().contains("${") {
+            if !k.get_ref().contains("${") || k.get_ref().contains(":-") {
                 return self.err(
                     k.span(),
                     &format!("api.keys[{i}]"),
-                    "API keys come from the environment: write \"${VAR}\" and export VAR",
+                    "API keys come from the environment: write \"${VAR}\" (no default) and export VAR",
                 );
             }
         }

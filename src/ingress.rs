@@ -238,6 +238,9 @@ fn api_response(
     if status == 503 {
         res.insert_header(("Retry-After", "5"));
     }
+    if status == 401 {
+        res.insert_header(("WWW-Authenticate", "Bearer"));
+    }
     res.content_type("application/json").body(body.to_string())
 }
 
@@ -246,7 +249,11 @@ fn api_of<'a>(req: &HttpRequest, state: &'a AppState) -> Result<&'a SendApi, Api
     let api = state
         .api
         .as_ref()
-        .ok_or_else(|| ApiError::not_found("the send API is off (no [api] table)"))?;
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "the send API is off: no [api] table (or `serve` on the embedded queue, which has no sender: use `run`)",
+            )
+        })?;
     api.authorize(header(req, "authorization"))?;
     Ok(api)
 }

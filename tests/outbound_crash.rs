@@ -313,17 +313,6 @@ async fn audit(d: &Deployment) -> Vec<support::StreamEntry> {
     support::xrange(&d.redis_url, &d.keys.outbox(WABA)).await
 }
 
-async fn wait_serving(d: &Deployment) {
-    support::eventually(Duration::from_secs(15), "ingress up", || async {
-        reqwest::get(format!("http://{}/healthz", d.listen))
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    })
-    .await;
-}
-
 /// Signs and POSTs one Meta webhook to `coexist serve` with a `sent` status per
 /// `(recipient, wamid, outbox key)`, each carrying the key in `biz_opaque_callback_data`.
 async fn post_statuses(d: &Deployment, statuses: &[(String, String, String)]) {
@@ -335,25 +324,7 @@ async fn post_statuses(d: &Deployment, statuses: &[(String, String, String)]) {
                    "biz_opaque_callback_data": key})
         })
         .collect();
-    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
-        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
-            "statuses": items}}]}]})
-    .to_string();
-    let sig = coexist::verify::header_value(
-        coexist::verify::Algorithm::Sha256,
-        APP_SECRET.as_bytes(),
-        body.as_bytes(),
-    );
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/meta", d.listen))
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
+    deploy::post_statuses(d, items).await;
 }
 
 // ------------------------------------------------------------------ 1. before the commit

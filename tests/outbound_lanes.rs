@@ -102,41 +102,6 @@ fn meta_status(
     s
 }
 
-/// Signs (`X-Hub-Signature-256` with the app secret) and POSTs one Meta webhook carrying these
-/// statuses to `coexist serve`.
-async fn post_statuses(d: &Deployment, statuses: Vec<Value>) {
-    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
-        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
-            "statuses": statuses}}]}]})
-    .to_string();
-    let sig = coexist::verify::header_value(
-        coexist::verify::Algorithm::Sha256,
-        APP_SECRET.as_bytes(),
-        body.as_bytes(),
-    );
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/meta", d.listen))
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-}
-
-async fn wait_serving(d: &Deployment) {
-    support::eventually(Duration::from_secs(15), "ingress up", || async {
-        reqwest::get(format!("http://{}/healthz", d.listen))
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    })
-    .await;
-}
-
 /// Requests to the fake Graph API whose outbox key starts with `prefix`, in arrival order.
 fn graph_sends(d: &Deployment, prefix: &str) -> Vec<Recorded> {
     d.graph

@@ -200,9 +200,10 @@ impl SendApi {
     /// Checks `Authorization: Bearer <key>` against every configured key, in constant time.
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
         use subtle::ConstantTimeEq;
+        // The scheme is case-insensitive (RFC 9110): `Bearer`, `bearer`, `BEARER`.
         let given = authorization
-            .and_then(|h| h.strip_prefix(b"Bearer "))
-            .map(<[u8]>::trim_ascii)
+            .filter(|h| h.len() > 7 && h[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|h| h[7..].trim_ascii())
             .filter(|k| !k.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         // Compare with every key (no early exit), so timing says nothing about which matched.
@@ -249,10 +250,12 @@ impl SendApi {
         now_ms: i64,
     ) -> Result<Accepted, ApiError> {
         let ch = self.channel(channel)?.clone();
-        let idempotency = idempotency_key
-            .map(|key| self.idempotency(key, channel, request))
-            .transpose()?;
+        if let Some(key) = idempotency_key {
+            check_idempotency_key(key)?;
+        }
         let conversation = self.conversation(&ch, &request.to).await?;
+        // Hashed over the conversation `to` names: `+1555…` and `1555…` are one request.
+        let idempotency = idempotency_key.map(|key| self.idempotency(key, &conversation, request));
         let window = self.window(&ch, &conversation, now_ms).await?;
         rules::check(ch.kind, window, &request.reply).map_err(ApiError::rule)?;
         let mut msg = OutgoingMessage::new(
@@ -422,32 +425,18 @@ impl SendApi {
         }
     }
 
-    fn idempotency(
-        &self,
-        key: &str,
-        channel: &str,
-        request: &MessageRequest,
-    ) -> Result<Idempotency, ApiError> {
-        if key.is_empty() || key.len() > 255 || key.chars().any(|c| c.is_control()) {
-            return Err(ApiError::new(
-                400,
-                "invalid_request",
-                "Idempotency-Key: 1 to 255 printable characters",
-            )
-            .with("field", json!("Idempotency-Key")));
-        }
+    fn idempotency(&self, key: &str, conversation: &str, request: &MessageRequest) -> Idempotency {
         // The body as understood (not its bytes): the same request reformatted is the same.
         let canonical = json!({
-            "channel": channel,
-            "to": request.to,
+            "to": conversation,
             "reply": request.reply,
             "reply_to": request.reply_to,
         });
-        Ok(Idempotency {
+        Idempotency {
             key: key.to_string(),
             body_hash: hex::encode(Sha256::digest(canonical.to_string().as_bytes())),
             ttl_ms: self.inner.idempotency_ttl_ms,
-        })
+        }
     }
 
     /// The conversation `to` names on this channel: its Personal chat id form, then the alias
@@ -481,6 +470,18 @@ impl SendApi {
             .unwrap_or_default();
         Ok(window::window(ch.kind, &state, now))
     }
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || key.chars().any(|c| c.is_control()) {
+        return Err(ApiError::new(
+            400,
+            "invalid_request",
+            "Idempotency-Key: 1 to 255 printable characters",
+        )
+        .with("field", json!("Idempotency-Key")));
+    }
+    Ok(())
 }
 
 /// A new message id: `api-` and 128 random bits (also the outbox key).
