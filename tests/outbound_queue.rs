@@ -1230,3 +1230,624 @@ async fn memory_twin_answers_like_redis() {
         assert_eq!(all, m.list(CH, None, 100, now).await.unwrap());
     }
 }
+
+// ---------------------------------------------------------------- broadcasts
+
+use coexist::outbound::queue::{broadcast_of, BroadcastRecord, NewBroadcast};
+use serde_json::json;
+
+/// `{"to": …}` as a broadcast stores one recipient.
+fn recipient(to: &str) -> String {
+    json!({"to": to, "params": null}).to_string()
+}
+
+/// A broadcast of a template to `to` (each once), `skipped` listed twice at creation.
+fn new_broadcast(bc: &str, to: &[&str], skipped: u64) -> NewBroadcast {
+    NewBroadcast {
+        id: bc.to_string(),
+        name: format!("campaign {bc}"),
+        message: json!({"type": "template", "name": "promo", "language": "en_US"}).to_string(),
+        recipients: to.iter().map(|t| recipient(t)).collect(),
+        skipped,
+    }
+}
+
+/// Recipient `i` of broadcast `bc`: message id `<bc>.<i>`, queued at `at`.
+fn bc_msg(bc: &str, i: u64, to: &str, at: i64) -> QueuedMessage {
+    let reply = Reply::Template {
+        name: "promo".into(),
+        language: "en_US".into(),
+        components: vec![],
+    };
+    QueuedMessage::new(OutgoingMessage::new(CH, to, reply, format!("{bc}.{i}")), at)
+}
+
+async fn bc(q: &OutQueue, id: &str) -> BroadcastRecord {
+    q.broadcast(CH, id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no broadcast {id}"))
+}
+
+/// The stored per-status counts, zeros left out.
+fn nonzero(b: &BroadcastRecord) -> BTreeMap<String, i64> {
+    b.counts
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect()
+}
+
+fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The API's `counts`: queued, sent, delivered, read, failed, skipped.
+fn view(
+    queued: u64,
+    sent: u64,
+    delivered: u64,
+    read: u64,
+    failed: u64,
+    skipped: u64,
+) -> serde_json::Value {
+    json!({"queued": queued, "sent": sent, "delivered": delivered, "read": read,
+           "failed": failed, "skipped": skipped})
+}
+
+async fn bc_record(q: &OutQueue, id: &str) -> OutRecord {
+    q.record(CH, id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no record of {id}"))
+}
+
+/// Create (a duplicate id refused and changing nothing), the running list oldest first,
+/// recipients paged, retire, unknown ids, and a broadcast whose every recipient was a
+/// duplicate (done at once).
+async fn suite_broadcast_create(q: OutQueue) {
+    assert_eq!(broadcast_of("bc-1.0"), Some("bc-1"));
+    assert_eq!(broadcast_of("bc-1.2.17"), Some("bc-1.2"));
+    assert_eq!(broadcast_of("ev.a0:0"), None);
+    assert_eq!(broadcast_of("api-00ff"), None);
+
+    assert_eq!(
+        q.running_broadcasts(CH).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(q
+        .create_broadcast(CH, &new_broadcast("bc-1", &["A", "B", "C"], 1), 1_000)
+        .await
+        .unwrap());
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(
+        (
+            b.id.as_str(),
+            b.name.as_str(),
+            b.total,
+            b.size,
+            b.fed,
+            b.created_at
+        ),
+        ("bc-1", "campaign bc-1", 4, 3, 0, 1_000)
+    );
+    assert_eq!(b.stored_state, "running");
+    assert_eq!(b.state(), "running");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b.message).unwrap(),
+        json!({"type": "template", "name": "promo", "language": "en_US"})
+    );
+    assert_eq!(nonzero(&b), counts(&[("skipped", 1)]));
+    assert_eq!(b.view_counts(), view(3, 0, 0, 0, 0, 1));
+    assert_eq!((b.in_flight(), b.finished()), (0, 1));
+
+    // The same id again: refused, and neither the record nor the recipients change.
+    assert!(!q
+        .create_broadcast(CH, &new_broadcast("bc-1", &["X", "Y"], 0), 1_500)
+        .await
+        .unwrap());
+    assert_eq!(bc(&q, "bc-1").await, b);
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-1", 0, 10).await.unwrap(),
+        [recipient("A"), recipient("B"), recipient("C")]
+    );
+
+    assert!(q
+        .create_broadcast(CH, &new_broadcast("bc-2", &["D"], 0), 2_000)
+        .await
+        .unwrap());
+    assert_eq!(q.running_broadcasts(CH).await.unwrap(), ["bc-1", "bc-2"]);
+    assert_eq!(
+        q.running_broadcasts("other").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(q.broadcast("other", "bc-1").await.unwrap(), None);
+    assert_eq!(q.broadcast(CH, "bc-none").await.unwrap(), None);
+
+    // Paging through the recipients.
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-1", 0, 2).await.unwrap(),
+        [recipient("A"), recipient("B")]
+    );
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-1", 2, 2).await.unwrap(),
+        [recipient("C")]
+    );
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-1", 3, 5).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-1", 1, 0).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        q.broadcast_recipients(CH, "bc-none", 0, 5).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    // Retired: off the running list, still readable.
+    q.retire_broadcast(CH, "bc-2").await.unwrap();
+    assert_eq!(q.running_broadcasts(CH).await.unwrap(), ["bc-1"]);
+    assert_eq!(bc(&q, "bc-2").await.state(), "running");
+    q.retire_broadcast(CH, "bc-none").await.unwrap();
+
+    // Every recipient listed twice: nothing to send, done from the start.
+    assert!(q
+        .create_broadcast(CH, &new_broadcast("bc-3", &[], 2), 3_000)
+        .await
+        .unwrap());
+    let b3 = bc(&q, "bc-3").await;
+    assert_eq!((b3.total, b3.size, b3.fed), (2, 0, 0));
+    assert_eq!(b3.state(), "done");
+    assert_eq!(b3.view_counts(), view(0, 0, 0, 0, 0, 2));
+    assert_eq!(q.running_broadcasts(CH).await.unwrap(), ["bc-1", "bc-3"]);
+}
+
+both!(
+    suite_broadcast_create,
+    broadcast_create_redis,
+    broadcast_create_memory
+);
+
+/// Feeding moves recipients into their lanes under a cursor (a stale cursor feeds nothing);
+/// the counts follow every message through begin, settle and status webhooks; done when all
+/// are fed and settled.
+async fn suite_broadcast_feed_and_counts(q: OutQueue) {
+    q.create_broadcast(CH, &new_broadcast("bc-1", &["A", "B", "C", "D"], 1), 1_000)
+        .await
+        .unwrap();
+    let items = |from: u64, to: &[&str], at: i64| -> Vec<(String, QueuedMessage)> {
+        to.iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), bc_msg("bc-1", from + i as u64, c, at)))
+            .collect()
+    };
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 0, &items(0, &["A", "B"], 1_100), 1_100)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(b.fed, 2);
+    assert_eq!(nonzero(&b), counts(&[("queued", 2), ("skipped", 1)]));
+    assert_eq!(b.view_counts(), view(4, 0, 0, 0, 0, 1));
+    assert_eq!((b.in_flight(), b.state()), (2, "running"));
+    assert_eq!(head_id(&q, "A").await.as_deref(), Some("bc-1.0"));
+    assert_eq!(head_id(&q, "B").await.as_deref(), Some("bc-1.1"));
+    let r = bc_record(&q, "bc-1.1").await;
+    assert_eq!(
+        (r.status, r.to.as_str(), r.kind.as_str()),
+        (MessageStatus::Queued, "B", "template")
+    );
+
+    // A feeder that read the cursor before: nothing fed, nothing counted.
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 0, &items(0, &["A", "B"], 1_150), 1_150)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 1, &items(1, &["B", "C"], 1_150), 1_150)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(bc(&q, "bc-1").await, b);
+    assert_eq!(q.lane(CH, "A").await.unwrap().len(), 1);
+    assert_eq!(head(&q, "C").await, None);
+    assert_eq!(q.stats(CH, 1_150).await.unwrap().backlog, 2);
+
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 2, &items(2, &["C", "D"], 1_200), 1_200)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let b = bc(&q, "bc-1").await;
+    assert_eq!((b.fed, b.in_flight(), b.state()), (4, 4, "running"));
+    // Fed to the end: a stale or a current cursor feeds nothing more.
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 2, &items(2, &["C"], 1_250), 1_250)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let t = take(&q, "w", 1_300, 10).await;
+    assert_eq!(customers(&t), ["A", "B", "C", "D"]);
+    let (ga, gb, gc, gd) = (
+        grant(&t, "A"),
+        grant(&t, "B"),
+        grant(&t, "C"),
+        grant(&t, "D"),
+    );
+    let m = |i: u64, c: &str| bc_msg("bc-1", i, c, 1_100);
+    // begin: queued → sending.
+    assert!(q.begin(ga, &m(0, "A"), 1_400).await.unwrap());
+    assert_eq!(
+        nonzero(&bc(&q, "bc-1").await),
+        counts(&[("queued", 3), ("sending", 1), ("skipped", 1)])
+    );
+    // A begin on a stale grant moves nothing.
+    let stale = LaneGrant {
+        token: "w:999".into(),
+        ..gb.clone()
+    };
+    assert!(!q.begin(&stale, &m(1, "B"), 1_400).await.unwrap());
+    assert_eq!(bc_record(&q, "bc-1.1").await.status, MessageStatus::Queued);
+
+    q.settle(ga, &m(0, "A"), &sent("wamid.A"), 1_500)
+        .await
+        .unwrap();
+    q.settle(gb, &m(1, "B"), &failed("undeliverable", "131026"), 1_500)
+        .await
+        .unwrap();
+    q.settle(
+        gc,
+        &bc_msg("bc-1", 2, "C", 1_200),
+        &Settle::Skipped {
+            reason: "opted_out".into(),
+        },
+        1_500,
+    )
+    .await
+    .unwrap();
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(
+        nonzero(&b),
+        counts(&[("queued", 1), ("sent", 1), ("failed", 1), ("skipped", 2)])
+    );
+    assert_eq!(b.view_counts(), view(1, 1, 0, 0, 1, 2));
+    assert_eq!(b.state(), "running");
+    // Settling again counts nothing twice.
+    q.settle(ga, &m(0, "A"), &sent("wamid.A"), 1_550)
+        .await
+        .unwrap();
+    q.settle(
+        gc,
+        &bc_msg("bc-1", 2, "C", 1_200),
+        &Settle::Skipped {
+            reason: "handover".into(),
+        },
+        1_550,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bc(&q, "bc-1").await, b);
+    let rc = bc_record(&q, "bc-1.2").await;
+    assert_eq!(rc.status, MessageStatus::Skipped);
+    assert_eq!(rc.error_code.as_deref(), Some("opted_out"));
+    assert_eq!(rc.wamid, None);
+    assert_eq!(
+        history(&rc),
+        [
+            (MessageStatus::Queued, 1_200),
+            (MessageStatus::Skipped, 1_500)
+        ]
+    );
+
+    // The last one: done once it settles (not before).
+    assert!(q
+        .begin(gd, &bc_msg("bc-1", 3, "D", 1_200), 1_600)
+        .await
+        .unwrap());
+    assert_eq!(bc(&q, "bc-1").await.state(), "running");
+    q.settle(gd, &bc_msg("bc-1", 3, "D", 1_200), &sent("wamid.D"), 1_700)
+        .await
+        .unwrap();
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(b.state(), "done");
+    assert_eq!(b.view_counts(), view(0, 2, 0, 0, 1, 2));
+    let total: u64 = ["queued", "sent", "delivered", "read", "failed", "skipped"]
+        .iter()
+        .map(|k| b.view_counts()[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, b.total);
+
+    // Status webhooks: sent → delivered → read, forward only, counted once each.
+    let adv = |id: &'static str, status: MessageStatus, at: i64| {
+        let q = q.clone();
+        async move { q.advance(CH, id, status, at, None, None).await.unwrap() }
+    };
+    assert!(adv("bc-1.0", MessageStatus::Delivered, 2_000).await);
+    assert_eq!(bc(&q, "bc-1").await.view_counts(), view(0, 1, 1, 0, 1, 2));
+    assert!(adv("bc-1.3", MessageStatus::Read, 2_100).await);
+    assert!(adv("bc-1.0", MessageStatus::Read, 2_200).await);
+    assert!(!adv("bc-1.0", MessageStatus::Delivered, 2_300).await);
+    assert!(!adv("bc-1.0", MessageStatus::Failed, 2_300).await);
+    // Failed and skipped are final.
+    assert!(!adv("bc-1.1", MessageStatus::Delivered, 2_300).await);
+    assert!(!adv("bc-1.2", MessageStatus::Sent, 2_300).await);
+    assert!(!adv("bc-1.2", MessageStatus::Failed, 2_300).await);
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(b.view_counts(), view(0, 0, 0, 2, 1, 2));
+    assert_eq!(
+        nonzero(&b),
+        counts(&[("read", 2), ("failed", 1), ("skipped", 2)])
+    );
+    assert_eq!(b.state(), "done");
+    assert_eq!(
+        history(&bc_record(&q, "bc-1.0").await),
+        [
+            (MessageStatus::Queued, 1_100),
+            (MessageStatus::Sending, 1_400),
+            (MessageStatus::Sent, 1_500),
+            (MessageStatus::Delivered, 2_000),
+            (MessageStatus::Read, 2_200)
+        ]
+    );
+
+    // Empty lanes are given back (dropped).
+    for g in [ga, gb, gc, gd] {
+        assert!(q.release(g, 2_350).await.unwrap());
+    }
+    assert_eq!(q.stats(CH, 2_350).await.unwrap(), OutStats::default());
+
+    // A message that is no broadcast's moves no broadcast's counts.
+    q.push(CH, "A", &[msg("A", "a0", 2_400)], 2_400)
+        .await
+        .unwrap();
+    let g = take(&q, "w", 2_400, 10).await;
+    q.settle(
+        grant(&g, "A"),
+        &msg("A", "a0", 2_400),
+        &sent("wamid.a0"),
+        2_500,
+    )
+    .await
+    .unwrap();
+    assert!(q
+        .advance(CH, &id("a0"), MessageStatus::Delivered, 2_600, None, None)
+        .await
+        .unwrap());
+    assert_eq!(bc(&q, "bc-1").await, b);
+}
+
+both!(
+    suite_broadcast_feed_and_counts,
+    broadcast_feed_and_counts_redis,
+    broadcast_feed_and_counts_memory
+);
+
+/// Cancel: off the running list, never fed again, `cancelled` whatever the counts; what was
+/// queued settles as skipped. Unknown ids: `None`.
+async fn suite_broadcast_cancel(q: OutQueue) {
+    q.create_broadcast(CH, &new_broadcast("bc-1", &["A", "B", "C"], 0), 1_000)
+        .await
+        .unwrap();
+    q.create_broadcast(CH, &new_broadcast("bc-2", &["A"], 0), 1_000)
+        .await
+        .unwrap();
+    let fed = vec![
+        ("A".to_string(), bc_msg("bc-1", 0, "A", 1_100)),
+        ("B".to_string(), bc_msg("bc-1", 1, "B", 1_100)),
+    ];
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 0, &fed, 1_100).await.unwrap(),
+        Some(2)
+    );
+    let t = take(&q, "w", 1_200, 10).await;
+    assert!(q.begin(grant(&t, "A"), &fed[0].1, 1_200).await.unwrap());
+    q.settle(grant(&t, "A"), &fed[0].1, &sent("wamid.A"), 1_300)
+        .await
+        .unwrap();
+
+    let c = q
+        .cancel_broadcast(CH, "bc-1")
+        .await
+        .unwrap()
+        .expect("known");
+    assert_eq!(c.stored_state, "cancelled");
+    assert_eq!(c.state(), "cancelled");
+    // C was never fed: skipped at once, so `queued` is only B, in its lane.
+    assert_eq!(c.view_counts(), view(1, 1, 0, 0, 0, 1));
+    assert_eq!(bc(&q, "bc-1").await, c);
+    assert_eq!(q.running_broadcasts(CH).await.unwrap(), ["bc-2"]);
+    // Never fed again, with the current cursor or another.
+    let more = vec![("C".to_string(), bc_msg("bc-1", 2, "C", 1_400))];
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-1", 2, &more, 1_400).await.unwrap(),
+        None
+    );
+    assert_eq!(head(&q, "C").await, None);
+    assert_eq!(bc(&q, "bc-1").await.fed, 3);
+    // What was queued is skipped when its turn comes; still `cancelled`.
+    q.settle(
+        grant(&t, "B"),
+        &fed[1].1,
+        &Settle::Skipped {
+            reason: "cancelled".into(),
+        },
+        1_500,
+    )
+    .await
+    .unwrap();
+    let b = bc(&q, "bc-1").await;
+    assert_eq!(b.view_counts(), view(0, 1, 0, 0, 0, 2));
+    assert_eq!((b.in_flight(), b.state()), (0, "cancelled"));
+    assert_eq!(
+        bc_record(&q, "bc-1.1").await.error_code.as_deref(),
+        Some("cancelled")
+    );
+    // Cancelling twice is harmless; an unknown id is None (and creates nothing).
+    assert_eq!(
+        q.cancel_broadcast(CH, "bc-1")
+            .await
+            .unwrap()
+            .map(|b| b.state()),
+        Some("cancelled")
+    );
+    assert_eq!(q.cancel_broadcast(CH, "bc-none").await.unwrap(), None);
+    assert_eq!(q.broadcast(CH, "bc-none").await.unwrap(), None);
+    assert_eq!(q.running_broadcasts(CH).await.unwrap(), ["bc-2"]);
+    // The other broadcast is untouched.
+    let b2 = bc(&q, "bc-2").await;
+    assert_eq!((b2.state(), b2.fed), ("running", 0));
+}
+
+both!(
+    suite_broadcast_cancel,
+    broadcast_cancel_redis,
+    broadcast_cancel_memory
+);
+
+/// `Settle::Skipped` on any message: the head pops, the record ends `skipped` with the reason
+/// as its code, nothing moves it afterwards, and the lane goes on with the next message.
+async fn suite_settle_skipped(q: OutQueue) {
+    let (a0, a1) = (msg("A", "a0", 1_000), msg("A", "a1", 1_000));
+    q.push(CH, "A", &[a0.clone(), a1.clone()], 1_000)
+        .await
+        .unwrap();
+    let g = take(&q, "w", 1_000, 10).await.lanes[0].clone();
+    q.settle(
+        &g,
+        &a0,
+        &Settle::Skipped {
+            reason: "handover".into(),
+        },
+        1_100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(head(&q, "A").await, Some(a1.clone()));
+    let r = record(&q, "a0").await;
+    assert_eq!(r.status, MessageStatus::Skipped);
+    assert_eq!(r.error_code.as_deref(), Some("handover"));
+    assert_eq!(r.wamid, None);
+    assert_eq!(
+        history(&r),
+        [
+            (MessageStatus::Queued, 1_000),
+            (MessageStatus::Skipped, 1_100)
+        ]
+    );
+    for status in MessageStatus::ALL {
+        assert!(!q
+            .advance(CH, &id("a0"), status, 1_200, Some("wamid.x"), None)
+            .await
+            .unwrap());
+    }
+    assert_eq!(record(&q, "a0").await, r);
+    assert_eq!(q.stats(CH, 1_200).await.unwrap().backlog, 1);
+    assert_eq!(
+        q.list(CH, Some(MessageStatus::Skipped), 10, 1_200)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>(),
+        [id("a0")]
+    );
+    // A skip never leaves an idempotency marker that says "sent".
+    assert_eq!(q.find_by_wamid(CH, "wamid.x").await.unwrap(), None);
+    // Sent after a skip is not possible either.
+    q.settle(&g, &a0, &sent("wamid.late"), 1_300).await.unwrap();
+    assert_eq!(record(&q, "a0").await.status, MessageStatus::Skipped);
+    assert!(q.release(&g, 1_300).await.unwrap());
+}
+
+both!(
+    suite_settle_skipped,
+    settle_skipped_redis,
+    settle_skipped_memory
+);
+
+/// A running broadcast lives as long as it runs: every feed renews the TTL of its hash and
+/// its recipients (a broadcast held back by the messaging limit for longer than
+/// `outbox_ttl_secs` must not vanish half-way). And a late status of a broadcast that did
+/// expire does not bring its hash back without a TTL.
+#[tokio::test]
+async fn broadcast_ttl_renews_on_feed_and_late_statuses_do_not_recreate_it() {
+    let url = support::shared_url();
+    let keys = support::keys();
+    let con = redis::aio::ConnectionManager::new(redis::Client::open(url.as_str()).unwrap())
+        .await
+        .unwrap();
+    let options = OutQueueOptions {
+        record_ttl_ms: 3_000,
+        lane_lease_ms: 10_000,
+    };
+    let q = OutQueue::Redis(coexist::outbound::queue::RedisOutQueue::new(
+        con,
+        keys.clone(),
+        options,
+    ));
+    let mut raw = support::connection(&url).await;
+    let pttl = |key: String| {
+        let mut raw = raw.clone();
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            ms
+        }
+    };
+    q.create_broadcast(CH, &new_broadcast("bc-t", &["A", "B"], 0), 1_000)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let before = pttl(keys.broadcast(CH, "bc-t")).await;
+    assert!(before > 0 && before <= 1_900, "counting down: {before}");
+    let fed = vec![("A".to_string(), bc_msg("bc-t", 0, "A", 1_100))];
+    assert_eq!(
+        q.feed_broadcast(CH, "bc-t", 0, &fed, 2_200).await.unwrap(),
+        Some(1)
+    );
+    for key in [
+        keys.broadcast(CH, "bc-t"),
+        keys.broadcast_recipients(CH, "bc-t"),
+    ] {
+        let after = pttl(key.clone()).await;
+        assert!(after > 2_500, "{key} renewed by the feed: {after}");
+    }
+    // The broadcast expires; a late status of its message moves the record, not a ghost hash.
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.broadcast(CH, "bc-t"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let t = take(&q, "w", 2_300, 10).await;
+    assert!(q.begin(grant(&t, "A"), &fed[0].1, 2_300).await.unwrap());
+    assert!(q
+        .advance(
+            CH,
+            "bc-t.0",
+            MessageStatus::Read,
+            2_400,
+            Some("wamid.t"),
+            None
+        )
+        .await
+        .unwrap());
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(keys.broadcast(CH, "bc-t"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the expired broadcast stays gone");
+}

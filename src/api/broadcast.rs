@@ -40,6 +40,21 @@ fn bad(field: &str, message: impl Into<String>) -> FieldError {
     }
 }
 
+/// Only the message of a broadcast body (JSON, or the first NDJSON line), so the channel's
+/// rules can refuse it before the list is read. `None` when the body is not readable (the
+/// full read says why).
+pub fn message_only(body: &[u8], ndjson: bool) -> Option<Reply> {
+    let head: Value = if ndjson {
+        let text = std::str::from_utf8(body).ok()?;
+        let first = text.lines().find(|l| !l.trim().is_empty())?;
+        serde_json::from_str(first).ok()?
+    } else {
+        serde_json::from_slice(body).ok()?
+    };
+    let m = head.get("message")?.as_object()?;
+    request::reply_from(m, "message.").ok()
+}
+
 /// Reads a JSON body.
 pub fn from_json(body: &[u8], kind: ChannelKind) -> Result<BroadcastRequest, FieldError> {
     let value: Value =

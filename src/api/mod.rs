@@ -346,17 +346,21 @@ impl SendApi {
         now_ms: i64,
     ) -> Result<Value, ApiError> {
         let ch = self.channel(channel)?.clone();
+        // The channel's own rules (no window yet: that is per recipient, at send time),
+        // before the list: a template on Personal is 422 whatever its recipients say.
+        let open = match ch.kind {
+            ChannelKind::Waba => Window::Open { until_ms: i64::MAX },
+            ChannelKind::Personal => Window::NotApplicable,
+        };
+        if let Some(message) = broadcast::message_only(body, ndjson) {
+            rules::check(ch.kind, open, &message).map_err(ApiError::rule)?;
+        }
         let request = if ndjson {
             broadcast::from_ndjson(body, ch.kind)
         } else {
             broadcast::from_json(body, ch.kind)
         }
         .map_err(ApiError::invalid)?;
-        // The channel's own rules (no window yet: that is per recipient, at send time).
-        let open = match ch.kind {
-            ChannelKind::Waba => Window::Open { until_ms: i64::MAX },
-            ChannelKind::Personal => Window::NotApplicable,
-        };
         rules::check(ch.kind, open, &request.message).map_err(ApiError::rule)?;
         let id = format!("bc-{:032x}", rand::random::<u128>());
         let new = NewBroadcast {

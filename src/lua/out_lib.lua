@@ -32,7 +32,8 @@ local function move(rec, status, at, counter)
     hist = hist .. ','
   end
   redis.call('HSET', rec, 'st', status, 'hist', hist .. status .. ':' .. at)
-  if counter then
+  -- A late status of a broadcast that expired must not bring its hash back.
+  if counter and redis.call('EXISTS', counter) == 1 then
     redis.call('HINCRBY', counter, 'c:' .. from, -1)
     redis.call('HINCRBY', counter, 'c:' .. status, 1)
   end

@@ -860,7 +860,13 @@ impl MemoryOutQueue {
         };
         ch.running.remove(id);
         Ok(ch.broadcasts.get_mut(id).map(|b| {
-            b.state = "cancelled".into();
+            if b.state == "running" {
+                // Never fed: skipped now (`bc_cancel.lua`).
+                let unfed = (b.recipients.len() as u64).saturating_sub(b.fed);
+                *b.counts.entry("skipped".into()).or_default() += unfed as i64;
+                b.fed = b.recipients.len() as u64;
+                b.state = "cancelled".into();
+            }
             b.to_record(id)
         }))
     }

@@ -27,6 +27,7 @@ static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua");
 static SUBMIT: LazyLock<redis::Script> = out_script!("out_submit.lua");
 static BC_CREATE: LazyLock<redis::Script> = out_script!("bc_create.lua");
 static BC_FEED: LazyLock<redis::Script> = out_script!("bc_feed.lua");
+static BC_CANCEL: LazyLock<redis::Script> = out_script!("bc_cancel.lua");
 static TAKE: LazyLock<redis::Script> = out_script!("out_take.lua");
 static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua");
 static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua");
@@ -460,7 +461,8 @@ impl RedisOutQueue {
             .key(k.out_ready(channel))
             .key(k.out_busy(channel))
             .key(k.out_queued(channel))
-            .key(k.out_index(channel));
+            .key(k.out_index(channel))
+            .key(k.broadcast_recipients(channel, id));
         for (customer, m) in items {
             inv.key(k.out_lane(channel, customer))
                 .key(k.out_record(channel, &m.msg.outbox_key));
@@ -503,17 +505,11 @@ impl RedisOutQueue {
         if exists == 0 {
             return Ok(None);
         }
-        let () = redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("state")
-            .arg("cancelled")
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.keys.broadcasts_running(channel))
+        let _: i64 = BC_CANCEL
+            .key(&key)
+            .key(self.keys.broadcasts_running(channel))
             .arg(id)
-            .ignore()
-            .query_async(&mut con)
+            .invoke_async(&mut con)
             .await?;
         self.broadcast(channel, id).await
     }
