@@ -153,6 +153,10 @@ for workers in $WORKER_COUNTS; do
         printf "worker pid %s: VmHWM %s\n" "$p" "$(awk '/VmHWM/{print $2, $3}' /proc/$p/status)"
         kill "$p"
     done
+    # Where Redis spent its time during fill and drain: the busiest commands and scripts.
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:,=]' '/^cmdstat_/ {
+        printf "  %-22s calls %9d  usec %10d  usec/call %6.2f\n", substr($1, 9), $3, $5, $7 }' \
+        | sort -k5 -n -r | head -8
     for p in "${wpids[@]}"; do wait "$p" 2>/dev/null || true; done
     kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
 done

@@ -4,6 +4,7 @@
 -- Either all of it is written or none.
 --
 -- KEYS[1] partition lease   KEYS[2] conversation   KEYS[3] partition timers
+-- with replies only (ARGV[10] > 0; then `lib_push.lua` is prepended):
 -- KEYS[4] lane   KEYS[5] ready   KEYS[6] busy   KEYS[7] queued   KEYS[8] index
 -- KEYS[9..] record key of each reply, in order
 -- ARGV[1] lease value "<owner>:<token>"   ARGV[2] version the state was loaded at

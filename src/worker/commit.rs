@@ -7,7 +7,7 @@
 use crate::conversation::store::{Fence, MemoryConversationStore, SaveOutcome, StoreError};
 use crate::conversation::ConversationState;
 use crate::keys::Keys;
-use crate::outbound::queue::redis::COMMIT;
+use crate::outbound::queue::redis::{COMMIT, COMMIT_LEAN};
 use crate::outbound::queue::MemoryOutQueue;
 use crate::outbound::QueuedMessage;
 use crate::queue::MemoryQueue;
@@ -108,15 +108,22 @@ async fn commit_redis(
         }
         None => String::new(),
     };
-    let mut inv = COMMIT.prepare_invoke();
+    let script = if c.replies.is_empty() {
+        &COMMIT_LEAN
+    } else {
+        &COMMIT
+    };
+    let mut inv = script.prepare_invoke();
     inv.key(keys.lease(ch, f.partition))
         .key(keys.conversation(ch, c.conversation))
-        .key(keys.timers(ch, f.partition))
-        .key(keys.out_lane(ch, c.conversation))
-        .key(keys.out_ready(ch))
-        .key(keys.out_busy(ch))
-        .key(keys.out_queued(ch))
-        .key(keys.out_index(ch));
+        .key(keys.timers(ch, f.partition));
+    if !c.replies.is_empty() {
+        inv.key(keys.out_lane(ch, c.conversation))
+            .key(keys.out_ready(ch))
+            .key(keys.out_busy(ch))
+            .key(keys.out_queued(ch))
+            .key(keys.out_index(ch));
+    }
     for r in &c.replies {
         inv.key(keys.out_record(ch, &r.msg.outbox_key));
     }

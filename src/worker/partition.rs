@@ -391,11 +391,17 @@ impl<'a> PartitionTask<'a> {
                 }
                 Some((key.clone(), String::new()))
             }
-            None => out
-                .find_by_wamid(ch, &status.message_id)
-                .await
-                .ok()
-                .flatten(),
+            // Meta echoes the key of every message we send: a Meta status without one is not
+            // ours (the Business app's, say) unless it names nobody. Gateways echo nothing.
+            None if self.channel.kind == crate::channel::ChannelKind::Personal
+                || event.conversation.is_empty() =>
+            {
+                out.find_by_wamid(ch, &status.message_id)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
         };
         let Some((id, customer)) = found else {
             return;

@@ -123,7 +123,7 @@ impl Broadcast {
 }
 
 impl Channel {
-    /// Moves record `id` forward (`out_lib.lua`'s `move`, with its broadcast's counts).
+    /// Moves record `id` forward (`lib_move.lua`'s `move`, with its broadcast's counts).
     fn move_record(&mut self, id: &str, status: MessageStatus, at: i64, clock: i64) -> bool {
         let Some(rec) = self.records.get_mut(id).filter(|r| r.expires_at > clock) else {
             return false;
@@ -172,7 +172,7 @@ struct Record {
 }
 
 impl Record {
-    /// `out_lib.lua`'s `move`: forward only, history appended.
+    /// `lib_move.lua`'s `move`: forward only, history appended.
     fn advance(&mut self, status: MessageStatus, at: i64) -> bool {
         if !self.status.may_move_to(status) {
             return false;
@@ -308,7 +308,7 @@ impl MemoryOutQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `out_push.lua` (the `push` helper of `out_lib.lua`), synchronously: the worker's
+    /// `out_push.lua` (the `push` helper of `lib_push.lua`), synchronously: the worker's
     /// in-memory commit calls it inside its own locked step.
     /// `out_submit.lua`.
     pub(crate) async fn submit(

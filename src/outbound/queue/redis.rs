@@ -11,30 +11,33 @@ use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+/// A script of `lua/`, with the helpers (`lib_*.lua`) it uses prepended.
 macro_rules! out_script {
-    ($file:literal) => {
+    ($file:literal $(, $lib:literal)*) => {
         LazyLock::new(|| {
             redis::Script::new(concat!(
-                include_str!("../../lua/out_lib.lua"),
-                "\n",
+                $(include_str!(concat!("../../lua/lib_", $lib, ".lua")), "\n",)*
                 include_str!(concat!("../../lua/", $file))
             ))
         })
     };
 }
 
-static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua");
-static SUBMIT: LazyLock<redis::Script> = out_script!("out_submit.lua");
+static PUSH: LazyLock<redis::Script> = out_script!("out_push.lua", "push");
+static SUBMIT: LazyLock<redis::Script> = out_script!("out_submit.lua", "push");
 static BC_CREATE: LazyLock<redis::Script> = out_script!("bc_create.lua");
-static BC_FEED: LazyLock<redis::Script> = out_script!("bc_feed.lua");
+static BC_FEED: LazyLock<redis::Script> = out_script!("bc_feed.lua", "push");
 static BC_CANCEL: LazyLock<redis::Script> = out_script!("bc_cancel.lua");
 static TAKE: LazyLock<redis::Script> = out_script!("out_take.lua");
-static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua");
-static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua");
+static BEGIN: LazyLock<redis::Script> = out_script!("out_begin.lua", "move");
+static SETTLE: LazyLock<redis::Script> = out_script!("out_settle.lua", "move", "head");
 static DEFER: LazyLock<redis::Script> = out_script!("out_defer.lua");
-static ADVANCE: LazyLock<redis::Script> = out_script!("out_advance.lua");
+static ADVANCE: LazyLock<redis::Script> = out_script!("out_advance.lua", "move");
 /// The worker's commit (state + timers + replies): it queues through the same `push` helper.
-pub(crate) static COMMIT: LazyLock<redis::Script> = out_script!("commit.lua");
+pub(crate) static COMMIT: LazyLock<redis::Script> = out_script!("commit.lua", "push");
+/// The same commit for an event that queues no reply (most of them): without the helper, and
+/// with only the keys of the state and the timers (the rest are used for replies only).
+pub(crate) static COMMIT_LEAN: LazyLock<redis::Script> = out_script!("commit.lua");
 
 /// Most lanes one take hands out (a Lua number must stay an integer for `LIMIT`).
 pub(crate) const MAX_TAKE: usize = 10_000;
