@@ -162,7 +162,11 @@ enum BroadcastAction {
         config: PathBuf,
         #[arg(long)]
         channel: String,
-        file: PathBuf,
+        /// The list (also `--file FILE`).
+        #[arg(required_unless_present = "file_flag")]
+        file: Option<PathBuf>,
+        #[arg(long = "file", id = "file_flag", conflicts_with = "file")]
+        file_flag: Option<PathBuf>,
     },
     /// Counts and state of a broadcast; on a terminal, a progress bar (`--watch`: until done).
     Status {
@@ -170,7 +174,11 @@ enum BroadcastAction {
         config: PathBuf,
         #[arg(long)]
         channel: String,
-        id: String,
+        /// The broadcast id (also `--id ID`).
+        #[arg(required_unless_present = "id_flag")]
+        id: Option<String>,
+        #[arg(long = "id", id = "id_flag", conflicts_with = "id")]
+        id_flag: Option<String>,
         #[arg(long)]
         watch: bool,
         #[arg(long)]
@@ -182,7 +190,11 @@ enum BroadcastAction {
         config: PathBuf,
         #[arg(long)]
         channel: String,
-        id: String,
+        /// The broadcast id (also `--id ID`).
+        #[arg(required_unless_present = "id_flag")]
+        id: Option<String>,
+        #[arg(long = "id", id = "id_flag", conflicts_with = "id")]
+        id_flag: Option<String>,
     },
 }
 
@@ -521,7 +533,11 @@ fn broadcast(action: BroadcastAction) -> Result<ExitCode> {
                 config: path,
                 channel,
                 file,
+                file_flag,
             } => {
+                let file = file
+                    .or(file_flag)
+                    .context("the list: FILE or --file FILE")?;
                 let config = load_config(&path)?;
                 let body = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -536,9 +552,11 @@ fn broadcast(action: BroadcastAction) -> Result<ExitCode> {
                 config: path,
                 channel,
                 id,
+                id_flag,
                 watch,
                 json,
             } => {
+                let id = id.or(id_flag).context("the broadcast: ID or --id ID")?;
                 let config = load_config(&path)?;
                 let api = cli_api(&config, &path, "broadcast status").await?;
                 return broadcast_status(&api, &channel, &id, watch, json).await;
@@ -547,7 +565,9 @@ fn broadcast(action: BroadcastAction) -> Result<ExitCode> {
                 config: path,
                 channel,
                 id,
+                id_flag,
             } => {
+                let id = id.or(id_flag).context("the broadcast: ID or --id ID")?;
                 let config = load_config(&path)?;
                 let api = cli_api(&config, &path, "broadcast cancel").await?;
                 api.cancel_broadcast(&channel, &id).await

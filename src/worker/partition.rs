@@ -372,69 +372,32 @@ impl<'a> PartitionTask<'a> {
     }
 
     /// A status of a message we queued moves its lifecycle record forward (never back). A
-    /// status that names no recipient finds its conversation through the wamid index.
+    /// status that names no recipient finds its conversation through the wamid index, and is
+    /// tracked before the bot sees it; any other is tracked beside the handling (records only
+    /// move forward, so the order of two updates does not matter), so the partition does not
+    /// wait for the lookup.
     async fn track_status(&self, event: &mut Event) {
-        let Some(status) = &event.status else {
+        let Some(status) = event.status.clone() else {
             return;
         };
-        let out = &self.shared.out;
-        let ch = &self.lease.channel;
-        let found = match &status.biz_opaque_callback_data {
-            Some(key) => {
-                if let Err(e) = self
-                    .shared
-                    .outbound
-                    .mark_status_seen(ch, key, &status.message_id)
-                    .await
-                {
-                    tracing::warn!(channel = %ch, error = %e, "recording a status for the outbox failed");
-                }
-                Some((key.clone(), String::new()))
-            }
-            // Meta echoes the key of every message we send: a Meta status without one is not
-            // ours (the Business app's, say) unless it names nobody. Gateways echo nothing.
-            None if self.channel.kind == crate::channel::ChannelKind::Personal
-                || event.conversation.is_empty() =>
-            {
-                out.find_by_wamid(ch, &status.message_id)
-                    .await
-                    .ok()
-                    .flatten()
-            }
-            None => None,
-        };
-        let Some((id, customer)) = found else {
-            return;
-        };
-        if event.conversation.is_empty() && !customer.is_empty() {
-            event.conversation = customer;
-        }
-        let Some(next) = lifecycle_status(&status.status) else {
-            return;
-        };
-        let error = status.errors.first().map(|e| {
-            (
-                e.code.to_string(),
-                e.title.clone().or(e.message.clone()).unwrap_or_default(),
-            )
-        });
         let at = if event.at > 0 {
             event.at
         } else {
             self.shared.clock.now_ms()
         };
-        if let Err(e) = out
-            .advance(
-                ch,
-                &id,
-                next,
-                at,
-                Some(&status.message_id),
-                error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-            )
-            .await
-        {
-            tracing::warn!(channel = %ch, error = %e, "moving an outbound record forward failed");
+        let tracker = StatusTracker {
+            channel: self.lease.channel.clone(),
+            out: self.shared.out.clone(),
+            outbound: self.shared.outbound.clone(),
+        };
+        if event.conversation.is_empty() {
+            if let Some(customer) = tracker.track(&status, at).await {
+                event.conversation = customer;
+            }
+        } else {
+            tokio::spawn(async move {
+                tracker.track(&status, at).await;
+            });
         }
     }
 
@@ -589,6 +552,67 @@ impl<'a> PartitionTask<'a> {
             .map(|t| (member(t), t.due_ms.max(0) as u64))
             .collect();
         (cancel, arm)
+    }
+}
+
+/// Moves the lifecycle record of the message a status is about.
+struct StatusTracker {
+    channel: String,
+    out: crate::outbound::OutQueue,
+    outbound: crate::outbound::Outbound,
+}
+
+impl StatusTracker {
+    /// Finds the message (by `biz_opaque_callback_data`, else the wamid index), moves its
+    /// record forward; returns the customer when the index named one.
+    async fn track(&self, status: &crate::event::Status, at: i64) -> Option<String> {
+        let ch = &self.channel;
+        let (id, customer) = match &status.biz_opaque_callback_data {
+            Some(key) => {
+                if let Err(e) = self
+                    .outbound
+                    .mark_status_seen(ch, key, &status.message_id)
+                    .await
+                {
+                    tracing::warn!(channel = %ch, error = %e, "recording a status for the outbox failed");
+                }
+                (key.clone(), None)
+            }
+            // Gateways echo nothing, and Meta is not documented to echo the key on every
+            // status: the wamid index finds the message.
+            None => {
+                let (id, customer) = self
+                    .out
+                    .find_by_wamid(ch, &status.message_id)
+                    .await
+                    .ok()
+                    .flatten()?;
+                (id, Some(customer).filter(|c| !c.is_empty()))
+            }
+        };
+        if let Some(next) = lifecycle_status(&status.status) {
+            let error = status.errors.first().map(|e| {
+                (
+                    e.code.to_string(),
+                    e.title.clone().or(e.message.clone()).unwrap_or_default(),
+                )
+            });
+            if let Err(e) = self
+                .out
+                .advance(
+                    ch,
+                    &id,
+                    next,
+                    at,
+                    Some(&status.message_id),
+                    error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+                )
+                .await
+            {
+                tracing::warn!(channel = %ch, error = %e, "moving an outbound record forward failed");
+            }
+        }
+        customer
     }
 }
 
