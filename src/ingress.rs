@@ -304,20 +304,6 @@ async fn api_send(
     api_response("api_messages", &state, result)
 }
 
-async fn api_message(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let result = async {
-        let api = api_of(&req, &state)?;
-        let (channel, id) = path.into_inner();
-        Ok((200, api.message(&channel, &id).await?))
-    }
-    .await;
-    api_response("api_message", &state, result)
-}
-
 async fn api_broadcast_create(
     req: HttpRequest,
     path: web::Path<String>,
@@ -345,18 +331,55 @@ async fn api_broadcast_create(
     api_response("api_broadcasts", &state, result)
 }
 
+/// The `/v1` reads and actions on one message or broadcast: `…/{channel}/…/{id}[/cancel]`.
+#[derive(Clone, Copy)]
+enum ById {
+    Message,
+    Broadcast,
+    CancelBroadcast,
+}
+
+async fn api_by_id(
+    what: ById,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (route, result) = (
+        match what {
+            ById::Message => "api_message",
+            ById::Broadcast => "api_broadcast",
+            ById::CancelBroadcast => "api_broadcast_cancel",
+        },
+        async {
+            let api = api_of(&req, &state)?;
+            let (channel, id) = path.into_inner();
+            let body = match what {
+                ById::Message => api.message(&channel, &id).await?,
+                ById::Broadcast => api.broadcast(&channel, &id).await?,
+                ById::CancelBroadcast => api.cancel_broadcast(&channel, &id).await?,
+            };
+            Ok((200, body))
+        }
+        .await,
+    );
+    api_response(route, &state, result)
+}
+
+async fn api_message(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    api_by_id(ById::Message, req, path, state).await
+}
+
 async fn api_broadcast(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let result = async {
-        let api = api_of(&req, &state)?;
-        let (channel, id) = path.into_inner();
-        Ok((200, api.broadcast(&channel, &id).await?))
-    }
-    .await;
-    api_response("api_broadcast", &state, result)
+    api_by_id(ById::Broadcast, req, path, state).await
 }
 
 async fn api_broadcast_cancel(
@@ -364,13 +387,7 @@ async fn api_broadcast_cancel(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let result = async {
-        let api = api_of(&req, &state)?;
-        let (channel, id) = path.into_inner();
-        Ok((200, api.cancel_broadcast(&channel, &id).await?))
-    }
-    .await;
-    api_response("api_broadcast_cancel", &state, result)
+    api_by_id(ById::CancelBroadcast, req, path, state).await
 }
 
 /// Any other `/v1` path: JSON 404 (or 401 first, so paths are not probed without a key).
