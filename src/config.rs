@@ -73,6 +73,11 @@ pub struct ApiConfig {
     pub opt_out_words: Vec<String>,
 }
 
+/// `[bot] max_answer_bytes` when unset.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// `[bot] max_replies` when unset.
+pub const DEFAULT_MAX_REPLIES: usize = 20;
+
 /// The opt-out words a broadcast honours when `[api] opt_out_words` is not set.
 pub const DEFAULT_OPT_OUT_WORDS: [&str; 7] = [
     "STOP",
@@ -216,6 +221,12 @@ pub struct BotConfig {
     pub timeout_ms: u64,
     /// How long an echo (a human answering from the phone) pauses the bot for that conversation.
     pub handover_secs: u64,
+    /// A forward bot's answer larger than this is refused (the event is dead-lettered, nothing
+    /// is sent). Default 1 MiB.
+    pub max_answer_bytes: usize,
+    /// A forward bot's answer asking for more replies than this to one event is refused the
+    /// same way. Default 20.
+    pub max_replies: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -323,6 +334,8 @@ struct RawBot {
     secret: Option<Spanned<String>>,
     timeout_ms: Option<u64>,
     handover_secs: Option<u64>,
+    max_answer_bytes: Option<usize>,
+    max_replies: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -698,6 +711,8 @@ impl Ctx<'_> {
                 secret: None,
                 timeout_ms: 10_000,
                 handover_secs: 1800,
+                max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+                max_replies: DEFAULT_MAX_REPLIES,
             },
             Some(b) => {
                 let r = b.get_ref();
@@ -729,6 +744,11 @@ impl Ctx<'_> {
                     secret,
                     timeout_ms: r.timeout_ms.unwrap_or(10_000),
                     handover_secs: r.handover_secs.unwrap_or(1800),
+                    max_answer_bytes: r
+                        .max_answer_bytes
+                        .unwrap_or(DEFAULT_MAX_ANSWER_BYTES)
+                        .max(2),
+                    max_replies: r.max_replies.unwrap_or(DEFAULT_MAX_REPLIES),
                 }
             }
         };

@@ -73,20 +73,26 @@ pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
     match config.bot.mode {
         BotMode::Echo => Arc::new(EchoBot),
         BotMode::None => Arc::new(NoBot),
-        BotMode::Forward => Arc::new(ForwardBot::new(
-            config
-                .bot
-                .url
-                .clone()
-                .expect("validated: forward has a url"),
-            config
-                .bot
-                .secret
-                .clone()
-                .expect("validated: forward has a secret"),
-            Duration::from_millis(config.bot.timeout_ms),
-            worker_id.to_string(),
-        )),
+        BotMode::Forward => Arc::new(
+            ForwardBot::new(
+                config
+                    .bot
+                    .url
+                    .clone()
+                    .expect("validated: forward has a url"),
+                config
+                    .bot
+                    .secret
+                    .clone()
+                    .expect("validated: forward has a secret"),
+                Duration::from_millis(config.bot.timeout_ms),
+                worker_id.to_string(),
+            )
+            .with_limits(crate::bot::forward::AnswerLimits {
+                max_bytes: config.bot.max_answer_bytes,
+                max_replies: config.bot.max_replies,
+            }),
+        ),
     }
 }
 

@@ -892,3 +892,63 @@ async fn a_reply_that_keeps_failing_keeps_its_key_and_is_delivered() {
         "the event was handled once"
     );
 }
+
+/// A forward bot's answer is hostile input: one asking for more replies than `[bot]
+/// max_replies`, or larger than `max_answer_bytes`, is refused whole — the event is
+/// dead-lettered with the reason, nothing reaches the customer — and the conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_forward_answer_is_dead_lettered_and_nothing_is_sent() {
+    let d = Deployment::new(Opts::default()).await;
+    let contact = "16505550050";
+    let flood = message(WABA, contact, "wamid.flood.1", now_ms(), "a");
+    let huge = message(WABA, contact, "wamid.huge.1", now_ms(), "b");
+    let fine = message(WABA, contact, "wamid.fine.1", now_ms(), "c");
+    let many: Vec<Value> = (0..21).map(|i| text(&format!("part {i}"))).collect();
+    d.recorder.script(&flood.id, answer(many));
+    d.recorder.script(
+        &huge.id,
+        Script::Answer(json!({"replies": [text("hi")], "state": {"blob": "x".repeat(1_100_000)}})),
+    );
+    d.recorder.script(&fine.id, answer(vec![text("after")]));
+    d.enqueue(&[&flood, &huge, &fine]).await;
+    let _w = d.spawn_worker("w0");
+
+    let reqs = wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(20)).await;
+    d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys: Vec<&str> = reqs.iter().map(key_of).collect();
+    assert_eq!(
+        keys,
+        ["wamid.fine.1:0"],
+        "only the sane answer's reply left"
+    );
+    assert_eq!(d.graph.requests_to(MESSAGES).len(), 1);
+    let dead = d.queue.dead_letters(WABA, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let error_of = |id: &str| {
+        dead.iter()
+            .find(|l| l.payload.contains(id))
+            .map(|l| l.error.clone())
+            .unwrap_or_default()
+    };
+    let e = error_of("wamid.flood.1");
+    assert!(e.contains("21 replies") && e.contains("max_replies"), "{e}");
+    let e = error_of("wamid.huge.1");
+    assert!(
+        e.contains("larger than") && e.contains("max_answer_bytes"),
+        "{e}"
+    );
+    // Refused answers are not retried: the bot was asked once for each.
+    let calls = d.recorder.calls();
+    for id in [&flood.id, &huge.id] {
+        assert_eq!(
+            calls.iter().filter(|c| &c.event_id == id).count(),
+            1,
+            "{id}"
+        );
+    }
+    assert!(d
+        .state(WABA, contact)
+        .await
+        .is_some_and(|s| s.get("bot_state").is_none()));
+}

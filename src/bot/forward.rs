@@ -18,6 +18,7 @@ pub struct ForwardBot {
     secret: Secret,
     worker_id: String,
     http: reqwest::Client,
+    limits: AnswerLimits,
 }
 
 /// The body a forward endpoint may answer with.
@@ -67,7 +68,70 @@ fn deserialize_handover<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// What a forward bot's answer may be at most: a broken or hostile bot answering 1 GB, or
+/// 10,000 replies to one customer, is refused (the event is dead-lettered with the reason and
+/// nothing is sent) instead of taking the worker down or flooding the customer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerLimits {
+    pub max_bytes: usize,
+    pub max_replies: usize,
+}
+
+impl Default for AnswerLimits {
+    fn default() -> Self {
+        AnswerLimits {
+            max_bytes: crate::config::DEFAULT_MAX_ANSWER_BYTES,
+            max_replies: crate::config::DEFAULT_MAX_REPLIES,
+        }
+    }
+}
+
+impl AnswerLimits {
+    /// Refuses an answer with more replies than allowed.
+    pub fn check(&self, answer: &ForwardResponse) -> Result<(), String> {
+        if answer.replies.len() > self.max_replies {
+            return Err(format!(
+                "forward answer asks for {} replies to one event; at most {} ([bot] max_replies)",
+                answer.replies.len(),
+                self.max_replies
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ForwardBot {
+    /// The answer limits in force (`[bot] max_answer_bytes`, `max_replies`).
+    pub fn with_limits(mut self, limits: AnswerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Reads a 2xx body, refusing it as soon as it passes `max_bytes` (declared or streamed).
+    async fn read_answer(&self, mut response: reqwest::Response) -> Result<Vec<u8>, HandlerError> {
+        let max = self.limits.max_bytes;
+        let too_large = || {
+            HandlerError::give_up(format!(
+                "forward answer larger than {max} bytes ([bot] max_answer_bytes)"
+            ))
+        };
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| HandlerError::retry(format!("reading forward answer: {}", describe(e))))?
+        {
+            if body.len() + chunk.len() > max {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     pub fn new(url: String, secret: Secret, timeout: Duration, worker_id: String) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -79,6 +143,7 @@ impl ForwardBot {
             secret,
             worker_id,
             http,
+            limits: AnswerLimits::default(),
         }
     }
 }
@@ -111,11 +176,10 @@ impl Bot for ForwardBot {
                     "forward endpoint answered {status}"
                 )));
             }
-            let bytes = response.bytes().await.map_err(|e| {
-                HandlerError::retry(format!("reading forward answer: {}", describe(e)))
-            })?;
+            let bytes = self.read_answer(response).await?;
             let answer = parse_answer(&bytes)
                 .map_err(|e| HandlerError::give_up(format!("forward answer is not valid: {e}")))?;
+            self.limits.check(&answer).map_err(HandlerError::give_up)?;
             apply_answer(ctx, answer);
             Ok(())
         })
@@ -166,6 +230,21 @@ pub fn apply_answer(ctx: &mut Context, answer: ForwardResponse) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_replies_than_allowed_are_refused_whole() {
+        let limits = AnswerLimits {
+            max_bytes: 1024,
+            max_replies: 2,
+        };
+        let two =
+            parse_answer(br#"{"replies":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}"#)
+                .unwrap();
+        assert_eq!(limits.check(&two), Ok(()));
+        let three = parse_answer(br#"{"replies":[{"type":"text","text":"a"},{"type":"text","text":"b"},{"type":"text","text":"c"}]}"#).unwrap();
+        let e = limits.check(&three).unwrap_err();
+        assert!(e.contains("3 replies") && e.contains("at most 2"), "{e}");
+    }
 
     #[test]
     fn state_null_is_not_state_absent() {
