@@ -288,10 +288,15 @@ async fn api_send(
     let result = async {
         let api = api_of(&req, &state)?;
         let body = api_body(&req, payload, state.max_body_bytes).await?;
-        let key = req
-            .headers()
-            .get("idempotency-key")
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let key = match req.headers().get("idempotency-key") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| ApiError {
+                status: 400,
+                code: "invalid_request",
+                message: "Idempotency-Key: 1 to 255 printable characters".into(),
+                extra: vec![("field", serde_json::json!("Idempotency-Key"))],
+            })?),
+        };
         let accepted = api
             .send_body(&path, &body, key, crate::ingest::now_ms())
             .await?;

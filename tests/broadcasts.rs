@@ -72,17 +72,6 @@ fn config(d: &Deployment) -> &str {
     d.config.to_str().unwrap()
 }
 
-async fn wait_serving(d: &Deployment) {
-    support::eventually(Duration::from_secs(15), "ingress up", || async {
-        reqwest::get(format!("http://{}/healthz", d.listen))
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    })
-    .await;
-}
-
 /// `coexist queues --json`.
 fn queues(d: &Deployment) -> Vec<Value> {
     let out = cli(d, &["queues", "--json", "--config", config(d)]);
@@ -272,29 +261,6 @@ fn meta_status(wamid: &str, name: &str, recipient: &str, callback: Option<&str>)
         s["biz_opaque_callback_data"] = json!(k);
     }
     s
-}
-
-/// Signs and POSTs one Meta webhook carrying these statuses to `coexist serve`.
-async fn post_statuses(d: &Deployment, statuses: Vec<Value>) {
-    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
-        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
-            "statuses": statuses}}]}]})
-    .to_string();
-    let sig = coexist::verify::header_value(
-        coexist::verify::Algorithm::Sha256,
-        APP_SECRET.as_bytes(),
-        body.as_bytes(),
-    );
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/meta", d.listen))
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
 }
 
 /// A customer writes `text` at `at`; waits until the worker handled it.

@@ -428,16 +428,23 @@ impl LaneSender {
         let now = self.clock.now_ms();
         let mut items = Vec::with_capacity(n);
         let recipients = out.broadcast_recipients(&channel.id, id, b.fed, n).await?;
-        for (i, r) in recipients.iter().enumerate() {
+        let mut parsed = Vec::with_capacity(recipients.len());
+        for r in &recipients {
             let r: serde_json::Value =
                 serde_json::from_str(r).map_err(|e| super::OutQueueError::Decode(e.to_string()))?;
-            let to = r["to"].as_str().unwrap_or_default();
+            let to = conversation_id(channel.kind, r["to"].as_str().unwrap_or_default());
+            parsed.push((to, r));
+        }
+        // One round trip for every recipient's conversation (the alias map ingress keeps).
+        let ids: Vec<String> = parsed.iter().map(|(to, _)| to.clone()).collect();
+        let known = self
+            .queue
+            .conversations_of(&channel.id, &ids)
+            .await
+            .unwrap_or_else(|_| vec![None; ids.len()]);
+        for (i, ((to, r), known)) in parsed.into_iter().zip(known).enumerate() {
             let reply = personalize(&message, &r["params"]).unwrap_or_else(|_| message.clone());
-            let id_of_conv = conversation_id(channel.kind, to);
-            let customer = match self.queue.conversation_of(&channel.id, &id_of_conv).await {
-                Ok(Some(c)) => c,
-                _ => id_of_conv,
-            };
+            let customer = known.unwrap_or(to);
             let msg = OutgoingMessage::new(
                 &channel.id,
                 &customer,

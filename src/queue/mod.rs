@@ -323,9 +323,24 @@ impl Queue {
         channel: &str,
         contact: &str,
     ) -> Result<Option<String>, QueueError> {
+        let mut one = self
+            .conversations_of(channel, std::slice::from_ref(&contact.to_string()))
+            .await?;
+        Ok(one.pop().flatten())
+    }
+
+    /// [`Queue::conversation_of`] for many ids in one round trip, in order.
+    pub async fn conversations_of(
+        &self,
+        channel: &str,
+        contacts: &[String],
+    ) -> Result<Vec<Option<String>>, QueueError> {
         match self {
-            Queue::Redis(q) => q.conversation_of(channel, contact).await,
-            Queue::Memory(q) => Ok(q.conversation_of(channel, contact)),
+            Queue::Redis(q) => q.conversations_of(channel, contacts).await,
+            Queue::Memory(q) => Ok(contacts
+                .iter()
+                .map(|c| q.conversation_of(channel, c))
+                .collect()),
         }
     }
 

@@ -178,18 +178,24 @@ impl RedisQueue {
     }
 
     /// Readiness probe.
-    pub async fn conversation_of(
+    pub async fn conversations_of(
         &self,
         channel: &str,
-        contact: &str,
-    ) -> Result<Option<String>, QueueError> {
-        let v: Option<String> = redis::cmd("HGET")
+        contacts: &[String],
+    ) -> Result<Vec<Option<String>>, QueueError> {
+        if contacts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.inner.keys.aliases(channel))
-            .arg(contact)
+            .arg(contacts)
             .query_async(&mut self.conn())
             .await?;
         // `<partition>:<canonical conversation>`
-        Ok(v.and_then(|v| v.split_once(':').map(|(_, c)| c.to_string())))
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.split_once(':').map(|(_, c)| c.to_string())))
+            .collect())
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
