@@ -1,6 +1,7 @@
 //! A support bot: a menu, a typed dialogue, a follow-up before the 24 h window closes, a
 //! template after it has closed, silence while a person answers from the phone, and a plain
-//! numbered menu on WhatsApp Personal (no buttons there).
+//! numbered menu on WhatsApp Personal (no buttons there). Media both ways: "photo" gets a
+//! picture of the product; a photo from the customer is downloaded and its caption echoed.
 //!
 //! ```sh
 //! cargo run --example support_bot -- --config examples/coexist.toml         # ingress + worker
@@ -12,6 +13,9 @@
 use clap::Parser;
 use coexist::bot::{handler, BuildError, Context, Filter, HandlerError, Router};
 use coexist::config::Config;
+use coexist::media::MediaError;
+use coexist::outbound::message::MediaSource;
+use coexist::outbound::Reply;
 use coexist::ChannelKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -37,6 +41,10 @@ pub enum Dialogue {
 
 /// Template sent when the window has closed (must be approved in WhatsApp Manager).
 pub const COME_BACK_TEMPLATE: &str = "support_come_back";
+/// The product picture sent when a customer asks for a photo (any public HTTPS link works; an
+/// id from `ctx.upload` or `POST /v1/channels/{channel}/media` too).
+pub const PRODUCT_PHOTO_URL: &str = "https://example.com/img/blue-mug.jpg";
+
 /// How long a person's answer from the phone, or "talk to a person", pauses the bot.
 pub const HANDOVER: Duration = Duration::from_secs(30 * 60);
 
@@ -101,6 +109,37 @@ async fn choose(ctx: &mut Context, choice: Choice) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// "Can I see a photo?": the product picture, by link, with a caption.
+async fn send_product_photo(ctx: &mut Context) -> Result<(), HandlerError> {
+    ctx.send(Reply::Image {
+        media: MediaSource::link(PRODUCT_PHOTO_URL),
+        caption: Some("Our blue mug, 350 ml".into()),
+    })?;
+    Ok(())
+}
+
+/// A photo from the customer: downloaded (with the channel's credentials, through coexist),
+/// then acknowledged with its size and caption. An expired photo is said so, not retried.
+async fn echo_photo_caption(ctx: &mut Context) -> Result<(), HandlerError> {
+    let caption = ctx.text().unwrap_or("").to_owned();
+    match ctx.media().await {
+        Ok(photo) => {
+            let kb = photo.bytes.len().div_ceil(1024);
+            let said = if caption.is_empty() {
+                "no caption".to_string()
+            } else {
+                format!("your caption: {caption}")
+            };
+            ctx.reply(format!("Got your photo ({kb} KB), {said}"))?;
+        }
+        Err(MediaError::NotFound { .. }) => {
+            ctx.reply("That photo has expired before I could open it; please send it again.")?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// The bot. Every registration is checked here, before the first event.
 pub fn support_bot() -> Result<Router, BuildError> {
     let awaiting_order = Filter::custom("awaiting order", |ctx| {
@@ -155,6 +194,8 @@ pub fn support_bot() -> Result<Router, BuildError> {
                 }
             }),
         )
+        // Before the text handlers: a photo's caption is text too.
+        .on_message(Filter::message_type("image"), echo_photo_caption)
         .on_text(
             awaiting_order & Filter::regex(r"^\s*#?(\d{4,})\s*$"),
             handler!(|ctx| async move {
@@ -172,6 +213,7 @@ pub fn support_bot() -> Result<Router, BuildError> {
                 choose(ctx, CHOICES[n - 1].0).await
             }),
         )
+        .on_text(Filter::regex(r"(?i)\b(photo|picture|pic)\b"), send_product_photo)
         .on_text(Filter::any(), show_menu)
         .on_session(
             Filter::any(),

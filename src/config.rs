@@ -57,6 +57,8 @@ pub struct Config {
     pub bot: BotConfig,
     pub worker: WorkerConfig,
     pub sending: SendingConfig,
+    /// `[media]`: downloads of inbound media and uploads for sending.
+    pub media: MediaConfig,
     /// `[api]`: the send API. `None` (no table): the `/v1` routes answer 404.
     pub api: Option<ApiConfig>,
 }
@@ -117,6 +119,34 @@ pub struct SendingConfig {
     pub lane_lease_ms: Option<u64>,
     /// How long the lifecycle of each outbound message is kept (default 2592000: 30 days).
     pub outbox_ttl_secs: Option<u64>,
+}
+
+/// `[media]`: how inbound media is fetched and uploads are held. Every key is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest inbound file a bot or the media route downloads (default 104857600: 100 MB,
+    /// Meta's largest document); a bigger one is refused before its body is read.
+    pub max_download_bytes: Option<u64>,
+    /// Timeout of one whole media download or upload (default 60000).
+    pub timeout_ms: Option<u64>,
+    /// How long a Personal channel keeps an uploaded file for sending (default 86400): WAHA
+    /// has no media store, so coexist holds the file and sends it inline.
+    pub upload_ttl_secs: Option<u64>,
+}
+
+impl MediaConfig {
+    pub fn max_download_bytes(&self) -> u64 {
+        self.max_download_bytes.unwrap_or(100 * 1024 * 1024)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(60_000).max(1))
+    }
+
+    pub fn upload_ttl_secs(&self) -> u64 {
+        self.upload_ttl_secs.unwrap_or(86_400).max(1)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +293,8 @@ struct RawFile {
     worker: RawWorker,
     #[serde(default)]
     sending: SendingConfig,
+    #[serde(default)]
+    media: MediaConfig,
     api: Option<Spanned<RawApi>>,
 }
 
@@ -779,6 +811,7 @@ impl Ctx<'_> {
             bot,
             worker,
             sending: raw.sending.clone(),
+            media: raw.media.clone(),
             api: self.api(&raw.api)?,
         })
     }

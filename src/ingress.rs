@@ -395,6 +395,85 @@ async fn api_broadcast_cancel(
     api_by_id(ById::CancelBroadcast, req, path, state).await
 }
 
+/// `POST /v1/channels/{channel}/media`: the file is the body, its type `Content-Type`, an
+/// optional `?filename=`.
+async fn api_media_upload(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let result = async {
+        let api = api_of(&req, &state)?;
+        let body = api_body(&req, payload, crate::api::media::MAX_UPLOAD_BYTES).await?;
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        api.upload_media(
+            &path,
+            body.freeze(),
+            content_type,
+            query.get("filename").map(String::as_str),
+        )
+        .await
+    }
+    .await;
+    api_response("api_media_upload", &state, result)
+}
+
+/// `GET /v1/channels/{channel}/media/{id}`: the file streamed through, with its type and
+/// length; never more than `[media] max_download_bytes` is read.
+async fn api_media_download(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let opened = async {
+        let api = api_of(&req, &state)?;
+        let (channel, id) = path.into_inner();
+        api.open_media(&channel, &id).await
+    }
+    .await;
+    let download = match opened {
+        Ok(d) => d,
+        Err(e) => return api_response("api_media", &state, Err(e)),
+    };
+    state.ingest.metrics().inc(
+        "coexist_http_requests_total",
+        &[("route", "api_media"), ("outcome", "ok")],
+    );
+    let mut res = HttpResponse::Ok();
+    res.content_type(download.mime_type().to_string());
+    if let Some(name) = download.filename() {
+        let safe: String = name
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"')
+            .collect();
+        res.insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{safe}\""),
+        ));
+    }
+    if let Some(len) = download.content_length() {
+        res.no_chunking(len);
+    }
+    let body = futures_util::stream::unfold(Some(download), |download| async move {
+        let mut d = download?;
+        match d.chunk().await {
+            Ok(Some(piece)) => Some((Ok(piece), Some(d))),
+            Ok(None) => None,
+            Err(e) => {
+                // The status line is gone: cutting the body short is all that is left to say.
+                tracing::warn!(error = %e, "media download cut short");
+                Some((Err(actix_web::error::ErrorBadGateway(e.to_string())), None))
+            }
+        }
+    });
+    res.streaming(body)
+}
+
 /// Any other `/v1` path: JSON 404 (or 401 first, so paths are not probed without a key).
 async fn api_unknown(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let result = api_of(&req, &state).and_then(|_| {
@@ -425,6 +504,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/channels/{channel}/broadcasts/{id}/cancel",
             web::post().to(api_broadcast_cancel),
+        )
+        .route(
+            "/v1/channels/{channel}/media",
+            web::post().to(api_media_upload),
+        )
+        .route(
+            "/v1/channels/{channel}/media/{id}",
+            web::get().to(api_media_download),
         )
         .route("/v1/{tail:.*}", web::route().to(api_unknown));
     cfg.route("/webhooks/meta", web::get().to(meta_handshake))

@@ -158,6 +158,11 @@ impl Keys {
         self.channel_key(channel, &format!("out:idem:{key}"))
     }
 
+    /// A file uploaded to a Personal channel, held for sending (hash: mime, name, data).
+    pub fn media_upload(&self, channel: &str, id: &str) -> String {
+        self.channel_key(channel, &format!("media:{id}"))
+    }
+
     /// A broadcast (hash: name, message, total, fed, state, created, `c:<status>` counts).
     pub fn broadcast(&self, channel: &str, id: &str) -> String {
         self.channel_key(channel, &format!("bc:{id}"))
@@ -231,6 +236,7 @@ mod tests {
             k.broadcast_recipients("shop", "bc-1"),
             k.broadcast_staging("shop", "bc-1"),
             k.broadcasts_running("shop"),
+            k.media_upload("shop", "cxm_1"),
             k.reach("shop", None),
         ] {
             assert!(key.starts_with("cx:{shop}:"), "{key}");

@@ -22,6 +22,7 @@ pub mod api;
 pub mod bot;
 pub mod ingest;
 pub mod ingress;
+pub mod media;
 pub mod metrics;
 pub mod outbound;
 pub mod runtime;

@@ -275,12 +275,23 @@ pub fn send_api(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
 /// `None` on the embedded queue.
 pub fn send_api_of(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
     let out = out_queue(config, queue)?;
-    Some(crate::api::SendApi::new(
+    let api = crate::api::SendApi::new(
         config,
         queue.clone(),
         conversation_store(config, queue),
         out,
-    ))
+    );
+    let redis = match queue {
+        Queue::Redis(q) => Some(q.conn()),
+        Queue::Memory(_) => None,
+    };
+    match crate::media::MediaHub::new(config, redis) {
+        Ok(media) => Some(api.with_media(media)),
+        Err(e) => {
+            tracing::error!(error = %e, "media client not built: the media routes answer 404");
+            Some(api)
+        }
+    }
 }
 
 /// The ingress pipeline for `queue`, recording statuses of our own sends in its outbox.

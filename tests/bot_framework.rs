@@ -987,6 +987,111 @@ fn is_menu_buttons(reply: &Reply) -> bool {
     }
 }
 
+/// The texts of the replies sent since the last look.
+fn new_texts(kit: &mut TestKit) -> Vec<String> {
+    kit.take_replies()
+        .into_iter()
+        .map(|m| match m.reply {
+            Reply::Text { text, .. } => text,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn support_bot_sends_a_product_photo_and_reads_the_customers_photo() {
+    use coexist::media::MediaFile;
+    use coexist::outbound::MediaSource;
+    let mut kit = TestKit::new(support_bot::support_bot().unwrap());
+    for channel in [TestKit::WABA, TestKit::PERSONAL] {
+        kit.user_text(channel, NUMBER, "can I see a photo?");
+        let sent = kit.take_replies();
+        assert_eq!(sent.len(), 1, "{channel}: {sent:?}");
+        assert_eq!(
+            sent[0].reply,
+            Reply::Image {
+                media: MediaSource::link(support_bot::PRODUCT_PHOTO_URL),
+                caption: Some("Our blue mug, 350 ml".into()),
+            },
+            "{channel}"
+        );
+
+        // A 3000-byte photo with a caption: downloaded through ctx.media(), caption echoed.
+        let id = kit.put_media(channel, MediaFile::new(vec![7u8; 3000], "image/jpeg"));
+        let photo = kit.image_event(channel, NUMBER, &id, Some("my broken mug"));
+        kit.feed(photo);
+        assert_eq!(
+            new_texts(&mut kit),
+            vec!["Got your photo (3 KB), your caption: my broken mug"],
+            "{channel}"
+        );
+
+        // A photo whose media is gone: the customer is told, nothing is retried or dead-lettered.
+        let gone = kit.image_event(channel, NUMBER, "no-such-media", None);
+        kit.feed(gone);
+        assert_eq!(
+            new_texts(&mut kit),
+            vec!["That photo has expired before I could open it; please send it again."],
+            "{channel}"
+        );
+        assert!(kit.dead_letters(channel).is_empty(), "{channel}");
+    }
+}
+
+#[test]
+fn a_bot_uploads_a_file_and_sends_it_by_id() {
+    use coexist::outbound::MediaSource;
+    let bot = Router::builder()
+        .on_text(
+            Filter::any(),
+            handler!(|ctx| async move {
+                let id = ctx
+                    .upload(b"%PDF-1.7 invoice".to_vec(), "application/pdf")
+                    .await?;
+                ctx.send(Reply::Document {
+                    media: MediaSource::id(id),
+                    filename: Some("invoice.pdf".into()),
+                    caption: None,
+                })?;
+                // A GIF is not a WhatsApp type: refused before anything leaves.
+                let refused = ctx.upload(b"GIF89a".to_vec(), "image/gif").await;
+                assert!(matches!(
+                    refused,
+                    Err(coexist::media::MediaError::UnsupportedType { .. })
+                ));
+                Ok(())
+            }),
+        )
+        .build()
+        .unwrap();
+    let mut kit = TestKit::new(bot);
+    for channel in [TestKit::WABA, TestKit::PERSONAL] {
+        kit.user_text(channel, NUMBER, "invoice please");
+        let sent = kit.take_replies();
+        assert_eq!(
+            sent.len(),
+            1,
+            "{channel}: {sent:?} refused {:?}",
+            kit.refused()
+        );
+        let Reply::Document {
+            media, filename, ..
+        } = &sent[0].reply
+        else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(filename.as_deref(), Some("invoice.pdf"));
+        let id = media.id.as_deref().unwrap();
+        // Personal sends only its own uploads (held by coexist); WABA ids are Meta's kind.
+        assert_eq!(
+            id.starts_with("cxm_"),
+            channel == TestKit::PERSONAL,
+            "{channel}: {id}"
+        );
+        assert!(kit.dead_letters(channel).is_empty());
+    }
+}
+
 #[test]
 fn support_bot_menu_button_and_dialogue() {
     let mut kit = TestKit::new(support_bot::support_bot().unwrap());

@@ -9,6 +9,7 @@
 //! order with the bot's replies, and is checked again when its turn comes.
 
 pub mod broadcast;
+pub mod media;
 pub mod request;
 
 use crate::channel::ChannelKind;
@@ -92,6 +93,7 @@ impl ApiError {
             RuleError::UnsupportedOnChannel { .. } => {
                 ApiError::new(422, "unsupported_on_channel", e.to_string())
             }
+            RuleError::InvalidReply { .. } => ApiError::new(400, "invalid_request", e.to_string()),
         }
     }
 
@@ -162,6 +164,8 @@ struct Inner {
     out: OutQueue,
     /// Wakes the sender of this process (`coexist run`), so a message leaves at once.
     wake: Option<Arc<Notify>>,
+    /// Uploads and downloads (`/v1/channels/{channel}/media`).
+    media: Option<crate::media::MediaHub>,
 }
 
 impl SendApi {
@@ -185,6 +189,7 @@ impl SendApi {
                 store,
                 out,
                 wake: None,
+                media: None,
             }),
         }
     }
@@ -193,6 +198,15 @@ impl SendApi {
     pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.wake = Some(wake);
+        }
+        self
+    }
+
+    /// Serves the media routes with `media` (the same hub as the sender's, so a Personal
+    /// upload held in memory by `run` is the one its sender sends).
+    pub fn with_media(mut self, media: crate::media::MediaHub) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.media = Some(media);
         }
         self
     }

@@ -111,12 +111,7 @@ pub fn reply_from(obj: &Map<String, Value>, prefix: &str) -> Result<Reply, Field
     let f = |name: &str| format!("{prefix}{name}");
     let kind = match obj.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        None => {
-            return Err(bad(
-                &f("type"),
-                "missing: text, template, interactive or reaction",
-            ))
-        }
+        None => return Err(bad(&f("type"), format!("missing: {TYPES}"))),
         Some(_) => return Err(bad(&f("type"), "expected a string")),
     };
     match kind {
@@ -228,17 +223,63 @@ pub fn reply_from(obj: &Map<String, Value>, prefix: &str) -> Result<Reply, Field
             &f("type"),
             "mark_read answers an inbound message: bots send it, the API does not",
         )),
-        "image" | "video" | "audio" | "document" | "sticker" | "location" | "contacts" => Err(bad(
-            &f("type"),
-            format!(
-                "{kind} messages are not supported yet: text, template, interactive or reaction"
-            ),
-        )),
-        other => Err(bad(
-            &f("type"),
-            format!("unknown type {other:?}: text, template, interactive or reaction"),
-        )),
+        "image" | "video" | "audio" | "document" | "sticker" | "location" | "contacts" => {
+            rich_reply(obj, kind, prefix)
+        }
+        other => Err(bad(&f("type"), format!("unknown type {other:?}: {TYPES}"))),
     }
+}
+
+/// Every `type` a message may have.
+const TYPES: &str = "text, template, interactive, reaction, image, video, audio, document, \
+sticker, location or contacts";
+
+/// A media, location or contacts message: its fields beside `type` (forward shape) or in an
+/// object named by the type (Meta's shape: `"image": {"link", "caption"}`); `contacts` is
+/// the list itself in both.
+fn rich_reply(obj: &Map<String, Value>, kind: &str, prefix: &str) -> Result<Reply, FieldError> {
+    let (mut fields, base) = match obj.get(kind) {
+        Some(Value::Object(inner)) => (inner.clone(), format!("{prefix}{kind}.")),
+        Some(Value::Array(list)) if kind == "contacts" => {
+            let mut m = Map::new();
+            m.insert("contacts".into(), Value::Array(list.clone()));
+            (m, prefix.to_string())
+        }
+        Some(Value::Null) | None => {
+            let mut m = obj.clone();
+            for envelope in [
+                "to",
+                "context",
+                "reply_to",
+                "messaging_product",
+                "recipient_type",
+            ] {
+                m.remove(envelope);
+            }
+            (m, prefix.to_string())
+        }
+        Some(_) => return Err(bad(&format!("{prefix}{kind}"), "expected an object")),
+    };
+    fields.insert("type".into(), Value::String(kind.to_string()));
+    let reply: Reply = serde_json::from_value(Value::Object(fields)).map_err(|e| {
+        let text = e.to_string();
+        // serde names the field in its message (`missing field `latitude``, `invalid type …`).
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(kind);
+        bad(&format!("{base}{field}"), text)
+    })?;
+    if let Some(reason) = reply.invalid() {
+        let field = if reply.media().is_some() {
+            "link"
+        } else {
+            kind
+        };
+        return Err(bad(&format!("{base}{field}"), reason));
+    }
+    Ok(reply)
 }
 
 /// The conversation id a recipient names on a channel kind: a WAHA chat id for Personal
@@ -324,6 +365,69 @@ mod tests {
     }
 
     #[test]
+    fn media_location_and_contacts_in_both_shapes() {
+        use crate::outbound::message::MediaSource;
+        let image = Reply::Image {
+            media: MediaSource::link("https://cdn.example/mug.jpg"),
+            caption: Some("Blue mug".into()),
+        };
+        let doc = Reply::Document {
+            media: MediaSource::id("1234"),
+            filename: Some("invoice.pdf".into()),
+            caption: None,
+        };
+        let place = Reply::Location {
+            latitude: 52.5,
+            longitude: 13.4,
+            name: Some("Shop".into()),
+            address: None,
+        };
+        let card = json!({"name": {"formatted_name": "Ana"}, "phones": [{"phone": "+1555"}]});
+        let cases = [
+            (
+                json!({"to": "1", "type": "image", "link": "https://cdn.example/mug.jpg", "caption": "Blue mug"}),
+                image.clone(),
+            ),
+            (
+                json!({"to": "1", "type": "image", "image": {"link": "https://cdn.example/mug.jpg", "caption": "Blue mug"}}),
+                image,
+            ),
+            (
+                json!({"to": "1", "type": "document", "id": "1234", "filename": "invoice.pdf"}),
+                doc.clone(),
+            ),
+            (
+                json!({"to": "1", "type": "document", "document": {"id": "1234", "filename": "invoice.pdf"}}),
+                doc,
+            ),
+            (
+                json!({"to": "1", "type": "audio", "id": "cxm_1", "voice": true}),
+                Reply::Audio {
+                    media: MediaSource::id("cxm_1"),
+                    voice: true,
+                },
+            ),
+            (
+                json!({"to": "1", "type": "location", "latitude": 52.5, "longitude": 13.4, "name": "Shop"}),
+                place.clone(),
+            ),
+            (
+                json!({"to": "1", "type": "location", "location": {"latitude": 52.5, "longitude": 13.4, "name": "Shop"}}),
+                place,
+            ),
+            (
+                json!({"to": "1", "type": "contacts", "contacts": [card.clone()]}),
+                Reply::Contacts {
+                    contacts: vec![card],
+                },
+            ),
+        ];
+        for (body, reply) in cases {
+            assert_eq!(read(body.clone()).unwrap().reply, reply, "{body}");
+        }
+    }
+
+    #[test]
     fn every_refusal_names_its_field() {
         let cases = [
             (json!([]), "body"),
@@ -332,7 +436,32 @@ mod tests {
             (json!({"to": "a b", "type": "text", "text": "x"}), "to"),
             (json!({"to": "1"}), "type"),
             (json!({"to": "1", "type": "fax"}), "type"),
-            (json!({"to": "1", "type": "image"}), "type"),
+            (json!({"to": "1", "type": "image"}), "link"),
+            (
+                json!({"to": "1", "type": "image", "image": {"link": "ftp://x/a.png"}}),
+                "image.link",
+            ),
+            (
+                json!({"to": "1", "type": "document", "link": "https://x/a.pdf", "id": "9"}),
+                "link",
+            ),
+            (json!({"to": "1", "type": "image", "image": "x"}), "image"),
+            (
+                json!({"to": "1", "type": "location", "latitude": 1.0}),
+                "longitude",
+            ),
+            (
+                json!({"to": "1", "type": "location", "location": {"latitude": 91.0, "longitude": 0.0}}),
+                "location.location",
+            ),
+            (
+                json!({"to": "1", "type": "location", "latitude": "north", "longitude": 0.0}),
+                "location",
+            ),
+            (
+                json!({"to": "1", "type": "contacts", "contacts": []}),
+                "contacts",
+            ),
             (
                 json!({"to": "1", "type": "mark_read", "message_id": "m"}),
                 "type",

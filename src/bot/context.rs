@@ -11,6 +11,7 @@ use crate::config::ChannelConfig;
 use crate::conversation::window::{self, Effects, Window};
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType, Timer};
+use crate::media::{Download, MediaError, MediaFile, MediaHub};
 use crate::outbound::rules::{self, RuleError};
 use crate::outbound::Reply;
 use serde::de::DeserializeOwned;
@@ -56,6 +57,7 @@ pub struct Context {
     handover: Option<HandoverRequest>,
     state_changed: bool,
     effects: Effects,
+    media: Option<MediaHub>,
 }
 
 impl Context {
@@ -76,7 +78,52 @@ impl Context {
             handover: None,
             state_changed: false,
             effects: Effects::default(),
+            media: None,
         }
+    }
+
+    /// Lets the handler fetch and upload media on its channel (the worker sets it).
+    pub fn with_media(mut self, media: MediaHub) -> Self {
+        self.media = Some(media);
+        self
+    }
+
+    fn media_hub(&self) -> Result<&MediaHub, MediaError> {
+        self.media
+            .as_ref()
+            .ok_or_else(|| MediaError::NotConfigured(self.channel.id.clone()))
+    }
+
+    /// The media this event's message carries (photo, voice note, document…), downloaded
+    /// whole with the channel's credentials, at most `[media] max_download_bytes`.
+    /// `MediaError::NoMedia` when the message has none; `NotFound` when it expired.
+    pub async fn media(&self) -> Result<MediaFile, MediaError> {
+        self.open_media().await?.bytes().await
+    }
+
+    /// Like [`Context::media`], but streaming: read it with [`Download::chunk`].
+    pub async fn open_media(&self) -> Result<Download, MediaError> {
+        let media = self
+            .event
+            .message
+            .as_ref()
+            .and_then(|m| m.media.as_ref())
+            .ok_or(MediaError::NoMedia)?;
+        self.media_hub()?
+            .open_event_media(&self.channel.id, media)
+            .await
+    }
+
+    /// Uploads a file for sending on this channel (checked against WhatsApp's types and
+    /// sizes first); send it with `MediaSource::id(the answer)`.
+    pub async fn upload(
+        &self,
+        bytes: impl Into<bytes::Bytes>,
+        mime_type: &str,
+    ) -> Result<String, MediaError> {
+        self.media_hub()?
+            .upload(&self.channel.id, MediaFile::new(bytes, mime_type))
+            .await
     }
 
     /// What applying the event to the conversation did (the worker sets it): whether this

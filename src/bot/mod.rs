@@ -73,6 +73,18 @@ impl From<serde_json::Error> for HandlerError {
     }
 }
 
+/// A media download or upload that failed: a network error or 5xx is worth another try,
+/// an expired or refused media is not.
+impl From<crate::media::MediaError> for HandlerError {
+    fn from(e: crate::media::MediaError) -> Self {
+        if e.is_retryable() {
+            HandlerError::Retry(format!("media: {e}"))
+        } else {
+            HandlerError::GiveUp(format!("media: {e}"))
+        }
+    }
+}
+
 impl HandlerError {
     pub fn retry(reason: impl std::fmt::Display) -> Self {
         HandlerError::Retry(reason.to_string())

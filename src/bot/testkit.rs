@@ -78,6 +78,7 @@ pub struct TestKit {
     queue: Queue,
     store: ConversationStore,
     worker: Worker,
+    media: crate::media::MediaHub,
     routes: routing::Router,
     leads_ms: Vec<i64>,
     sent: Arc<Mutex<Vec<OutgoingMessage>>>,
@@ -157,6 +158,7 @@ impl TestKit {
         settings.retry_backoff_ms = 1;
         settings.lease_ms = 3_600_000;
         let leads_ms = settings.leads_ms.clone();
+        let media = outbound.media().clone();
         let worker = Worker::new(
             &config,
             queue.clone(),
@@ -177,6 +179,7 @@ impl TestKit {
             queue,
             store,
             worker,
+            media,
             leads_ms,
             sent,
             refused,
@@ -313,6 +316,55 @@ impl TestKit {
             m.button_id = Some(id.into());
         }
         event
+    }
+
+    /// A customer's photo (`image` message) whose file is `media_id` (from
+    /// [`TestKit::put_media`]), with an optional caption.
+    pub fn image_event(
+        &mut self,
+        channel: &str,
+        contact: &str,
+        media_id: &str,
+        caption: Option<&str>,
+    ) -> Event {
+        let mut event = self.base_event(channel, contact, EventType::Message);
+        if let Some(m) = event.message.as_mut() {
+            m.kind = "image".into();
+            m.text = caption.map(str::to_string);
+            m.media = Some(crate::event::Media {
+                id: Some(media_id.into()),
+                mime_type: Some("image/jpeg".into()),
+                ..Default::default()
+            });
+        }
+        event
+    }
+
+    /// Makes `file` a media the bot can open on `channel` (`ctx.media()`); answers its id, to
+    /// put in an event ([`TestKit::image_event`]). Files a bot uploads (`ctx.upload`) are kept
+    /// the same way.
+    pub fn put_media(&mut self, channel: &str, file: crate::media::MediaFile) -> String {
+        let media = self.media.clone();
+        let kind = self
+            .config
+            .channels
+            .iter()
+            .find(|c| c.id == channel)
+            .map(|c| c.kind)
+            .unwrap_or_else(|| panic!("testkit: no channel {channel:?} in the configuration"));
+        self.next_id += 1;
+        let id = format!("testkit-media-{}", self.next_id);
+        // Personal sends only ids of its own uploads (`cxm_…`); WABA ids must not look so.
+        let id = match kind {
+            ChannelKind::Personal => {
+                format!("{}{id}", crate::outbound::rules::GATEWAY_MEDIA_PREFIX)
+            }
+            ChannelKind::Waba => id,
+        };
+        self.runtime
+            .block_on(media.held().put_as(channel, &id, file))
+            .expect("the in-memory media store keeps files");
+        id
     }
 
     /// A message a person sent from the business's phone app (an echo with source `app`):

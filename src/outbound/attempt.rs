@@ -43,10 +43,12 @@ pub enum Attempt {
 }
 
 /// Every code a given-up message may carry (see [`failure_code`]).
-const CODES: [&str; 16] = [
+const CODES: [&str; 18] = [
     "window_closed",
     "templates_unsupported",
     "unsupported_on_channel",
+    "invalid_reply",
+    "media_failed",
     "rate_limited",
     "pair_rate_limited",
     "undeliverable",
@@ -75,6 +77,7 @@ pub fn failure_code(e: &SendError) -> &'static str {
         }
         SendError::Rule(RuleError::TemplatesUnsupported { .. }) => "templates_unsupported",
         SendError::Rule(RuleError::UnsupportedOnChannel { .. }) => "unsupported_on_channel",
+        SendError::Rule(RuleError::InvalidReply { .. }) => "invalid_reply",
         other => other.outcome(),
     }
 }
@@ -82,7 +85,9 @@ pub fn failure_code(e: &SendError) -> &'static str {
 /// Meta's or the gateway's own error code, when the error carries one.
 pub fn provider_code(e: &SendError) -> Option<i64> {
     match e {
-        SendError::WindowClosed { code, .. } | SendError::Rejected { code, .. } => Some(*code),
+        SendError::WindowClosed { code, .. }
+        | SendError::Rejected { code, .. }
+        | SendError::Media { code, .. } => Some(*code),
         SendError::Undeliverable { .. } => Some(131026),
         SendError::PairRateLimited => Some(131056),
         _ => None,

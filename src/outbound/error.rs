@@ -29,6 +29,15 @@ pub enum SendError {
     /// The credentials were refused (190, HTTP 401/403): the channel is marked unhealthy.
     #[error("credentials refused, channel marked unhealthy: {detail}")]
     Unauthorized { detail: String },
+    /// Meta could not fetch or use the message's media: 131053 (upload of the linked file
+    /// failed) and 131052 (download failed) are worth another try; 100 / 131009 about the
+    /// media (a bad link, a wrong type) and 131051 are not.
+    #[error("media failed (error {code}): {message}")]
+    Media {
+        code: i64,
+        message: String,
+        retryable: bool,
+    },
     /// Any other refusal: the request must change, retrying the same one cannot help.
     #[error("rejected (error {code}): {message}")]
     Rejected { code: i64, message: String },
@@ -88,7 +97,10 @@ impl Backoff {
             SendError::RateLimited { retry_after: None }
             | SendError::Transient { .. }
             | SendError::Store { .. }
-            | SendError::InFlight { .. } => exp(self.base, 2).min(self.max),
+            | SendError::InFlight { .. }
+            | SendError::Media {
+                retryable: true, ..
+            } => exp(self.base, 2).min(self.max),
             _ => Duration::ZERO,
         }
     }
@@ -104,6 +116,10 @@ impl SendError {
                 | SendError::Transient { .. }
                 | SendError::InFlight { .. }
                 | SendError::Store { .. }
+                | SendError::Media {
+                    retryable: true,
+                    ..
+                }
         )
     }
 
@@ -133,6 +149,7 @@ impl SendError {
             SendError::Transient { .. } => "transient",
             SendError::Unauthorized { .. } => "unauthorized",
             SendError::Rejected { .. } => "rejected",
+            SendError::Media { .. } => "media_failed",
             SendError::BadResponse { .. } => "bad_response",
             SendError::InFlight { .. } => "in_flight",
             SendError::Store { .. } => "store_error",

@@ -5,7 +5,7 @@
 //! (see [`super::outbox`]). Without an access token the sender is a dry run.
 
 use super::error::SendError;
-use super::message::{OutgoingMessage, Reply, Sent};
+use super::message::{MediaSource, OutgoingMessage, Reply, Sent};
 use crate::config::Secret;
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -91,6 +91,14 @@ impl GraphSender {
 }
 
 pub(crate) fn network_error(e: reqwest::Error) -> SendError {
+    SendError::Transient {
+        detail: describe_network_error(e),
+    }
+}
+
+/// `timeout: …`, `connection failed: …` or `request failed: …`, without the URL (it may
+/// carry a token in its query).
+pub(crate) fn describe_network_error(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -98,9 +106,7 @@ pub(crate) fn network_error(e: reqwest::Error) -> SendError {
     } else {
         "request failed"
     };
-    SendError::Transient {
-        detail: format!("{kind}: {}", e.without_url()),
-    }
+    format!("{kind}: {}", e.without_url())
 }
 
 /// The JSON body of the send request (spec §7).
@@ -152,6 +158,38 @@ pub fn request_body(msg: &OutgoingMessage) -> Value {
             json!({ "message_id": message_id, "emoji": emoji }),
         ),
         Reply::MarkRead { .. } => unreachable!("handled above"),
+        Reply::Image { media, caption } | Reply::Video { media, caption } => (
+            msg.reply.type_name(),
+            media_object(media, caption.as_deref(), None),
+        ),
+        // Meta shows an OGG/Opus file as a voice note by itself: there is no flag to send.
+        Reply::Audio { media, .. } | Reply::Sticker { media } => {
+            (msg.reply.type_name(), media_object(media, None, None))
+        }
+        Reply::Document {
+            media,
+            filename,
+            caption,
+        } => (
+            "document",
+            media_object(media, caption.as_deref(), filename.as_deref()),
+        ),
+        Reply::Location {
+            latitude,
+            longitude,
+            name,
+            address,
+        } => {
+            let mut l = json!({ "latitude": latitude, "longitude": longitude });
+            if let Some(n) = name {
+                l["name"] = json!(n);
+            }
+            if let Some(a) = address {
+                l["address"] = json!(a);
+            }
+            ("location", l)
+        }
+        Reply::Contacts { contacts } => ("contacts", json!(contacts)),
     };
     body.insert("type".into(), json!(kind));
     body.insert(kind.into(), content);
@@ -160,6 +198,24 @@ pub fn request_body(msg: &OutgoingMessage) -> Value {
     }
     body.insert("biz_opaque_callback_data".into(), json!(msg.outbox_key));
     Value::Object(body)
+}
+
+/// `{"link"|"id", "caption"?, "filename"?}` of a media message.
+fn media_object(media: &MediaSource, caption: Option<&str>, filename: Option<&str>) -> Value {
+    let mut o = Map::new();
+    if let Some(link) = &media.link {
+        o.insert("link".into(), json!(link));
+    }
+    if let Some(id) = &media.id {
+        o.insert("id".into(), json!(id));
+    }
+    if let Some(c) = caption {
+        o.insert("caption".into(), json!(c));
+    }
+    if let Some(f) = filename {
+        o.insert("filename".into(), json!(f));
+    }
+    Value::Object(o)
 }
 
 /// Business-scoped user ids look like `US.13491208655302741918`; phone wa_ids are digits.
@@ -222,6 +278,18 @@ pub fn map_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Sen
             retry_after: Some(retry_after.unwrap_or(Duration::from_secs(60))),
         },
         Some(131056) => SendError::PairRateLimited,
+        // Meta could not fetch the linked file or store the upload: another try may work.
+        Some(c @ (131052 | 131053)) => SendError::Media {
+            code: c,
+            message,
+            retryable: true,
+        },
+        // A bad link, an unsupported or oversized file, an unknown media id: the request must change.
+        Some(c @ (100 | 131009 | 131051)) if is_about_media(&message) => SendError::Media {
+            code: c,
+            message,
+            retryable: false,
+        },
         Some(131026) => SendError::Undeliverable { message },
         Some(190) => SendError::Unauthorized { detail: message },
         Some(131000) | Some(131016) => SendError::Transient { detail: message },
@@ -234,6 +302,17 @@ pub fn map_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Sen
             message,
         },
     }
+}
+
+/// Meta's generic parameter errors (100, 131009) name the media field or the file when the
+/// media is what is wrong.
+fn is_about_media(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "media", "link", "image", "video", "audio", "document", "sticker", "mime", "file",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
 }
 
 fn as_code(v: &Value) -> Option<i64> {
@@ -382,6 +461,124 @@ mod tests {
                 message: "HTTP 404: nope".into()
             }
         );
+    }
+
+    #[test]
+    fn media_location_and_contacts_bodies() {
+        let b = request_body(&msg(
+            "1",
+            Reply::Image {
+                media: MediaSource::link("https://cdn.example/p.jpg"),
+                caption: Some("Blue mug".into()),
+            },
+        ));
+        assert_eq!(b["type"], "image");
+        assert_eq!(
+            b["image"],
+            json!({"link":"https://cdn.example/p.jpg","caption":"Blue mug"})
+        );
+        let d = request_body(&msg(
+            "1",
+            Reply::Document {
+                media: MediaSource::id("1234"),
+                filename: Some("invoice.pdf".into()),
+                caption: None,
+            },
+        ));
+        assert_eq!(d["document"], json!({"id":"1234","filename":"invoice.pdf"}));
+        let a = request_body(&msg(
+            "1",
+            Reply::Audio {
+                media: MediaSource::id("9"),
+                voice: true,
+            },
+        ));
+        assert_eq!(
+            (a["type"].clone(), a["audio"].clone()),
+            (json!("audio"), json!({"id":"9"}))
+        );
+        let s = request_body(&msg(
+            "1",
+            Reply::Sticker {
+                media: MediaSource::link("https://x/s.webp"),
+            },
+        ));
+        assert_eq!(s["sticker"], json!({"link":"https://x/s.webp"}));
+        let v = request_body(&msg(
+            "1",
+            Reply::Video {
+                media: MediaSource::id("7"),
+                caption: None,
+            },
+        ));
+        assert_eq!(v["video"], json!({"id":"7"}));
+        let l = request_body(&msg(
+            "1",
+            Reply::Location {
+                latitude: 52.52,
+                longitude: -13.4,
+                name: Some("Shop".into()),
+                address: None,
+            },
+        ));
+        assert_eq!(
+            l["location"],
+            json!({"latitude":52.52,"longitude":-13.4,"name":"Shop"})
+        );
+        let card = json!({"name":{"formatted_name":"Ana"},"phones":[{"phone":"+1555"}]});
+        let c = request_body(&msg(
+            "1",
+            Reply::Contacts {
+                contacts: vec![card.clone()],
+            },
+        ));
+        assert_eq!(
+            (c["type"].clone(), c["contacts"].clone()),
+            (json!("contacts"), json!([card]))
+        );
+        assert_eq!(c["biz_opaque_callback_data"], "evt1:0");
+    }
+
+    #[test]
+    fn media_error_codes() {
+        let err = |code: i64, text: &str| {
+            serde_json::to_vec(&json!({"error":{"message":text,"code":code}})).unwrap()
+        };
+        let e = map_error(400, &err(131053, "Media upload error"), None);
+        assert!(
+            matches!(
+                e,
+                SendError::Media {
+                    code: 131053,
+                    retryable: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_retryable());
+        let e = map_error(400, &err(131052, "Media download error"), None);
+        assert!(e.is_retryable() && e.outcome() == "media_failed");
+        let e = map_error(
+            400,
+            &err(100, "Param image['link'] is not a valid URI"),
+            None,
+        );
+        assert!(
+            matches!(
+                e,
+                SendError::Media {
+                    code: 100,
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable());
+        // A 100 about something else stays a plain rejection.
+        let e = map_error(400, &err(100, "Invalid parameter: to"), None);
+        assert!(matches!(e, SendError::Rejected { code: 100, .. }), "{e:?}");
     }
 
     #[test]

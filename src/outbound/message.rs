@@ -34,10 +34,96 @@ pub enum Reply {
         #[serde(default, skip_serializing_if = "is_false")]
         typing: bool,
     },
+    /// `{"type":"image","link":"https://…"|"id":"<media id>","caption":"…"}` (JPEG, PNG).
+    Image {
+        #[serde(flatten)]
+        media: MediaSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
+    /// `{"type":"video","link"|"id","caption"}` (MP4, 3GPP).
+    Video {
+        #[serde(flatten)]
+        media: MediaSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
+    /// `{"type":"audio","link"|"id","voice":true}`: `voice` sends a voice note (OGG/Opus),
+    /// otherwise an audio file. WhatsApp shows no caption on audio.
+    Audio {
+        #[serde(flatten)]
+        media: MediaSource,
+        #[serde(default, skip_serializing_if = "is_false")]
+        voice: bool,
+    },
+    /// `{"type":"document","link"|"id","filename":"invoice.pdf","caption"}`.
+    Document {
+        #[serde(flatten)]
+        media: MediaSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
+    /// `{"type":"sticker","link"|"id"}` (WebP; WABA only).
+    Sticker {
+        #[serde(flatten)]
+        media: MediaSource,
+    },
+    /// `{"type":"location","latitude":52.52,"longitude":13.40,"name":"…","address":"…"}`.
+    Location {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// `{"type":"contacts","contacts":[{"name":{"formatted_name":"…"},"phones":[{"phone":"…"}]}]}`:
+    /// Meta's contact objects (one card each).
+    Contacts { contacts: Vec<Value> },
 }
+
+/// Where a media message's file comes from: a public `link` WhatsApp downloads, or the `id`
+/// an upload answered (`POST /v1/channels/{channel}/media`, `ctx.upload`). Exactly one is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl MediaSource {
+    /// A file WhatsApp (or the gateway) downloads from a public URL.
+    pub fn link(url: impl Into<String>) -> MediaSource {
+        MediaSource {
+            link: Some(url.into()),
+            id: None,
+        }
+    }
+
+    /// A file uploaded earlier, by the id the upload answered.
+    pub fn id(id: impl Into<String>) -> MediaSource {
+        MediaSource {
+            link: None,
+            id: Some(id.into()),
+        }
+    }
+}
+
+/// The longest media caption WhatsApp shows.
+pub const MAX_CAPTION: usize = 1024;
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_http_url(link: &str) -> bool {
+    let rest = link
+        .strip_prefix("https://")
+        .or_else(|| link.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 impl Reply {
@@ -57,6 +143,78 @@ impl Reply {
             Reply::Interactive { .. } => "interactive",
             Reply::Reaction { .. } => "reaction",
             Reply::MarkRead { .. } => "mark_read",
+            Reply::Image { .. } => "image",
+            Reply::Video { .. } => "video",
+            Reply::Audio { .. } => "audio",
+            Reply::Document { .. } => "document",
+            Reply::Sticker { .. } => "sticker",
+            Reply::Location { .. } => "location",
+            Reply::Contacts { .. } => "contacts",
+        }
+    }
+
+    /// The file of a media message (image, video, audio, document, sticker).
+    pub fn media(&self) -> Option<&MediaSource> {
+        match self {
+            Reply::Image { media, .. }
+            | Reply::Video { media, .. }
+            | Reply::Audio { media, .. }
+            | Reply::Document { media, .. }
+            | Reply::Sticker { media } => Some(media),
+            _ => None,
+        }
+    }
+
+    /// The caption of an image, video or document.
+    pub fn caption(&self) -> Option<&str> {
+        match self {
+            Reply::Image { caption, .. }
+            | Reply::Video { caption, .. }
+            | Reply::Document { caption, .. } => caption.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the reply's own fields, whatever the channel: a media message
+    /// without exactly one of `link` / `id`, a link that is not http(s), a location off the
+    /// globe, an empty contact list. Checked with the sending rules, before anything is queued.
+    pub fn invalid(&self) -> Option<String> {
+        if let Some(caption) = self.caption() {
+            if caption.chars().count() > MAX_CAPTION {
+                return Some(format!("caption longer than {MAX_CAPTION} characters"));
+            }
+        }
+        if let Some(media) = self.media() {
+            return match (&media.link, &media.id) {
+                (Some(_), Some(_)) => Some("give either link or id, not both".into()),
+                (None, None) => Some(format!(
+                    "a {} message needs a link (https://…) or an uploaded media id",
+                    self.type_name()
+                )),
+                (Some(link), None) if !is_http_url(link) => {
+                    Some(format!("link {link:?} is not an http(s) URL"))
+                }
+                (None, Some(id)) if id.trim().is_empty() => Some("empty media id".into()),
+                _ => None,
+            };
+        }
+        match self {
+            Reply::Location {
+                latitude,
+                longitude,
+                ..
+            } if !(-90.0..=90.0).contains(latitude) || !(-180.0..=180.0).contains(longitude) => {
+                Some(format!(
+                    "latitude {latitude} / longitude {longitude} is not a place on Earth"
+                ))
+            }
+            Reply::Contacts { contacts } if contacts.is_empty() => {
+                Some("contacts: at least one contact card".into())
+            }
+            Reply::Contacts { contacts } if contacts.iter().any(|c| !c.is_object()) => {
+                Some("contacts: each card is an object".into())
+            }
+            _ => None,
         }
     }
 
@@ -186,6 +344,8 @@ mod tests {
                 typing: false
             }
         );
-        assert!(serde_json::from_value::<Reply>(json!({"type":"sticker"})).is_err());
+        assert!(serde_json::from_value::<Reply>(json!({"type":"poll"})).is_err());
+        let bare: Reply = serde_json::from_value(json!({"type":"sticker"})).unwrap();
+        assert!(bare.invalid().unwrap().contains("needs a link"));
     }
 }

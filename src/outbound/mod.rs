@@ -21,7 +21,7 @@ pub use attempt::Attempt;
 pub use error::{Backoff, SendError};
 pub use graph::GraphSender;
 pub use lane_sender::{LaneSender, LaneSettings};
-pub use message::{OutgoingMessage, Reply, Sent};
+pub use message::{MediaSource, OutgoingMessage, Reply, Sent};
 pub use outbox::{Outbox, OutboxError, OutboxOptions, OutboxState, SentRef};
 pub use queue::{
     Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord,
@@ -162,6 +162,7 @@ struct Inner {
     inflight_seen: std::sync::Mutex<HashMap<String, i64>>,
     /// Outbox keys whose provider answer this process holds, not recorded yet.
     held: std::sync::Mutex<std::collections::HashSet<String>>,
+    media: crate::media::MediaHub,
 }
 
 /// Wall-clock milliseconds: shared by every process, as the Redis buckets and markers are.
@@ -210,6 +211,7 @@ impl Outbound {
             .timeout(options.http_timeout)
             .connect_timeout(options.http_timeout.min(Duration::from_secs(5)))
             .build()?;
+        let media = crate::media::MediaHub::new(config, redis.clone())?;
         let mut channels = HashMap::new();
         for c in &config.channels {
             let sender = match c.kind {
@@ -219,12 +221,15 @@ impl Outbound {
                     c.access_token.clone(),
                     http.clone(),
                 )),
-                ChannelKind::Personal => Sender::Waha(WahaSender::new(
-                    c.api_url.clone(),
-                    c.api_key.clone(),
-                    c.session.clone().unwrap_or_else(|| "default".into()),
-                    http.clone(),
-                )),
+                ChannelKind::Personal => Sender::Waha(
+                    WahaSender::new(
+                        c.api_url.clone(),
+                        c.api_key.clone(),
+                        c.session.clone().unwrap_or_else(|| "default".into()),
+                        http.clone(),
+                    )
+                    .with_held_uploads(&c.id, media.held().clone()),
+                ),
             };
             if sender.is_dry_run() {
                 tracing::info!(channel = %c.id, "no sending credentials/url configured: dry run");
@@ -258,12 +263,18 @@ impl Outbound {
                 options,
                 inflight_seen: Default::default(),
                 held: Default::default(),
+                media,
             }),
         })
     }
 
     pub fn outbox(&self) -> &Outbox {
         &self.inner.outbox
+    }
+
+    /// Uploads and downloads of media on every channel.
+    pub fn media(&self) -> &crate::media::MediaHub {
+        &self.inner.media
     }
 
     pub fn rate_limiter(&self) -> &RateLimiter {

@@ -8,6 +8,12 @@
 //! | template    | yes               | yes                 | `TemplatesUnsupported` |
 //! | reaction    | yes               | `WindowClosed` (a reaction is a message, Meta bills and gates it like free-form) | yes, to a WAHA message id; a `wamid.` id → `UnsupportedOnChannel` |
 //! | mark_read   | yes               | yes (a receipt, not a message) | yes (`sendSeen`) |
+//! | image, video, audio, document | yes | `WindowClosed` | yes (`sendImage`, `sendVideo`, `sendVoice` / `sendFile`, `sendFile`); by link or by an id from this channel's upload |
+//! | sticker     | yes               | `WindowClosed`      | `UnsupportedOnChannel` (WAHA has no sticker send) |
+//! | location, contacts | yes        | `WindowClosed`      | yes (`sendLocation`, `sendContactVcard`) |
+//!
+//! A reply whose own fields are wrong (media without link or id, a location off the globe)
+//! is `InvalidReply` on every channel.
 
 use super::message::Reply;
 use crate::channel::ChannelKind;
@@ -28,6 +34,8 @@ pub enum RuleError {
         kind: ChannelKind,
         what: &'static str,
     },
+    #[error("invalid {what} message: {reason}")]
+    InvalidReply { what: &'static str, reason: String },
 }
 
 fn since(at: &Option<i64>) -> String {
@@ -36,12 +44,25 @@ fn since(at: &Option<i64>) -> String {
 
 /// Checks `reply` against the channel kind and the conversation's service window.
 pub fn check(kind: ChannelKind, window: Window, reply: &Reply) -> Result<(), RuleError> {
+    if let Some(reason) = reply.invalid() {
+        return Err(RuleError::InvalidReply {
+            what: reply.type_name(),
+            reason,
+        });
+    }
     match kind {
         ChannelKind::Waba => {
-            let free_form = match reply {
-                Reply::Text { .. } | Reply::Interactive { .. } | Reply::Reaction { .. } => true,
-                Reply::Template { .. } | Reply::MarkRead { .. } => false,
-            };
+            let free_form = !matches!(reply, Reply::Template { .. } | Reply::MarkRead { .. });
+            if reply
+                .media()
+                .and_then(|m| m.id.as_deref())
+                .is_some_and(is_gateway_media_id)
+            {
+                return Err(RuleError::UnsupportedOnChannel {
+                    kind,
+                    what: "media uploaded to a Personal channel (upload it to this channel)",
+                });
+            }
             match window {
                 Window::Closed { since_ms } if free_form => Err(RuleError::WindowClosed {
                     closed_at: since_ms,
@@ -63,8 +84,32 @@ pub fn check(kind: ChannelKind, window: Window, reply: &Reply) -> Result<(), Rul
                 })
             }
             Reply::Reaction { .. } => Ok(()),
+            Reply::Sticker { .. } => Err(RuleError::UnsupportedOnChannel {
+                kind,
+                what: "stickers",
+            }),
+            Reply::Image { .. }
+            | Reply::Video { .. }
+            | Reply::Audio { .. }
+            | Reply::Document { .. } => match reply.media().and_then(|m| m.id.as_deref()) {
+                Some(id) if !is_gateway_media_id(id) => Err(RuleError::UnsupportedOnChannel {
+                    kind,
+                    what: "Cloud API media ids (send a link, or upload to this channel)",
+                }),
+                _ => Ok(()),
+            },
+            Reply::Location { .. } | Reply::Contacts { .. } => Ok(()),
         },
     }
+}
+
+/// Prefix of the ids a Personal channel's upload answers: WAHA keeps no uploads, so coexist
+/// holds the file and sends it inline.
+pub const GATEWAY_MEDIA_PREFIX: &str = "cxm_";
+
+/// An id from a Personal channel's upload (held by coexist, not by Meta).
+pub fn is_gateway_media_id(id: &str) -> bool {
+    id.starts_with(GATEWAY_MEDIA_PREFIX)
 }
 
 #[cfg(test)]
@@ -160,6 +205,68 @@ mod tests {
                 "{kind} {window:?} {name}"
             );
         }
+    }
+
+    #[test]
+    fn media_capabilities_per_channel_kind() {
+        use crate::outbound::message::MediaSource;
+        use ChannelKind::{Personal, Waba};
+        let open = Window::Open { until_ms: 10 };
+        let closed = Window::Closed { since_ms: Some(5) };
+        let na = Window::NotApplicable;
+        let link = || MediaSource::link("https://cdn.example/f.jpg");
+        let image = Reply::Image {
+            media: link(),
+            caption: None,
+        };
+        let sticker = Reply::Sticker { media: link() };
+        let meta_id_doc = Reply::Document {
+            media: MediaSource::id("1234567890"),
+            filename: None,
+            caption: None,
+        };
+        let held_voice = Reply::Audio {
+            media: MediaSource::id("cxm_ab"),
+            voice: true,
+        };
+        let place = Reply::Location {
+            latitude: 1.0,
+            longitude: 2.0,
+            name: None,
+            address: None,
+        };
+        let cards = Reply::Contacts {
+            contacts: vec![json!({"name": {"formatted_name": "A"}})],
+        };
+        let ok = |k, w, r: &Reply| check(k, w, r) == Ok(());
+        let code = |k, w, r: &Reply| match check(k, w, r) {
+            Err(RuleError::WindowClosed { .. }) => "window_closed",
+            Err(RuleError::UnsupportedOnChannel { .. }) => "unsupported_on_channel",
+            Err(RuleError::InvalidReply { .. }) => "invalid_reply",
+            Err(RuleError::TemplatesUnsupported { .. }) => "templates_unsupported",
+            Ok(()) => "ok",
+        };
+        for r in [&image, &sticker, &meta_id_doc, &place, &cards] {
+            assert!(ok(Waba, open, r), "{r:?}");
+            assert_eq!(code(Waba, closed, r), "window_closed", "{r:?}");
+        }
+        assert_eq!(code(Waba, open, &held_voice), "unsupported_on_channel");
+        for r in [&image, &held_voice, &place, &cards] {
+            assert!(ok(Personal, na, r), "{r:?}");
+        }
+        assert_eq!(code(Personal, na, &sticker), "unsupported_on_channel");
+        assert_eq!(code(Personal, na, &meta_id_doc), "unsupported_on_channel");
+        let nowhere = Reply::Image {
+            media: MediaSource::default(),
+            caption: None,
+        };
+        assert_eq!(code(Waba, open, &nowhere), "invalid_reply");
+        assert_eq!(code(Personal, na, &nowhere), "invalid_reply");
+        let long = Reply::Image {
+            media: link(),
+            caption: Some("x".repeat(1025)),
+        };
+        assert_eq!(code(Waba, open, &long), "invalid_reply");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 use super::error::SendError;
 use super::graph::{clip, network_error};
-use super::message::{OutgoingMessage, Reply, Sent};
+use super::message::{MediaSource, OutgoingMessage, Reply, Sent};
 use crate::config::Secret;
+use crate::media::{HeldUploads, MediaError};
+use base64::Engine as _;
 use serde_json::{json, Value};
 use std::fmt;
 
@@ -14,6 +16,8 @@ pub struct WahaSender {
     api_key: Option<Secret>,
     session: String,
     http: reqwest::Client,
+    /// Files uploaded to this channel (`cxm_…` ids), sent inline.
+    held: Option<(String, HeldUploads)>,
 }
 
 impl fmt::Debug for WahaSender {
@@ -54,7 +58,14 @@ impl WahaSender {
             api_key,
             session: session.into(),
             http,
+            held: None,
         }
+    }
+
+    /// Sends files uploaded to `channel` (ids `cxm_…`) from `held`.
+    pub fn with_held_uploads(mut self, channel: &str, held: HeldUploads) -> WahaSender {
+        self.held = Some((channel.to_string(), held));
+        self
     }
 
     /// No `api_url` configured: requests are logged, not sent.
@@ -76,16 +87,7 @@ impl WahaSender {
                 let answer = self
                     .call(msg, reqwest::Method::POST, "sendText", body)
                     .await?;
-                match answer {
-                    None => Ok(Sent::new(format!("dry-run:{}", msg.outbox_key))),
-                    Some(v) => {
-                        response_id(&v)
-                            .map(Sent::new)
-                            .ok_or_else(|| SendError::BadResponse {
-                                detail: format!("no message id in {}", clip(&v.to_string())),
-                            })
-                    }
-                }
+                sent_from(msg, answer)
             }
             Reply::Reaction { message_id, emoji } => {
                 let body =
@@ -108,11 +110,118 @@ impl WahaSender {
                     Some(_) => message_id.clone(),
                 }))
             }
-            Reply::Template { .. } | Reply::Interactive { .. } => Err(SendError::Rejected {
-                code: 0,
-                message: format!("WAHA cannot send {} messages", msg.reply.type_name()),
-            }),
+            Reply::Template { .. } | Reply::Interactive { .. } | Reply::Sticker { .. } => {
+                Err(SendError::Rejected {
+                    code: 0,
+                    message: format!("WAHA cannot send {} messages", msg.reply.type_name()),
+                })
+            }
+            _ => {
+                let (endpoint, body) = self.rich_body(msg, &chat).await?;
+                let answer = self
+                    .call(msg, reqwest::Method::POST, endpoint, body)
+                    .await?;
+                sent_from(msg, answer)
+            }
         }
+    }
+
+    /// The endpoint and body of a media, location or contact message.
+    async fn rich_body(
+        &self,
+        msg: &OutgoingMessage,
+        chat: &str,
+    ) -> Result<(&'static str, Value), SendError> {
+        let mut body = json!({ "session": self.session, "chatId": chat });
+        let (endpoint, default_mime) = match &msg.reply {
+            Reply::Image { caption, .. } => {
+                set_opt(&mut body, "caption", caption.as_deref());
+                ("sendImage", "image/jpeg")
+            }
+            Reply::Video { caption, .. } => {
+                set_opt(&mut body, "caption", caption.as_deref());
+                body["asNote"] = json!(false);
+                ("sendVideo", "video/mp4")
+            }
+            Reply::Audio { voice: true, .. } => ("sendVoice", "audio/ogg; codecs=opus"),
+            Reply::Audio { voice: false, .. } => ("sendFile", "audio/mpeg"),
+            Reply::Document { caption, .. } => {
+                set_opt(&mut body, "caption", caption.as_deref());
+                ("sendFile", "application/octet-stream")
+            }
+            Reply::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => {
+                body["latitude"] = json!(latitude);
+                body["longitude"] = json!(longitude);
+                let title = match (name, address) {
+                    (Some(n), Some(a)) => Some(format!("{n}\n{a}")),
+                    (n, a) => n.clone().or_else(|| a.clone()),
+                };
+                set_opt(&mut body, "title", title.as_deref());
+                ("sendLocation", "")
+            }
+            Reply::Contacts { contacts } => {
+                body["contacts"] = json!(contacts
+                    .iter()
+                    .map(|c| json!({ "vcard": vcard(c) }))
+                    .collect::<Vec<_>>());
+                ("sendContactVcard", "")
+            }
+            other => unreachable!("{} is not a rich message", other.type_name()),
+        };
+        if let Some(media) = msg.reply.media() {
+            let filename = match &msg.reply {
+                Reply::Document { filename, .. } => filename.clone(),
+                _ => None,
+            };
+            body["file"] = self.file_object(msg, media, default_mime, filename).await?;
+        }
+        if let Some(id) = &msg.reply_to {
+            body["reply_to"] = json!(id);
+        }
+        Ok((endpoint, body))
+    }
+
+    /// WAHA's `file`: `{mimetype, filename, url}` for a link, `{…, data}` (base64) for a file
+    /// uploaded to this channel.
+    async fn file_object(
+        &self,
+        msg: &OutgoingMessage,
+        media: &MediaSource,
+        default_mime: &str,
+        filename: Option<String>,
+    ) -> Result<Value, SendError> {
+        if let Some(link) = &media.link {
+            let name = filename.or_else(|| link_file_name(link));
+            let mime = name
+                .as_deref()
+                .and_then(mime_from_extension)
+                .unwrap_or(default_mime);
+            let mut f = json!({ "mimetype": mime, "url": link });
+            set_opt(&mut f, "filename", name.as_deref());
+            return Ok(f);
+        }
+        let id = media.id.as_deref().unwrap_or_default();
+        let Some((channel, held)) = &self.held else {
+            return Err(media_gone(id, "no upload store"));
+        };
+        let file = held.get(channel, id).await.map_err(|e| match e {
+            MediaError::NotFound { .. } => media_gone(id, "expired or never uploaded here"),
+            other => SendError::Store {
+                detail: other.to_string(),
+            },
+        })?;
+        tracing::debug!(channel = %msg.channel, id, bytes = file.bytes.len(), "sending a held upload inline");
+        let mut f = json!({
+            "mimetype": file.mime_type,
+            "data": base64::engine::general_purpose::STANDARD.encode(&file.bytes),
+        });
+        set_opt(&mut f, "filename", filename.or(file.filename).as_deref());
+        Ok(f)
     }
 
     /// `POST /api/sendSeen`: the chat shows our read receipts (human-like pacing).
@@ -159,7 +268,7 @@ impl WahaSender {
                 channel = %msg.channel,
                 outbox_key = %msg.outbox_key,
                 endpoint,
-                body = %body,
+                body = %clip(&body.to_string()),
                 "dry run (no api_url): would call WAHA"
             );
             return Ok(None);
@@ -180,6 +289,128 @@ impl WahaSender {
         }
         Err(map_status(status, &bytes))
     }
+}
+
+/// What a send endpoint answered, as the sent message (its id is required).
+fn sent_from(msg: &OutgoingMessage, answer: Option<Value>) -> Result<Sent, SendError> {
+    match answer {
+        None => Ok(Sent::new(format!("dry-run:{}", msg.outbox_key))),
+        Some(v) => response_id(&v)
+            .map(Sent::new)
+            .ok_or_else(|| SendError::BadResponse {
+                detail: format!("no message id in {}", clip(&v.to_string())),
+            }),
+    }
+}
+
+fn set_opt(v: &mut Value, key: &str, value: Option<&str>) {
+    if let Some(x) = value {
+        v[key] = json!(x);
+    }
+}
+
+/// A held upload that is no longer there: the message cannot be sent as it is.
+fn media_gone(id: &str, why: &str) -> SendError {
+    SendError::Media {
+        code: 404,
+        message: format!("uploaded media {id}: {why}"),
+        retryable: false,
+    }
+}
+
+fn link_file_name(link: &str) -> Option<String> {
+    let path = link.split(['?', '#']).next()?;
+    let name = path.rsplit('/').next()?;
+    (name.contains('.') && !path.ends_with("//")).then(|| name.to_string())
+}
+
+/// The MIME type of a file name's extension, for the types WhatsApp sends.
+fn mime_from_extension(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "mp4" => "video/mp4",
+        "3gp" => "video/3gpp",
+        "ogg" | "oga" | "opus" => "audio/ogg; codecs=opus",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        "amr" => "audio/amr",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        _ => return None,
+    })
+}
+
+/// A vCard 3.0 from one of Meta's contact objects (name, phones, emails, org, urls).
+pub fn vcard(contact: &Value) -> String {
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace(';', "\\;")
+            .replace(['\r', '\n'], " ")
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(esc);
+    let mut lines = vec!["BEGIN:VCARD".to_string(), "VERSION:3.0".to_string()];
+    let name = contact.get("name");
+    let formatted = text(name.and_then(|n| n.get("formatted_name")))
+        .or_else(|| text(name.and_then(|n| n.get("first_name"))))
+        .unwrap_or_default();
+    lines.push(format!("FN:{formatted}"));
+    if let (Some(last), first) = (
+        text(name.and_then(|n| n.get("last_name"))),
+        text(name.and_then(|n| n.get("first_name"))),
+    ) {
+        lines.push(format!("N:{last};{};;;", first.unwrap_or_default()));
+    }
+    if let Some(company) = text(contact.pointer("/org/company")) {
+        lines.push(format!("ORG:{company}"));
+    }
+    for phone in contact
+        .get("phones")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(number) = text(phone.get("phone")) else {
+            continue;
+        };
+        let kind = text(phone.get("type")).unwrap_or_else(|| "CELL".into());
+        match text(phone.get("wa_id")) {
+            Some(wa) => lines.push(format!("TEL;type={kind};waid={wa}:{number}")),
+            None => lines.push(format!("TEL;type={kind}:{number}")),
+        }
+    }
+    for email in contact
+        .get("emails")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(e) = text(email.get("email")) {
+            lines.push(format!("EMAIL:{e}"));
+        }
+    }
+    for url in contact
+        .get("urls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(u) = text(url.get("url")) {
+            lines.push(format!("URL:{u}"));
+        }
+    }
+    lines.push("END:VCARD".to_string());
+    lines.join("\n")
 }
 
 /// WAHA answers with HTTP status codes (no structured error codes).
@@ -213,6 +444,35 @@ pub fn response_id(v: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcards_from_meta_contact_objects() {
+        let v = vcard(&json!({
+            "name": {"formatted_name": "Ana Souza", "first_name": "Ana", "last_name": "Souza"},
+            "org": {"company": "Loja; Ltda"},
+            "phones": [{"phone": "+55 11 98888-0000", "wa_id": "5511988880000", "type": "CELL"},
+                       {"phone": "+55 11 3333-0000", "type": "WORK"}],
+            "emails": [{"email": "ana@example.com"}]
+        }));
+        assert_eq!(
+            v,
+            "BEGIN:VCARD\nVERSION:3.0\nFN:Ana Souza\nN:Souza;Ana;;;\nORG:Loja\\; Ltda\n\
+             TEL;type=CELL;waid=5511988880000:+55 11 98888-0000\nTEL;type=WORK:+55 11 3333-0000\n\
+             EMAIL:ana@example.com\nEND:VCARD"
+        );
+    }
+
+    #[test]
+    fn file_names_and_types_of_links() {
+        assert_eq!(
+            link_file_name("https://x/a/b.PDF?sig=1").as_deref(),
+            Some("b.PDF")
+        );
+        assert_eq!(link_file_name("https://x/a/"), None);
+        assert_eq!(mime_from_extension("b.PDF"), Some("application/pdf"));
+        assert_eq!(mime_from_extension("v.oga"), Some("audio/ogg; codecs=opus"));
+        assert_eq!(mime_from_extension("x.bin"), None);
+    }
 
     #[test]
     fn chat_ids() {

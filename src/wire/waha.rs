@@ -210,13 +210,24 @@ fn kind_of(p: &Value) -> String {
 
 fn media_of(p: &Value) -> Option<Media> {
     let m = p.get("media").filter(|m| m.is_object())?;
+    let url = nonempty(m.get("url"));
     Some(Media {
-        id: None,
-        url: nonempty(m.get("url")),
+        // The gateway's file name (`/api/files/<session>/<name>`): what the media route and
+        // `ctx.media()` fetch the file by.
+        id: url.as_deref().and_then(file_name),
+        url,
         mime_type: nonempty(m.get("mimetype")),
         sha256: None,
         filename: nonempty(m.get("filename")),
     })
+}
+
+/// The last path segment of a WAHA file URL (`…/api/files/default/ABC.jpeg` → `ABC.jpeg`).
+fn file_name(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?;
+    let (_, rest) = path.split_once("/api/files/")?;
+    let name = rest.rsplit('/').next()?;
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 fn reply_to_of(v: Option<&Value>) -> Option<String> {

@@ -272,7 +272,8 @@ impl Worker {
         let s = &self.shared;
         Some(
             crate::api::SendApi::new(config, s.queue.clone(), s.store.clone(), s.out.clone())
-                .with_waker(s.wake.clone()),
+                .with_waker(s.wake.clone())
+                .with_media(s.outbound.media().clone()),
         )
     }
 

@@ -334,8 +334,9 @@ impl<'a> PartitionTask<'a> {
         let (event, mut state, replies) = if paused {
             (event, state, Vec::new())
         } else {
-            let mut ctx =
-                Context::new(event, self.channel.clone(), state, now).with_effects(effects);
+            let mut ctx = Context::new(event, self.channel.clone(), state, now)
+                .with_effects(effects)
+                .with_media(self.shared.outbound.media().clone());
             if let Err(e) = self.shared.bot.handle(&mut ctx).await {
                 return e.into();
             }
@@ -410,7 +411,8 @@ impl<'a> PartitionTask<'a> {
             self.channel.clone(),
             ConversationState::default(),
             now,
-        );
+        )
+        .with_media(self.shared.outbound.media().clone());
         if let Err(e) = self.shared.bot.handle(&mut ctx).await {
             return e.into();
         }
