@@ -179,6 +179,34 @@ fn business_scoped_message_uses_the_user_id() {
     assert_eq!(s.status.as_ref().unwrap().recipient.as_deref(), Some(BSUID));
 }
 
+/// Half a surrogate pair (a phone app cut an emoji) is not valid JSON to a parser, but the
+/// message is real: it parses, each broken half becomes U+FFFD, whole pairs stay emoji.
+#[test]
+fn lone_surrogates_become_replacement_characters() {
+    let body = String::from_utf8(read("meta/text_lone_surrogate.json")).unwrap();
+    assert!(
+        body.contains(r#"\ud83d""#) && body.contains(r"\ude00 and"),
+        "{body}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
+    let e = one("meta/text_lone_surrogate.json");
+    assert_eq!(
+        e.message.as_ref().unwrap().text.as_deref(),
+        Some("cut emoji \u{fffd} then a lone low \u{fffd} and a whole one 😀")
+    );
+    assert_eq!(e.contact.name.as_deref(), Some("José \u{fffd}"));
+    assert_eq!(
+        e.raw.pointer("/text/body").and_then(|v| v.as_str()),
+        e.message.as_ref().unwrap().text.as_deref(),
+        "raw holds the same repaired text"
+    );
+    let w = one("personal/waha_message_lone_surrogate.json");
+    assert_eq!(
+        w.message.as_ref().unwrap().text.as_deref(),
+        Some("ação \u{fffd} — obrigado!")
+    );
+}
+
 #[test]
 fn escaped_non_ascii_decodes() {
     assert!(String::from_utf8(read("meta/text_non_ascii_escaped.json"))

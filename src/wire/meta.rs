@@ -27,7 +27,7 @@ use serde_json::Value;
 
 /// Parses a Meta webhook body into one event per element.
 pub fn parse(body: &[u8]) -> Result<Vec<Event>, ParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(ParseError::from_json)?;
+    let value: Value = super::util::parse_json(body).map_err(ParseError::from_json)?;
     parse_value(value)
 }
 

@@ -51,7 +51,7 @@ pub enum Format {
 /// Parses a body of either format, choosing by shape: an `entry` array means Meta,
 /// an `event` string means a WAHA envelope.
 pub fn parse_any(body: &[u8]) -> Result<(Format, Vec<Event>), ParseError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(ParseError::from_json)?;
+    let value: serde_json::Value = util::parse_json(body).map_err(ParseError::from_json)?;
     if value.get("entry").is_some() || value.get("object").is_some() {
         Ok((Format::Meta, meta::parse_value(value)?))
     } else if value.get("event").is_some() {

@@ -5,6 +5,63 @@ use crate::event::ErrorDetail;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Parses a webhook body as JSON. A body with half a UTF-16 surrogate pair escaped in a string
+/// (`"\ud83d"` alone: a phone app cut an emoji in two) is valid for the signature but not for
+/// a JSON parser; refusing it would make Meta retry for days and then drop the message. Such a
+/// body is parsed again with each broken half replaced by U+FFFD; nothing else changes.
+pub fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(e) => match repair_lone_surrogates(body) {
+            Some(repaired) => serde_json::from_slice(&repaired).map_err(|_| e),
+            None => Err(e),
+        },
+    }
+}
+
+/// `body` with every lone surrogate escape (`\uD800`–`\uDFFF` not in a high-low pair)
+/// replaced by `\uFFFD`; `None` when there is none. Escaped backslashes are skipped as pairs,
+/// so `\\ud800` (a backslash, then text) is left alone.
+pub fn repair_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    let hex4 = |at: usize| -> Option<u16> {
+        let digits = body.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let escape_at = |at: usize| -> Option<u16> {
+        (body.get(at) == Some(&b'\\') && body.get(at + 1) == Some(&b'u'))
+            .then(|| hex4(at + 2))
+            .flatten()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            if let Some(o) = out.as_mut() {
+                o.push(body[i]);
+            }
+            i += 1;
+            continue;
+        }
+        let (len, lone) = match escape_at(i) {
+            Some(0xD800..=0xDBFF) => match escape_at(i + 6) {
+                Some(0xDC00..=0xDFFF) => (12, false),
+                _ => (6, true),
+            },
+            Some(0xDC00..=0xDFFF) => (6, true),
+            Some(_) => (6, false),
+            None => (2.min(body.len() - i), false),
+        };
+        if lone {
+            out.get_or_insert_with(|| body[..i].to_vec())
+                .extend_from_slice(b"\\uFFFD");
+        } else if let Some(o) = out.as_mut() {
+            o.extend_from_slice(&body[i..i + len]);
+        }
+        i += len;
+    }
+    out
+}
+
 /// Above this, a "seconds" timestamp is taken to be milliseconds already (year 5138 in seconds).
 const MS_THRESHOLD: i64 = 100_000_000_000;
 
@@ -144,6 +201,33 @@ pub fn is_lid(jid: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let cases: [(&str, Option<&str>); 9] = [
+            // (body, the "a" string after parsing; None = still not JSON)
+            (r#"{"a":"x\ud800y"}"#, Some("x\u{fffd}y")),
+            (r#"{"a":"x\udc00y"}"#, Some("x\u{fffd}y")),
+            (r#"{"a":"Jos\ud83d"}"#, Some("Jos\u{fffd}")),
+            (r#"{"a":"\ud800\ud800"}"#, Some("\u{fffd}\u{fffd}")),
+            (r#"{"a":"\ud800\u0041"}"#, Some("\u{fffd}A")),
+            (
+                r#"{"a":"\uDBFF\ude00 ok \ud83d\ude00"}"#,
+                Some("\u{10fe00} ok 😀"),
+            ),
+            // An escaped backslash then text: no escape at all, left alone.
+            (r#"{"a":"\\ud800"}"#, Some("\\ud800")),
+            (r#"{"a":"ação \ud83c"}"#, Some("ação \u{fffd}")),
+            // Broken for another reason: still an error.
+            (r#"{"a":"\ud800"#, None),
+        ];
+        for (body, want) in cases {
+            let got = parse_json(body.as_bytes()).ok();
+            assert_eq!(got.as_ref().and_then(|v| v["a"].as_str()), want, "{body}");
+        }
+        assert_eq!(repair_lone_surrogates(br#"{"a":"\ud83d\ude00"}"#), None);
+        assert_eq!(repair_lone_surrogates(b"plain"), None);
+    }
 
     #[test]
     fn timestamps_as_string_or_int() {

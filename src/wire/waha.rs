@@ -25,7 +25,7 @@ use serde_json::Value;
 
 /// Parses a WAHA webhook body (one envelope) into its events.
 pub fn parse(body: &[u8]) -> Result<Vec<Event>, ParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(ParseError::from_json)?;
+    let value: Value = super::util::parse_json(body).map_err(ParseError::from_json)?;
     parse_value(value)
 }
 
