@@ -83,7 +83,7 @@ fn damaged_bytes_never_panic() {
 fn values_of_the_wrong_type_never_panic() {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     for (name, body) in fixtures() {
-        let original: Value = serde_json::from_slice(&body).unwrap();
+        let original: Value = coexist::wire::util::parse_json(&body).unwrap();
         for _ in 0..100 {
             let mut v = original.clone();
             mangle(&mut v, &mut rng);
@@ -117,4 +117,80 @@ fn mangle(v: &mut Value, rng: &mut Rng) {
         Value::Object(map) => map.values_mut().for_each(|i| mangle(i, rng)),
         _ => {}
     }
+}
+
+/// Numbers that are absurd or of the wrong type: each row says what becomes of it — a 400
+/// (a parse error), or an event whose field is read leniently and whose raw JSON keeps the
+/// value as sent. An absurd timestamp never becomes the window's time (`event_time` falls back
+/// to the arrival time).
+#[test]
+fn absurd_numbers_table() {
+    use coexist::conversation::window::event_time;
+    use serde_json::json;
+    let base: Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/meta/location.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    const MSG: &str = "/entry/0/changes/0/value/messages/0";
+    const ARRIVED: i64 = 1_750_100_090_000;
+    const OWN: i64 = 1_750_100_085_000;
+    // (field under the message (or absolute), value, the time the window uses, check)
+    type Check = fn(&coexist::Event) -> bool;
+    let rows: Vec<(&str, Value, i64, Check)> = vec![
+        ("/timestamp", json!("17501000850000000000"), ARRIVED, |_| {
+            true
+        }),
+        (
+            "/timestamp",
+            json!(17_501_000_850_000_000_000u64),
+            ARRIVED,
+            |_| true,
+        ),
+        ("/timestamp", json!(1e300), ARRIVED, |_| true),
+        ("/timestamp", json!("-5"), ARRIVED, |_| true),
+        ("/timestamp", json!(-1_750_100_085i64), ARRIVED, |_| true),
+        ("/timestamp", json!("abc"), ARRIVED, |e| e.at == 0),
+        ("/timestamp", json!({"seconds": 1}), ARRIVED, |e| e.at == 0),
+        ("/timestamp", json!(1_750_100_085.75), OWN, |e| e.at == OWN),
+        ("/timestamp", json!("1750100085"), OWN, |e| e.at == OWN),
+        // A timestamp a minute in the future: within the skew, believed.
+        (
+            "/timestamp",
+            json!(1_750_100_150),
+            1_750_100_150_000,
+            |_| true,
+        ),
+        ("/location/latitude", json!(-1000.5), OWN, |e| {
+            e.raw.pointer("/location/latitude") == Some(&json!(-1000.5))
+        }),
+        ("/location/longitude", json!("west"), OWN, |e| {
+            e.raw.pointer("/location/longitude") == Some(&json!("west"))
+        }),
+        ("/id", json!(12345), OWN, |e| {
+            e.message.as_ref().is_some_and(|m| m.id == "12345")
+        }),
+        ("/type", json!(7), OWN, |e| {
+            e.message.as_ref().is_some_and(|m| m.kind == "unknown") && e.raw["type"] == json!(7)
+        }),
+    ];
+    for (field, value, window_time, check) in rows {
+        let mut body = base.clone();
+        *body.pointer_mut(&format!("{MSG}{field}")).unwrap() = value.clone();
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let (_, events) = parse_any(&bytes).unwrap_or_else(|e| panic!("{field}={value}: {e}"));
+        assert_eq!(events.len(), 1, "{field}={value}");
+        let mut e = events.into_iter().next().unwrap();
+        assert!(check(&e), "{field}={value}: {e:?}");
+        e.received_at = Some(ARRIVED);
+        assert_eq!(event_time(&e, ARRIVED + 1), window_time, "{field}={value}");
+    }
+    // A number JSON itself cannot hold: the whole body is refused (400), naming where.
+    let mut text = serde_json::to_string(&base).unwrap();
+    text = text.replacen("\"1750100085\"", "1e400", 1);
+    let err = parse_any(text.as_bytes()).unwrap_err().to_string();
+    assert!(err.contains("number out of range"), "{err}");
 }

@@ -362,12 +362,19 @@ fn open_or_closed(end: Option<i64>, now_ms: i64) -> Window {
     }
 }
 
-/// An event's own timestamp; payloads without one fall back to when ingress got it, then now.
-fn event_time(event: &Event, now_ms: i64) -> i64 {
-    if event.at > 0 {
+/// How far an event's own timestamp may lie after the moment it was received (clock skew).
+pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// An event's own timestamp; payloads without one (or with 0 or less) fall back to when
+/// ingress got it, then now. A timestamp from the future — later than its arrival plus
+/// [`MAX_FUTURE_SKEW_MS`], such as a 20-digit one — is not believed either: it would keep a
+/// window open for ever. The arrival time stands in for it.
+pub fn event_time(event: &Event, now_ms: i64) -> i64 {
+    let arrived = event.received_at.filter(|t| *t > 0).unwrap_or(now_ms);
+    if event.at > 0 && event.at <= arrived.saturating_add(MAX_FUTURE_SKEW_MS) {
         event.at
     } else {
-        event.received_at.filter(|t| *t > 0).unwrap_or(now_ms)
+        arrived
     }
 }
 
@@ -430,7 +437,8 @@ mod tests {
             conversation: "1555".into(),
             event_type,
             at,
-            received_at: None,
+            // Events arrive when they happen (a later `at` is not from the future).
+            received_at: (at > 0).then_some(at),
             contact: Contact {
                 wa_id: Some("1555".into()),
                 ..Default::default()
@@ -498,6 +506,27 @@ mod tests {
             apply(ChannelKind::Waba, &mut s, e);
         }
         s
+    }
+
+    #[test]
+    fn event_time_does_not_believe_the_future() {
+        let mut e = message(ChannelKind::Waba, 1_000_000);
+        e.received_at = Some(1_000_500);
+        assert_eq!(event_time(&e, 2_000_000), 1_000_000);
+        e.at = 1_000_500 + MAX_FUTURE_SKEW_MS;
+        assert_eq!(event_time(&e, 2_000_000), e.at, "within the skew");
+        e.at += 1;
+        assert_eq!(
+            event_time(&e, 2_000_000),
+            1_000_500,
+            "beyond it: the arrival"
+        );
+        e.at = i64::MAX;
+        assert_eq!(event_time(&e, 2_000_000), 1_000_500);
+        e.received_at = None;
+        assert_eq!(event_time(&e, 2_000_000), 2_000_000, "no arrival: now");
+        e.at = -5;
+        assert_eq!(event_time(&e, 2_000_000), 2_000_000);
     }
 
     #[test]

@@ -324,7 +324,7 @@ impl<'a> PartitionTask<'a> {
             event.event_type,
             event.message.as_ref().and_then(|m| m.text.as_deref()),
         ) {
-            let at = if event.at > 0 { event.at } else { now };
+            let at = window::event_time(&event, now);
             window::note_consent(&mut state, text, at, &self.shared.settings.opt_out_words);
         }
         // While a person handles the conversation, customer messages are acked without the bot
@@ -381,11 +381,7 @@ impl<'a> PartitionTask<'a> {
         let Some(status) = event.status.clone() else {
             return;
         };
-        let at = if event.at > 0 {
-            event.at
-        } else {
-            self.shared.clock.now_ms()
-        };
+        let at = window::event_time(event, self.shared.clock.now_ms());
         let tracker = StatusTracker {
             channel: self.lease.channel.clone(),
             out: self.shared.out.clone(),
