@@ -191,6 +191,17 @@ for want in 'would send to the Graph API' 'would call WAHA'; do
   grep -m1 "$want" "$log" | cut -c1-160 | sed 's/^/  log: /'
 done
 
+# docker-compose.yml's health check of serve, run inside the image (no curl there: bash's
+# /dev/tcp), with the port of this run.
+probe=$(grep -m1 'dev/tcp/127.0.0.1/8080' docker-compose.yml | sed 's/^ *test: //' |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)[3])')
+probe=${probe//127.0.0.1\/8080/127.0.0.1\/$PORT}
+if bah run --isolation chroot "$ctr" -- bash -c "$probe"; then
+  printf '%-58s %s\n' "docker-compose.yml health check, inside the image" "healthy"
+else
+  fail "docker-compose.yml's health check failed inside the image: $probe"
+fi
+
 step "SIGTERM: coexist run stops and exits 0"
 # buildah run (chroot) runs coexist as its child; signal the process itself.
 child=$(pgrep -P "$coexist_pid" -x coexist || pgrep -f "^/usr/local/bin/coexist run --config /etc/coexist/coexist.toml" | head -1 || true)
