@@ -104,6 +104,9 @@ fn next_id(last: EntryId) -> EntryId {
 pub(crate) struct State {
     /// (channel, event id) → when the dedupe marker expires.
     seen: HashMap<(String, String), Instant>,
+    /// The markers of `seen` in the order they expire (every marker lives the same TTL, so
+    /// insertion order is expiry order): expiring them is amortized O(1) per event.
+    expiries: std::collections::VecDeque<(Instant, (String, String))>,
     /// channel → contact id → (partition, canonical conversation).
     aliases: HashMap<String, HashMap<String, (u32, String)>>,
     /// (channel, partition) → stream.
@@ -121,6 +124,20 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Forgets the dedupe markers that expired by `now`, oldest first.
+    fn expire_seen(&mut self, now: Instant) {
+        while let Some((expires, _)) = self.expiries.front() {
+            if *expires > now {
+                break;
+            }
+            let (_, key) = self.expiries.pop_front().expect("front exists");
+            // Only if the marker was not set again later (its own entry is further back).
+            if self.seen.get(&key).is_some_and(|e| *e <= now) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
     fn lease_value(&self, channel: &str, partition: u32, now: Instant) -> Option<&str> {
         match self.leases.get(&(channel.to_string(), partition)) {
             Some((value, expires)) if *expires > now => Some(value),
@@ -202,7 +219,7 @@ impl MemoryQueue {
     pub async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
         let now = Instant::now();
         let mut st = self.state();
-        st.seen.retain(|_, expires| *expires > now);
+        st.expire_seen(now);
         let mut out = Vec::with_capacity(batch.len());
         for ev in batch {
             out.push(self.enqueue_one(&mut st, ev, now));
@@ -250,7 +267,9 @@ impl MemoryQueue {
             conversation: conversation.clone(),
         };
         let id = stream.add(entry, self.inner.stream_maxlen);
-        st.seen.insert(seen_key, now + self.inner.dedupe_ttl);
+        let expires = now + self.inner.dedupe_ttl;
+        st.expiries.push_back((expires, seen_key.clone()));
+        st.seen.insert(seen_key, expires);
         Enqueued::Added {
             partition,
             conversation,
@@ -699,6 +718,38 @@ fn decode_timer_member(member: &str) -> (String, String) {
 mod tests {
     use super::*;
     use crate::queue::timer_member;
+
+    #[test]
+    fn dedupe_markers_expire_oldest_first_without_scanning() {
+        let mut st = State::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mark = |st: &mut State, id: &str, at: Instant| {
+            let key = ("ch".to_string(), id.to_string());
+            st.expiries.push_back((at + ttl, key.clone()));
+            st.seen.insert(key, at + ttl);
+        };
+        for i in 0..1000 {
+            mark(&mut st, &format!("e{i}"), t0);
+        }
+        mark(&mut st, "late", t0 + Duration::from_secs(5));
+        // "e0" seen again after it expired: a new marker, the old entry must not remove it.
+        st.expire_seen(t0 + ttl);
+        assert_eq!(st.seen.len(), 1, "the 1000 expired, `late` not yet");
+        assert_eq!(st.expiries.len(), 1);
+        mark(&mut st, "e0", t0 + ttl);
+        st.expire_seen(t0 + ttl + Duration::from_secs(5));
+        assert!(st.seen.contains_key(&("ch".to_string(), "e0".to_string())));
+        assert!(!st.seen.contains_key(&("ch".to_string(), "late".to_string())));
+        // A marker renewed while the old one is still queued survives the old one's expiry.
+        let mut st = State::default();
+        mark(&mut st, "x", t0);
+        mark(&mut st, "x", t0 + Duration::from_secs(3));
+        st.expire_seen(t0 + ttl);
+        assert!(st.seen.contains_key(&("ch".to_string(), "x".to_string())));
+        st.expire_seen(t0 + ttl + Duration::from_secs(3));
+        assert!(st.seen.is_empty() && st.expiries.is_empty());
+    }
 
     #[test]
     fn entry_ids_increase_and_round_trip() {
