@@ -562,11 +562,11 @@ async fn every_answer_of_the_contract_and_what_redis_holds_after_it() {
             "an unknown type",
         ),
         (
-            json!({"to": customer, "type": "image", "image": {"link": "https://x/y.png"}})
+            json!({"to": customer, "type": "image", "image": {"caption": "no file"}})
                 .to_string()
                 .into_bytes(),
-            "type",
-            "a media type not supported",
+            "image.link",
+            "an image with neither link nor id",
         ),
         (
             json!({"to": customer, "type": "mark_read", "message_id": "wamid.1"})

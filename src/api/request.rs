@@ -271,12 +271,7 @@ fn rich_reply(obj: &Map<String, Value>, kind: &str, prefix: &str) -> Result<Repl
             .unwrap_or(kind);
         bad(&format!("{base}{field}"), text)
     })?;
-    if let Some(reason) = reply.invalid() {
-        let field = if reply.media().is_some() {
-            "link"
-        } else {
-            kind
-        };
+    if let Some((field, reason)) = reply.invalid() {
         return Err(bad(&format!("{base}{field}"), reason));
     }
     Ok(reply)
@@ -452,7 +447,15 @@ mod tests {
             ),
             (
                 json!({"to": "1", "type": "location", "location": {"latitude": 91.0, "longitude": 0.0}}),
-                "location.location",
+                "location.latitude",
+            ),
+            (
+                json!({"to": "1", "type": "location", "latitude": 1.0, "longitude": -181.0}),
+                "longitude",
+            ),
+            (
+                json!({"to": "1", "type": "video", "link": "https://x/v.mp4", "caption": "x".repeat(1025)}),
+                "caption",
             ),
             (
                 json!({"to": "1", "type": "location", "latitude": "north", "longitude": 0.0}),

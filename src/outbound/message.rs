@@ -7,8 +7,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One reply, tagged by `type` exactly as a forward bot writes it.
+/// One reply, tagged by `type` exactly as a forward bot writes it. Meta's own request shape
+/// is read too (`{"type":"image","image":{"link":…,"caption":…}}`, `"text":{"body":…}`), so
+/// a reply written for the Cloud API works as is; it is always written in the forward shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     /// `{"type":"text","text":"…","preview_url":true}`
@@ -82,6 +85,51 @@ pub enum Reply {
     /// `{"type":"contacts","contacts":[{"name":{"formatted_name":"…"},"phones":[{"phone":"…"}]}]}`:
     /// Meta's contact objects (one card each).
     Contacts { contacts: Vec<Value> },
+}
+
+impl Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Reply::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Reply, D::Error> {
+        let mut value = Value::deserialize(deserializer)?;
+        flatten_meta_shape(&mut value);
+        Reply::deserialize(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Meta's shape → the forward shape: the fields of the object named by the type move beside
+/// `type` (`"image": {"link"}` → `"link"`), `"text": {"body", "preview_url"}` → `"text"`.
+fn flatten_meta_shape(value: &mut Value) {
+    let Some(obj) = value.as_object_mut() else {
+        return;
+    };
+    let Some(kind) = obj.get("type").and_then(Value::as_str).map(str::to_string) else {
+        return;
+    };
+    match kind.as_str() {
+        "image" | "video" | "audio" | "document" | "sticker" | "location"
+            if obj.get(&kind).is_some_and(Value::is_object) =>
+        {
+            if let Some(Value::Object(inner)) = obj.remove(&kind) {
+                for (k, v) in inner {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+        }
+        "text" if obj.get("text").is_some_and(Value::is_object) => {
+            if let Some(Value::Object(mut inner)) = obj.remove("text") {
+                if let Some(p) = inner.remove("preview_url") {
+                    obj.entry("preview_url").or_insert(p);
+                }
+                obj.insert("text".into(), inner.remove("body").unwrap_or(Value::Null));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Where a media message's file comes from: a public `link` WhatsApp downloads, or the `id`
@@ -176,43 +224,49 @@ impl Reply {
     }
 
     /// What is wrong with the reply's own fields, whatever the channel: a media message
-    /// without exactly one of `link` / `id`, a link that is not http(s), a location off the
-    /// globe, an empty contact list. Checked with the sending rules, before anything is queued.
-    pub fn invalid(&self) -> Option<String> {
+    /// without exactly one of `link` / `id`, a link that is not http(s), a caption over
+    /// [`MAX_CAPTION`], a location off the globe, an empty contact list. Checked with the
+    /// sending rules, before anything is queued. `Some((field, reason))`.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
         if let Some(caption) = self.caption() {
             if caption.chars().count() > MAX_CAPTION {
-                return Some(format!("caption longer than {MAX_CAPTION} characters"));
+                return Some((
+                    "caption",
+                    format!("caption longer than {MAX_CAPTION} characters"),
+                ));
             }
         }
         if let Some(media) = self.media() {
-            return match (&media.link, &media.id) {
-                (Some(_), Some(_)) => Some("give either link or id, not both".into()),
-                (None, None) => Some(format!(
+            let reason = match (&media.link, &media.id) {
+                (Some(_), Some(_)) => "give either link or id, not both".to_string(),
+                (None, None) => format!(
                     "a {} message needs a link (https://…) or an uploaded media id",
                     self.type_name()
-                )),
+                ),
                 (Some(link), None) if !is_http_url(link) => {
-                    Some(format!("link {link:?} is not an http(s) URL"))
+                    format!("link {link:?} is not an http(s) URL")
                 }
-                (None, Some(id)) if id.trim().is_empty() => Some("empty media id".into()),
-                _ => None,
+                (None, Some(id)) if id.trim().is_empty() => {
+                    return Some(("id", "empty media id".into()))
+                }
+                _ => return None,
             };
+            return Some(("link", reason));
         }
         match self {
-            Reply::Location {
-                latitude,
-                longitude,
-                ..
-            } if !(-90.0..=90.0).contains(latitude) || !(-180.0..=180.0).contains(longitude) => {
-                Some(format!(
-                    "latitude {latitude} / longitude {longitude} is not a place on Earth"
-                ))
-            }
+            Reply::Location { latitude, .. } if !(-90.0..=90.0).contains(latitude) => Some((
+                "latitude",
+                format!("latitude {latitude} is not between -90 and 90"),
+            )),
+            Reply::Location { longitude, .. } if !(-180.0..=180.0).contains(longitude) => Some((
+                "longitude",
+                format!("longitude {longitude} is not between -180 and 180"),
+            )),
             Reply::Contacts { contacts } if contacts.is_empty() => {
-                Some("contacts: at least one contact card".into())
+                Some(("contacts", "at least one contact card".into()))
             }
             Reply::Contacts { contacts } if contacts.iter().any(|c| !c.is_object()) => {
-                Some("contacts: each card is an object".into())
+                Some(("contacts", "each card is an object".into()))
             }
             _ => None,
         }
@@ -346,6 +400,25 @@ mod tests {
         );
         assert!(serde_json::from_value::<Reply>(json!({"type":"poll"})).is_err());
         let bare: Reply = serde_json::from_value(json!({"type":"sticker"})).unwrap();
-        assert!(bare.invalid().unwrap().contains("needs a link"));
+        assert!(bare.invalid().unwrap().1.contains("needs a link"));
+        // Meta's request shape is read as well, and written back in the forward shape.
+        let nested: Reply = serde_json::from_value(
+            json!({"type":"image","image":{"link":"https://x/a.jpg","caption":"c"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&nested).unwrap(),
+            json!({"type":"image","link":"https://x/a.jpg","caption":"c"})
+        );
+        let text: Reply =
+            serde_json::from_value(json!({"type":"text","text":{"body":"hi","preview_url":true}}))
+                .unwrap();
+        assert_eq!(
+            text,
+            Reply::Text {
+                text: "hi".into(),
+                preview_url: Some(true)
+            }
+        );
     }
 }

@@ -44,10 +44,10 @@ fn since(at: &Option<i64>) -> String {
 
 /// Checks `reply` against the channel kind and the conversation's service window.
 pub fn check(kind: ChannelKind, window: Window, reply: &Reply) -> Result<(), RuleError> {
-    if let Some(reason) = reply.invalid() {
+    if let Some((field, reason)) = reply.invalid() {
         return Err(RuleError::InvalidReply {
             what: reply.type_name(),
-            reason,
+            reason: format!("{field}: {reason}"),
         });
     }
     match kind {

@@ -5,6 +5,16 @@
 //! records every request (method, path, headers, JSON body, arrival time) and answers from a
 //! script: queued [`Answer`]s, consumed in order (optionally only by requests to one path),
 //! and `Answer::Ok` when the script is empty.
+//!
+//! Media (issue 12), served when the script has nothing for the request (`Answer::Ok`):
+//! - Graph: `POST /{pnid}/media` (multipart: `messaging_product`, `type`, `file`) answers
+//!   `{"id":"media<N>"}` and records a [`MediaUpload`]; `GET /{media id}` answers the lookup
+//!   (`url` = `<origin>/download/<id>`) or 400 code 100 subcode 33 for an unknown id;
+//!   `GET /download/<id>` answers the bytes. With [`FakeServer::require_token`] all three
+//!   answer 401 (code 190) without `Authorization: Bearer <token>`.
+//! - WAHA: `GET /api/files/{session}/{name}` serves [`FakeServer::add_file`]s (401 without
+//!   the `X-Api-Key` set by [`FakeServer::require_token`], 404 for an unknown name); every
+//!   `/api/send*` except `sendSeen` answers a message id like `sendText`.
 #![allow(dead_code)]
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -25,6 +35,10 @@ pub struct Recorded {
     /// Lower-case header names.
     pub headers: HashMap<String, String>,
     pub body: Value,
+    /// The body as it came (uploads, multipart).
+    pub raw: Vec<u8>,
+    /// The query string (without `?`), "" when none.
+    pub query: String,
     pub at: Instant,
 }
 
@@ -40,7 +54,8 @@ impl Recorded {
 #[derive(Clone, Debug)]
 pub enum Answer {
     /// 200 with a fresh id (Graph: `wamid.fake<N>`, or `{"success":true}` for read receipts;
-    /// WAHA: `{"id":{"_serialized":…}}` for sendText, `{}` otherwise).
+    /// WAHA: `{"id":{"_serialized":…}}` for every `/api/send*` but sendSeen, `{}` otherwise);
+    /// the media endpoints answer as the module documentation says.
     Ok,
     /// A Graph error body `{"error":{"code":…}}` with this HTTP status.
     GraphError {
@@ -106,12 +121,64 @@ pub enum Flavour {
     Waha,
 }
 
+/// One upload the fake Graph API accepted (`POST /{pnid}/media`).
+#[derive(Clone, Debug)]
+pub struct MediaUpload {
+    /// The id the fake answered (`media<N>`).
+    pub id: String,
+    /// The multipart text fields (`messaging_product`, `type`, …).
+    pub fields: HashMap<String, String>,
+    /// The `file` part's bytes, file name and type.
+    pub file: Vec<u8>,
+    pub filename: Option<String>,
+    pub file_content_type: Option<String>,
+    pub authorization: Option<String>,
+}
+
+/// A file the fake serves (Graph media or a WAHA file).
+#[derive(Clone)]
+struct StoredMedia {
+    bytes: web::Bytes,
+    mime: String,
+    /// Graph: the lookup declares `file_size`.
+    declare_size: bool,
+    /// Graph: the lookup still works but the download URL answers 404 (Meta's URLs expire
+    /// within minutes).
+    url_expired: bool,
+    /// Served chunked (no `Content-Length`), in 64 KiB pieces.
+    chunked: bool,
+}
+
+impl StoredMedia {
+    fn respond(self) -> HttpResponse {
+        let mut res = HttpResponse::Ok();
+        res.content_type(self.mime);
+        if !self.chunked {
+            return res.body(self.bytes);
+        }
+        let pieces: Vec<Result<web::Bytes, actix_web::Error>> = self
+            .bytes
+            .chunks(64 * 1024)
+            .map(|c| Ok(web::Bytes::copy_from_slice(c)))
+            .collect();
+        res.streaming(futures_util::stream::iter(pieces))
+    }
+}
+
 struct Shared {
     flavour: Flavour,
+    /// `http://127.0.0.1:<port>`.
+    origin: String,
     requests: Mutex<Vec<Recorded>>,
     /// (path suffix filter, answer)
     script: Mutex<VecDeque<(Option<String>, Answer)>>,
     counter: AtomicU64,
+    /// Graph: media id → file; WAHA: file name → file.
+    media: Mutex<HashMap<String, StoredMedia>>,
+    uploads: Mutex<Vec<MediaUpload>>,
+    media_counter: AtomicU64,
+    /// Graph: the bearer token; WAHA: the `X-Api-Key` the media endpoints require.
+    token: Mutex<Option<String>>,
 }
 
 /// A running fake server (it lives until the test process exits).
@@ -136,9 +203,14 @@ impl FakeServer {
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             flavour,
+            origin: format!("http://127.0.0.1:{port}"),
             requests: Mutex::default(),
             script: Mutex::default(),
             counter: AtomicU64::new(0),
+            media: Mutex::default(),
+            uploads: Mutex::default(),
+            media_counter: AtomicU64::new(0),
+            token: Mutex::default(),
         });
         let data = web::Data::from(shared.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -149,7 +221,7 @@ impl FakeServer {
                     let server = HttpServer::new(move || {
                         App::new()
                             .app_data(data.clone())
-                            .app_data(web::PayloadConfig::new(1 << 20))
+                            .app_data(web::PayloadConfig::new(32 << 20))
                             .default_service(web::to(handle))
                     })
                     .workers(1)
@@ -203,13 +275,89 @@ impl FakeServer {
     pub fn count(&self) -> usize {
         self.shared.requests.lock().unwrap().len()
     }
+
+    /// `http://127.0.0.1:<port>` (no API version).
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// The media endpoints answer 401 without this credential (Graph: `Authorization: Bearer
+    /// <token>`; WAHA: `X-Api-Key: <token>`).
+    pub fn require_token(&self, token: &str) {
+        *self.shared.token.lock().unwrap() = Some(token.to_string());
+    }
+
+    /// Graph: a media id the lookup and the download know (with `file_size`). WAHA: a file
+    /// served at `/api/files/<session>/<id>`.
+    pub fn add_media(&self, id: &str, bytes: impl Into<web::Bytes>, mime: &str) {
+        self.store(id, bytes.into(), mime, true);
+    }
+
+    /// Graph: like [`FakeServer::add_media`], but the lookup declares no `file_size`.
+    pub fn add_media_undeclared(&self, id: &str, bytes: impl Into<web::Bytes>, mime: &str) {
+        self.store(id, bytes.into(), mime, false);
+    }
+
+    /// Like [`FakeServer::add_media_undeclared`] (Graph) / [`FakeServer::add_file`] (WAHA),
+    /// served chunked: no length is declared anywhere.
+    pub fn add_media_chunked(&self, id: &str, bytes: impl Into<web::Bytes>, mime: &str) {
+        self.store(id, bytes.into(), mime, false);
+        if let Some(m) = self.shared.media.lock().unwrap().get_mut(id) {
+            m.chunked = true;
+        }
+    }
+
+    /// WAHA: a file at `/api/files/<session>/<name>` (same as [`FakeServer::add_media`]).
+    pub fn add_file(&self, name: &str, bytes: impl Into<web::Bytes>, mime: &str) {
+        self.store(name, bytes.into(), mime, true);
+    }
+
+    fn store(&self, id: &str, bytes: web::Bytes, mime: &str, declare_size: bool) {
+        self.shared.media.lock().unwrap().insert(
+            id.to_string(),
+            StoredMedia {
+                bytes,
+                mime: mime.to_string(),
+                declare_size,
+                url_expired: false,
+                chunked: false,
+            },
+        );
+    }
+
+    /// The media is gone: the lookup answers 400 code 100 subcode 33 (WAHA: 404).
+    pub fn expire_media(&self, id: &str) {
+        self.shared.media.lock().unwrap().remove(id);
+    }
+
+    /// Graph: the lookup still answers, but the short-lived download URL answers 404.
+    pub fn expire_media_url(&self, id: &str) {
+        if let Some(m) = self.shared.media.lock().unwrap().get_mut(id) {
+            m.url_expired = true;
+        }
+    }
+
+    /// Every upload the fake Graph API accepted, in arrival order.
+    pub fn uploads(&self) -> Vec<MediaUpload> {
+        self.shared.uploads.lock().unwrap().clone()
+    }
+
+    /// The bytes of an upload the fake accepted (`media<N>`), or of a preloaded media.
+    pub fn media_bytes(&self, id: &str) -> Option<Vec<u8>> {
+        self.shared
+            .media
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|m| m.bytes.to_vec())
+    }
 }
 
-async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+async fn handle(req: HttpRequest, raw: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let at = Instant::now();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let path = req.path().to_string();
-    shared.requests.lock().unwrap().push(Recorded {
+    let recorded = Recorded {
         method: req.method().to_string(),
         path: path.clone(),
         headers: req
@@ -223,8 +371,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             })
             .collect(),
         body: body.clone(),
+        raw: raw.to_vec(),
+        query: req.query_string().to_string(),
         at,
-    });
+    };
+    shared.requests.lock().unwrap().push(recorded.clone());
     let answer = {
         let mut script = shared.script.lock().unwrap();
         let pos = script
@@ -234,7 +385,221 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             .map(|(_, a)| a)
             .unwrap_or(Answer::Ok)
     };
+    if matches!(answer, Answer::Ok) {
+        if let Some(res) = media_endpoint(&shared, &recorded) {
+            return res;
+        }
+    }
     respond(&shared, answer, &path, &body).await
+}
+
+/// The media endpoints (`None`: not one of them).
+fn media_endpoint(shared: &Shared, r: &Recorded) -> Option<HttpResponse> {
+    let token = shared.token.lock().unwrap().clone();
+    match shared.flavour {
+        Flavour::Graph => {
+            let rest = r.path.strip_prefix(&format!("/{GRAPH_VERSION}/"));
+            let authorized = token
+                .as_ref()
+                .is_none_or(|t| r.header("authorization") == Some(format!("Bearer {t}").as_str()));
+            let unauthorized = || {
+                HttpResponse::Unauthorized().json(json!({"error":{
+                    "message": "Invalid OAuth access token - Cannot parse access token",
+                    "type": "OAuthException", "code": 190, "fbtrace_id": "AbCdEf"}}))
+            };
+            if r.method == "GET" {
+                if let Some(id) = r.path.strip_prefix("/download/") {
+                    if !authorized {
+                        return Some(HttpResponse::Unauthorized().body("no token"));
+                    }
+                    let media = shared.media.lock().unwrap().get(id).cloned();
+                    return Some(match media {
+                        Some(m) if !m.url_expired => m.respond(),
+                        _ => HttpResponse::NotFound().body("URL signature expired"),
+                    });
+                }
+                let id = rest.filter(|id| !id.is_empty() && !id.contains('/'))?;
+                if !authorized {
+                    return Some(unauthorized());
+                }
+                let media = shared.media.lock().unwrap().get(id).cloned();
+                return Some(match media {
+                    Some(m) => {
+                        let mut info = json!({
+                            "messaging_product": "whatsapp",
+                            "url": format!("{}/download/{id}", shared.origin),
+                            "mime_type": m.mime,
+                            "sha256": hex_sha256(&m.bytes),
+                            "id": id,
+                        });
+                        if m.declare_size {
+                            info["file_size"] = json!(m.bytes.len());
+                        }
+                        HttpResponse::Ok().json(info)
+                    }
+                    None => HttpResponse::BadRequest().json(json!({"error":{
+                        "message": format!("Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."),
+                        "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+                        "fbtrace_id": "AbCdEf"}})),
+                });
+            }
+            if r.method == "POST" && rest.is_some_and(|p| p.ends_with("/media")) {
+                if !authorized {
+                    return Some(unauthorized());
+                }
+                let Some(parts) = parse_multipart(r) else {
+                    return Some(HttpResponse::BadRequest().json(json!({"error":{
+                        "message": "(#100) The parameter file is required",
+                        "type": "OAuthException", "code": 100, "fbtrace_id": "AbCdEf"}})));
+                };
+                let n = shared.media_counter.fetch_add(1, Ordering::Relaxed) + 1;
+                let id = format!("media{n}");
+                let mut upload = MediaUpload {
+                    id: id.clone(),
+                    fields: HashMap::new(),
+                    file: Vec::new(),
+                    filename: None,
+                    file_content_type: None,
+                    authorization: r.header("authorization").map(str::to_string),
+                };
+                for p in parts {
+                    if p.name == "file" {
+                        upload.file = p.data;
+                        upload.filename = p.filename;
+                        upload.file_content_type = p.content_type;
+                    } else {
+                        upload
+                            .fields
+                            .insert(p.name, String::from_utf8_lossy(&p.data).into_owned());
+                    }
+                }
+                if upload.fields.get("messaging_product").map(String::as_str) != Some("whatsapp")
+                    || upload.file.is_empty()
+                {
+                    return Some(HttpResponse::BadRequest().json(json!({"error":{
+                        "message": "(#100) Param messaging_product and file are required",
+                        "type": "OAuthException", "code": 100, "fbtrace_id": "AbCdEf"}})));
+                }
+                let mime = upload
+                    .fields
+                    .get("type")
+                    .cloned()
+                    .or_else(|| upload.file_content_type.clone())
+                    .unwrap_or_default();
+                shared.media.lock().unwrap().insert(
+                    id.clone(),
+                    StoredMedia {
+                        bytes: upload.file.clone().into(),
+                        mime,
+                        declare_size: true,
+                        url_expired: false,
+                        chunked: false,
+                    },
+                );
+                shared.uploads.lock().unwrap().push(upload);
+                return Some(HttpResponse::Ok().json(json!({ "id": id })));
+            }
+            None
+        }
+        Flavour::Waha => {
+            let rest = r.path.strip_prefix("/api/files/")?;
+            if r.method != "GET" {
+                return None;
+            }
+            if token.is_some_and(|t| r.header("x-api-key") != Some(t.as_str())) {
+                return Some(
+                    HttpResponse::Unauthorized()
+                        .json(json!({"message":"Unauthorized","statusCode":401})),
+                );
+            }
+            let name = rest.rsplit('/').next().unwrap_or("");
+            let media = shared.media.lock().unwrap().get(name).cloned();
+            Some(match media {
+                Some(m) => m.respond(),
+                None => HttpResponse::NotFound()
+                    .json(json!({"message":"File not found","statusCode":404})),
+            })
+        }
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// One part of a `multipart/form-data` body.
+pub struct Part {
+    pub name: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Splits a recorded `multipart/form-data` body into its parts (`None`: not multipart, or
+/// malformed).
+pub fn parse_multipart(r: &Recorded) -> Option<Vec<Part>> {
+    let ct = r.header("content-type")?;
+    let (kind, params) = ct.split_once(';')?;
+    if kind.trim() != "multipart/form-data" {
+        return None;
+    }
+    let boundary = params
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}").into_bytes();
+    let body = &r.raw;
+    let mut parts = Vec::new();
+    let mut pos = find(body, &delimiter, 0)? + delimiter.len();
+    loop {
+        if body[pos..].starts_with(b"--") {
+            return Some(parts);
+        }
+        pos += 2; // CRLF after the delimiter
+        let head_end = find(body, b"\r\n\r\n", pos)?;
+        let head = String::from_utf8_lossy(&body[pos..head_end]).into_owned();
+        let next = find(
+            body,
+            &[b"\r\n".as_slice(), &delimiter].concat(),
+            head_end + 4,
+        )?;
+        let data = body[head_end + 4..next].to_vec();
+        let mut part = Part {
+            name: String::new(),
+            filename: None,
+            content_type: None,
+            data,
+        };
+        for line in head.split("\r\n") {
+            let (h, v) = line.split_once(':')?;
+            match h.trim().to_ascii_lowercase().as_str() {
+                "content-disposition" => {
+                    for param in v.split(';').skip(1) {
+                        let (k, val) = param.trim().split_once('=')?;
+                        let val = val.trim_matches('"').to_string();
+                        match k {
+                            "name" => part.name = val,
+                            "filename" => part.filename = Some(val),
+                            _ => {}
+                        }
+                    }
+                }
+                "content-type" => part.content_type = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        parts.push(part);
+        pos = next + 2 + delimiter.len();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 async fn respond(shared: &Shared, mut answer: Answer, path: &str, body: &Value) -> HttpResponse {
@@ -258,7 +623,7 @@ async fn respond(shared: &Shared, mut answer: Answer, path: &str, body: &Value) 
                            "contacts":[{"input": input, "wa_id": "1"}],
                            "messages":[{"id": format!("wamid.fake{n}")}]})
                 }
-                Flavour::Waha if path.ends_with("/sendText") => {
+                Flavour::Waha if path.starts_with("/api/send") && !path.ends_with("/sendSeen") => {
                     let chat = body["chatId"].as_str().unwrap_or("");
                     json!({"id":{"fromMe":true,"remote":chat,"id":format!("FAKE{n}"),
                                  "_serialized":format!("true_{chat}_FAKE{n}")}})
