@@ -36,6 +36,15 @@ pub enum EventType {
     /// conversation's partition so the bot can fall back (a template, say).
     #[serde(rename = "outbound.failed")]
     OutboundFailed,
+    /// A voice call with the business (Meta's `calls` field: connect, terminate, and call
+    /// statuses): the call is in [`Event::call`]. A customer's call opens the service window.
+    Call,
+    /// A contact's WhatsApp Story (WAHA chat `status@broadcast`): the author is the contact;
+    /// it belongs to no conversation and never wakes a message handler.
+    Story,
+    /// A post in a WhatsApp Channel (newsletter, `…@newsletter`) the number follows: no
+    /// conversation, never a message handler.
+    Newsletter,
     /// Anything else, kept raw.
     Unknown,
 }
@@ -53,11 +62,14 @@ impl EventType {
             EventType::Error => "error",
             EventType::Timer => "timer",
             EventType::OutboundFailed => "outbound.failed",
+            EventType::Call => "call",
+            EventType::Story => "story",
+            EventType::Newsletter => "newsletter",
             EventType::Unknown => "unknown",
         }
     }
 
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 14] = [
         EventType::Message,
         EventType::Status,
         EventType::Echo,
@@ -68,6 +80,9 @@ impl EventType {
         EventType::Error,
         EventType::Timer,
         EventType::OutboundFailed,
+        EventType::Call,
+        EventType::Story,
+        EventType::Newsletter,
         EventType::Unknown,
     ];
 }
@@ -106,9 +121,41 @@ pub struct Event {
     /// For `outbound.failed` events: the message given up and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<OutboundFailure>,
+    /// For `call` events: which call, and what happened to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Call>,
     /// The element exactly as the payload carried it.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub raw: Value,
+}
+
+/// A WhatsApp call (Meta Calling API webhooks).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// Meta's call id (`wacid.…`).
+    pub id: String,
+    /// `connect` (ringing: it carries the SDP offer in `raw`), `terminate` (ended), or `status`
+    /// (a business-initiated call's progress: see `status`).
+    pub event: String,
+    /// `USER_INITIATED` or `BUSINESS_INITIATED`, as Meta sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// How it ended or where it stands: `COMPLETED`, `FAILED`, `RINGING`, `ACCEPTED`,
+    /// `REJECTED`, … as Meta sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Length of a terminated call, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<i64>,
+}
+
+impl Call {
+    /// The customer called (rather than the business).
+    pub fn is_from_customer(&self) -> bool {
+        self.direction
+            .as_deref()
+            .is_none_or(|d| d.eq_ignore_ascii_case("USER_INITIATED"))
+    }
 }
 
 /// An outbound message that was given up: what it was and why (`outbound.failed` events).
@@ -311,6 +358,7 @@ mod tests {
             field: None,
             timer: None,
             outbound: None,
+            call: None,
             raw: Value::Null,
         };
         let json = e.to_json();

@@ -251,8 +251,13 @@ pub fn to_new_event(event: &mut Event, route: &Route, received_at: i64) -> NewEv
 }
 
 /// Ids that name the customer, preferred first; the conversation alone when the payload has
-/// no structured contact; none for account-level events.
+/// no structured contact; none for events the parser put in no conversation (account-level
+/// events, a contact's Story, a Channel post: their author must not pull them into the
+/// author's own chat).
 pub fn contact_ids(event: &Event) -> Vec<String> {
+    if event.conversation.is_empty() {
+        return Vec::new();
+    }
     let mut ids: Vec<String> = event.contact.ids().map(str::to_string).collect();
     // The conversation key chosen by the parser goes first.
     match ids.iter().position(|i| *i == event.conversation) {
@@ -287,6 +292,7 @@ mod tests {
             field: None,
             timer: None,
             outbound: None,
+            call: None,
             raw: serde_json::Value::Null,
         }
     }
@@ -305,5 +311,13 @@ mod tests {
             vec!["chat@s.whatsapp.net"]
         );
         assert!(contact_ids(&ev("", Contact::default())).is_empty());
+        let author = Contact {
+            phone_jid: Some("1555@s.whatsapp.net".into()),
+            ..Default::default()
+        };
+        assert!(
+            contact_ids(&ev("", author)).is_empty(),
+            "no conversation: the author does not make one"
+        );
     }
 }

@@ -787,8 +787,18 @@ fn parse(file: Option<&Path>, config: Option<&Path>) -> Result<ExitCode> {
         let config = load_config(path)?;
         let router = coexist::routing::Router::new(&config);
         for e in events.iter_mut() {
-            if format == wire::Format::Meta {
-                router.route_meta(e);
+            match format {
+                wire::Format::Meta => {
+                    router.route_meta(e);
+                }
+                wire::Format::Waha => {
+                    if router.route_waha_session(e).is_none() {
+                        eprintln!(
+                            "coexist parse: no Personal channel in the config; {:?} stays the session name",
+                            e.channel
+                        );
+                    }
+                }
             }
         }
     }

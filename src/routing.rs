@@ -38,6 +38,9 @@ pub struct Router {
     by_id: HashMap<String, Route>,
     /// Account-level Meta changes name a WABA, not a number: they go to the first WABA channel.
     first_waba: Option<Route>,
+    /// WAHA session name → its Personal channel, and the first Personal channel.
+    by_session: HashMap<String, Route>,
+    first_personal: Option<Route>,
 }
 
 impl Router {
@@ -50,6 +53,14 @@ impl Router {
             }
             if c.kind == ChannelKind::Waba && r.first_waba.is_none() {
                 r.first_waba = Some(route.clone());
+            }
+            if c.kind == ChannelKind::Personal {
+                if let Some(session) = &c.session {
+                    r.by_session.entry(session.clone()).or_insert(route.clone());
+                }
+                if r.first_personal.is_none() {
+                    r.first_personal = Some(route.clone());
+                }
             }
             r.by_id.insert(c.id.clone(), route);
         }
@@ -81,6 +92,21 @@ impl Router {
             .by_id
             .get(channel)
             .filter(|r| r.kind == ChannelKind::Personal)?
+            .clone();
+        event.channel = route.channel.clone();
+        Some(route)
+    }
+}
+
+impl Router {
+    /// Routes a WAHA event by its session name (what the parser leaves in `channel` when no
+    /// route path named the channel: `coexist parse --config`, the test kit): the Personal
+    /// channel of that session, else the first Personal channel; `None` without one.
+    pub fn route_waha_session(&self, event: &mut Event) -> Option<Route> {
+        let route = self
+            .by_session
+            .get(&event.channel)
+            .or(self.first_personal.as_ref())?
             .clone();
         event.channel = route.channel.clone();
         Some(route)

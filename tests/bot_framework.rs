@@ -56,6 +56,7 @@ fn event(kind: ChannelKind, event_type: EventType) -> Event {
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: serde_json::Value::Null,
     }
 }
@@ -985,6 +986,79 @@ fn is_menu_buttons(reply: &Reply) -> bool {
         }
         _ => false,
     }
+}
+
+/// A Story reaches `on_story` (with its author), never `on_message`, and cannot be answered in
+/// a conversation; a customer's call reaches `on_call` and opens the window for a follow-up.
+#[test]
+fn stories_and_calls_have_their_own_handlers() {
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+    let bot = Router::builder()
+        .on_story(
+            Filter::any(),
+            handler!(|ctx| {
+                let seen = s1.clone();
+                async move {
+                    let author = ctx.event.contact.phone_jid.clone().unwrap_or_default();
+                    seen.lock().unwrap().push(format!("story by {author}"));
+                    assert_eq!(ctx.reply("nice story"), Err(SendRuleError::NoConversation));
+                    Ok(())
+                }
+            }),
+        )
+        .on_call(
+            Filter::any(),
+            handler!(|ctx| {
+                let seen = s2.clone();
+                async move {
+                    let call = ctx.event.call.clone().unwrap();
+                    seen.lock().unwrap().push(format!("call {}", call.event));
+                    ctx.reply("Sorry we missed your call; how can we help?")?;
+                    Ok(())
+                }
+            }),
+        )
+        .on_message(
+            Filter::any(),
+            handler!(|ctx| {
+                let seen = s3.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("message {}", ctx.conversation()));
+                    Ok(())
+                }
+            }),
+        )
+        .build()
+        .unwrap();
+    let mut kit = TestKit::new(bot);
+    kit.feed_fixture_as_recorded(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/personal/waha_story.json"
+    ));
+    kit.feed_fixture(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/meta/call_connect.json"
+    ));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            "story by 16505551234@s.whatsapp.net".to_string(),
+            "call connect".to_string()
+        ]
+    );
+    // The call opened the WABA window: the free-form follow-up went out.
+    assert_eq!(
+        new_texts(&mut kit),
+        vec!["Sorry we missed your call; how can we help?"]
+    );
+    assert!(matches!(
+        kit.window(TestKit::WABA, "16505551234"),
+        Window::Open { .. }
+    ));
 }
 
 /// The texts of the replies sent since the last look.

@@ -108,6 +108,29 @@ fn parse_with_a_config_names_the_configured_channel() {
 }
 
 #[test]
+fn parse_with_a_config_names_the_personal_channel_of_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[[channels]]\nid = \"phone-a\"\nkind = \"personal\"\nsession = \"other\"\nwebhook_secrets = [\"${K}\"]\n\
+         [[channels]]\nid = \"phone-b\"\nkind = \"personal\"\nsession = \"default\"\nwebhook_secrets = [\"${K}\"]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .env("K", "k")
+        .arg("parse")
+        .arg(fixture("personal/waha_message_text.json"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let event: coexist::Event = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(event.channel, "phone-b", "session \"default\" is phone-b's");
+}
+
+#[test]
 fn parse_refuses_invalid_json_with_exit_2_and_the_place() {
     let out = run_with_stdin(&["parse"], b"{\n  \"entry\": [\n    oops\n");
     assert_eq!(out.status.code(), Some(2));

@@ -135,6 +135,7 @@ fn message(channel: &str, kind: ChannelKind, contact: &str, at: i64) -> Event {
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: Value::Null,
     }
 }

@@ -207,6 +207,94 @@ fn lone_surrogates_become_replacement_characters() {
     );
 }
 
+/// Calls are typed events: who called, which call, what happened; the call's own timestamp.
+#[test]
+fn calls_are_typed_events() {
+    let e = one("meta/call_connect_entry_time.json");
+    assert_eq!(e.event_type, EventType::Call);
+    assert_eq!(e.conversation, "16505551234");
+    assert_eq!(
+        e.at, 1_750_700_400_000,
+        "the call's timestamp, not entry.time"
+    );
+    let call = e.call.as_ref().unwrap();
+    assert_eq!(
+        (
+            call.id.as_str(),
+            call.event.as_str(),
+            call.direction.as_deref()
+        ),
+        (
+            "wacid.HBgLMTY1MDU1NTEyMzQVAgARGBQzQUE1",
+            "connect",
+            Some("USER_INITIATED")
+        )
+    );
+    assert!(call.is_from_customer());
+    assert_eq!(
+        e.raw["session"]["sdp_type"], "offer",
+        "the SDP offer stays in raw"
+    );
+    let t = one("meta/call_terminate.json");
+    let call = t.call.as_ref().unwrap();
+    assert_eq!(
+        (
+            call.event.as_str(),
+            call.status.as_deref(),
+            call.duration_secs
+        ),
+        ("terminate", Some("COMPLETED"), Some(80))
+    );
+    assert_eq!(t.contact.name.as_deref(), Some("Sheena Nelson"));
+    let s = one("meta/call_status_accepted.json");
+    let call = s.call.as_ref().unwrap();
+    assert_eq!(
+        (
+            s.conversation.as_str(),
+            call.event.as_str(),
+            call.status.as_deref()
+        ),
+        ("16505551234", "status", Some("ACCEPTED"))
+    );
+    let w = one("personal/waha_call_received.json");
+    assert_eq!(
+        (w.event_type, w.conversation.as_str()),
+        (EventType::Call, "16505551234@s.whatsapp.net")
+    );
+    assert_eq!(w.call.as_ref().unwrap().event, "connect");
+}
+
+/// A contact's Story and a Channel post are their own events, in no conversation: every
+/// contact's Stories never pile up in one shared "status@broadcast" conversation.
+#[test]
+fn stories_and_channel_posts_open_no_conversation() {
+    let s = one("personal/waha_story.json");
+    assert_eq!(s.event_type, EventType::Story);
+    assert_eq!(s.conversation, "");
+    assert_eq!(
+        s.contact.phone_jid.as_deref(),
+        Some("16505551234@s.whatsapp.net"),
+        "the author"
+    );
+    assert_eq!(
+        s.message.as_ref().unwrap().text.as_deref(),
+        Some("New arrivals in my shop today!")
+    );
+    let n = one("personal/waha_newsletter_post.json");
+    assert_eq!(
+        (n.event_type, n.conversation.as_str()),
+        (EventType::Newsletter, "")
+    );
+    // A group message: the group is the conversation, the participant the author.
+    let g = one("personal/waha_message_group.json");
+    assert_eq!(g.event_type, EventType::Message);
+    assert_eq!(g.conversation, "120363025400012345@g.us");
+    assert_eq!(
+        g.contact.phone_jid.as_deref(),
+        Some("16505551234@s.whatsapp.net")
+    );
+}
+
 #[test]
 fn escaped_non_ascii_decodes() {
     assert!(String::from_utf8(read("meta/text_non_ascii_escaped.json"))
@@ -302,10 +390,10 @@ fn unknown_things_are_kept_raw() {
     assert_eq!(e.event_type, EventType::Message);
     assert_eq!(e.message.as_ref().unwrap().kind, "hologram");
     assert_eq!(e.raw["hologram"]["duration_ms"], 1200);
-    let e = one("meta/unknown_field_calls.json");
+    let e = one("meta/unknown_field_group_lifecycle.json");
     assert_eq!(e.event_type, EventType::Unknown);
-    assert_eq!(e.field.as_deref(), Some("calls"));
-    assert_eq!(e.raw["calls"][0]["event"], "connect");
+    assert_eq!(e.field.as_deref(), Some("group_lifecycle_update"));
+    assert_eq!(e.raw["type"], "group_create");
     assert_eq!(e.at, 1_750_700_401_000, "entry.time");
     let e = one("personal/waha_unknown_presence.json");
     assert_eq!(

@@ -178,6 +178,7 @@ fn planned_timers(contact: &str, state: &ConversationState) -> Vec<TimerEntry> {
                 field: None,
                 timer: Some(t.to_timer()),
                 outbound: None,
+                call: None,
                 raw: Value::Null,
             };
             TimerEntry {

@@ -162,6 +162,7 @@ fn message(channel: &str, kind: ChannelKind, conversation: &str, seq: usize, at_
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: serde_json::Value::Null,
     }
 }

@@ -344,11 +344,14 @@ pub(crate) enum Class {
     TimerClosed,
     TimerOther,
     OutboundFailed,
+    Call,
+    Story,
+    Newsletter,
     Unknown,
 }
 
 impl Class {
-    const COUNT: u32 = 14;
+    const COUNT: u32 = 17;
 
     pub(crate) fn of(ctx: &Context) -> Class {
         match ctx.event_type() {
@@ -367,6 +370,9 @@ impl Class {
                 _ => Class::TimerOther,
             },
             EventType::OutboundFailed => Class::OutboundFailed,
+            EventType::Call => Class::Call,
+            EventType::Story => Class::Story,
+            EventType::Newsletter => Class::Newsletter,
             EventType::Unknown => Class::Unknown,
         }
     }
@@ -374,21 +380,23 @@ impl Class {
 
 /// A set of (channel kind, event class) pairs, as bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Classes(u32);
+pub(crate) struct Classes(u64);
 
 impl Classes {
     pub(crate) const NONE: Classes = Classes(0);
     /// Every pair that can occur: no timers on Personal channels (no service window), no
-    /// gateway session events on WABA channels.
+    /// gateway session events, Stories or Channel posts on WABA channels.
     pub(crate) const ALL: Classes = Classes(
         ((1 << (2 * Class::COUNT)) - 1)
             & !(Classes::bit(ChannelKind::Personal, Class::TimerExpiring)
                 | Classes::bit(ChannelKind::Personal, Class::TimerClosed)
                 | Classes::bit(ChannelKind::Personal, Class::TimerOther)
-                | Classes::bit(ChannelKind::Waba, Class::Session)),
+                | Classes::bit(ChannelKind::Waba, Class::Session)
+                | Classes::bit(ChannelKind::Waba, Class::Story)
+                | Classes::bit(ChannelKind::Waba, Class::Newsletter)),
     );
 
-    const fn bit(kind: ChannelKind, class: Class) -> u32 {
+    const fn bit(kind: ChannelKind, class: Class) -> u64 {
         let offset = match kind {
             ChannelKind::Waba => 0,
             ChannelKind::Personal => Class::COUNT,
@@ -422,6 +430,9 @@ impl Classes {
                 .or(Classes::class(Class::TimerClosed))
                 .or(Classes::class(Class::TimerOther)),
             EventType::OutboundFailed => Classes::class(Class::OutboundFailed),
+            EventType::Call => Classes::class(Class::Call),
+            EventType::Story => Classes::class(Class::Story),
+            EventType::Newsletter => Classes::class(Class::Newsletter),
             EventType::Unknown => Classes::class(Class::Unknown),
         }
     }
@@ -431,7 +442,7 @@ impl Classes {
     }
 
     pub(crate) fn of_kind(self, kind: ChannelKind) -> Classes {
-        let mask = ((1u32 << Class::COUNT) - 1)
+        let mask = ((1u64 << Class::COUNT) - 1)
             << match kind {
                 ChannelKind::Waba => 0,
                 ChannelKind::Personal => Class::COUNT,

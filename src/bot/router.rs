@@ -133,6 +133,8 @@ pub enum On {
     WindowClosed,
     Session,
     OutboundFailed,
+    Call,
+    Story,
     Any,
     Observe,
 }
@@ -150,6 +152,8 @@ impl On {
             On::WindowClosed => "on_window_closed",
             On::Session => "on_session",
             On::OutboundFailed => "on_outbound_failed",
+            On::Call => "on_call",
+            On::Story => "on_story",
             On::Any => "on_any",
             On::Observe => "observe",
         }
@@ -196,6 +200,14 @@ impl On {
             On::OutboundFailed => (
                 Classes::event(EventType::OutboundFailed),
                 Classes::event(EventType::OutboundFailed),
+            ),
+            On::Call => (
+                Classes::event(EventType::Call),
+                Classes::event(EventType::Call),
+            ),
+            On::Story => (
+                Classes::event(EventType::Story),
+                Classes::event(EventType::Story),
             ),
             On::Any | On::Observe => (all, all),
         }
@@ -367,6 +379,17 @@ impl RouterBuilder {
         /// while it waited (send a template instead), Meta said 131047, the number cannot
         /// receive it, … [`Context::outbound_failure`] has the message and the error.
         on_outbound_failed => On::OutboundFailed
+    );
+    register!(
+        /// A call with the business (Meta's `calls` field, WAHA's `call.*` events):
+        /// [`Context::event`]`.call` says which call and what happened. A customer's call opens
+        /// the WABA service window, so a free-form follow-up is allowed.
+        on_call => On::Call
+    );
+    register!(
+        /// A contact's Story (WAHA `status@broadcast`): `ctx.event.contact` is the author. It
+        /// has no conversation, so it cannot be answered in one; it never reaches `on_message`.
+        on_story => On::Story
     );
     register!(
         /// Any event. With `Filter::any()` it is a catch-all: register it last.

@@ -269,8 +269,8 @@ impl TestKit {
                     }
                     route.channel
                 }
-                Format::Waha => match self.personal_channel_for(&event.channel) {
-                    Some(id) => id,
+                Format::Waha => match self.routes.route_waha_session(&mut event) {
+                    Some(route) => route.channel,
                     None => continue,
                 },
             };
@@ -280,19 +280,6 @@ impl TestKit {
             total.dead += d.dead;
         }
         total
-    }
-
-    fn personal_channel_for(&self, session: &str) -> Option<String> {
-        let personal = self
-            .config
-            .channels
-            .iter()
-            .filter(|c| c.kind == ChannelKind::Personal);
-        personal
-            .clone()
-            .find(|c| c.session.as_deref() == Some(session))
-            .or_else(|| personal.clone().next())
-            .map(|c| c.id.clone())
     }
 
     /// A customer's text message on `channel`, written now (not fed: change it, then [`TestKit::feed`]).
@@ -448,6 +435,7 @@ impl TestKit {
             field: None,
             timer: None,
             outbound: None,
+            call: None,
             raw: serde_json::Value::Null,
         }
     }

@@ -147,6 +147,14 @@ pub fn apply_event(
                 note_window_closed(state, at);
             }
         }
+        // A customer's call (even unanswered), or the customer accepting the business's call,
+        // opens the window like a message does (Meta's pricing rules).
+        EventType::Call => {
+            state.merge_contact(&event.contact);
+            if event.call.as_ref().is_some_and(opens_window) {
+                state.last_inbound_ms = Some(state.last_inbound_ms.map_or(at, |t| t.max(at)));
+            }
+        }
         // History, contact sync, account, session, errors and unknown fields never touch the
         // window (imported history is not a new user message); timers are checked elsewhere.
         EventType::History
@@ -155,6 +163,8 @@ pub fn apply_event(
         | EventType::Session
         | EventType::Error
         | EventType::Timer
+        | EventType::Story
+        | EventType::Newsletter
         | EventType::Unknown => {}
     }
     recompute_window(kind, state);
@@ -378,6 +388,19 @@ pub fn event_time(event: &Event, now_ms: i64) -> i64 {
     }
 }
 
+/// A call that counts as the customer reaching out: their own call ringing, or their accepting
+/// the business's call.
+fn opens_window(call: &crate::event::Call) -> bool {
+    match call.event.as_str() {
+        "connect" => call.is_from_customer(),
+        "status" => call
+            .status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("ACCEPTED")),
+        _ => false,
+    }
+}
+
 /// An echo is a person on the phone unless it says it came through the API.
 fn is_human_echo(kind: ChannelKind, coexistence: bool, message: Option<&Message>) -> bool {
     match message.and_then(|m| m.source.as_deref()) {
@@ -448,6 +471,7 @@ mod tests {
             field: None,
             timer: None,
             outbound: None,
+            call: None,
             raw: Value::Null,
         }
     }
@@ -506,6 +530,50 @@ mod tests {
             apply(ChannelKind::Waba, &mut s, e);
         }
         s
+    }
+
+    #[test]
+    fn a_customers_call_opens_the_window_like_a_message() {
+        let k = ChannelKind::Waba;
+        let call = |what: &str, direction: &str, status: Option<&str>| {
+            let mut e = event(k, EventType::Call, NOW);
+            e.call = Some(crate::event::Call {
+                id: "wacid.1".into(),
+                event: what.into(),
+                direction: Some(direction.into()),
+                status: status.map(str::to_string),
+                duration_secs: None,
+            });
+            e
+        };
+        let open = Window::Open {
+            until_ms: NOW + 24 * H,
+        };
+        for (e, expected) in [
+            (call("connect", "USER_INITIATED", None), open),
+            // Even unanswered: the terminate that follows changes nothing.
+            (call("status", "BUSINESS_INITIATED", Some("ACCEPTED")), open),
+            (
+                call("connect", "BUSINESS_INITIATED", None),
+                Window::Closed { since_ms: None },
+            ),
+            (
+                call("status", "BUSINESS_INITIATED", Some("REJECTED")),
+                Window::Closed { since_ms: None },
+            ),
+            (
+                call("terminate", "USER_INITIATED", Some("COMPLETED")),
+                Window::Closed { since_ms: None },
+            ),
+        ] {
+            let s = waba_after(std::slice::from_ref(&e));
+            assert_eq!(window(k, &s, NOW + H), expected, "{:?}", e.call);
+        }
+        // A Story or a Channel post never touches a conversation's window.
+        for t in [EventType::Story, EventType::Newsletter] {
+            let s = waba_after(&[event(k, t, NOW)]);
+            assert_eq!(s, ConversationState::default());
+        }
     }
 
     #[test]

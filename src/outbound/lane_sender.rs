@@ -627,6 +627,7 @@ pub fn failure_event(
             provider_code: provider_code(error),
             error: error.to_string(),
         }),
+        call: None,
         raw: serde_json::Value::Null,
     }
 }

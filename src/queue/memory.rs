@@ -740,7 +740,9 @@ mod tests {
         mark(&mut st, "e0", t0 + ttl);
         st.expire_seen(t0 + ttl + Duration::from_secs(5));
         assert!(st.seen.contains_key(&("ch".to_string(), "e0".to_string())));
-        assert!(!st.seen.contains_key(&("ch".to_string(), "late".to_string())));
+        assert!(!st
+            .seen
+            .contains_key(&("ch".to_string(), "late".to_string())));
         // A marker renewed while the old one is still queued survives the old one's expiry.
         let mut st = State::default();
         mark(&mut st, "x", t0);

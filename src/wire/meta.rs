@@ -18,7 +18,7 @@
 //! `{field}:` + 32 hex of SHA-256 over entry id + canonical JSON of the value.
 
 use super::util::{
-    canonical_json, error_details, nonempty, path, seconds_to_ms, short_hash, string_of,
+    canonical_json, error_details, int_of, nonempty, path, seconds_to_ms, short_hash, string_of,
 };
 use super::ParseError;
 use crate::channel::ChannelKind;
@@ -86,6 +86,7 @@ impl ChangeCtx<'_> {
             field: None,
             timer: None,
             outbound: None,
+            call: None,
             raw: Value::Null,
         }
     }
@@ -168,6 +169,10 @@ fn parse_change(
         "smb_message_echoes" => (None, None, None, take("message_echoes")),
         _ => (None, None, None, None),
     };
+    let (calls, call_statuses) = match field {
+        "calls" => (take("calls"), take("statuses")),
+        _ => (None, None),
+    };
     // Whole-change fields need no contacts: their value moves into the event uncopied.
     let whole = |event_type: EventType, value: Value| {
         let ctx = ChangeCtx {
@@ -181,6 +186,7 @@ fn parse_change(
     };
     match field {
         "messages" | "smb_message_echoes" => {}
+        "calls" if calls.is_some() || call_statuses.is_some() => {}
         "history" => return out.push(whole(EventType::History, value)),
         "smb_app_state_sync" => return out.push(whole(EventType::ContactSync, value)),
         f if ACCOUNT_FIELDS.contains(&f) => return out.push(whole(EventType::Account, value)),
@@ -193,6 +199,16 @@ fn parse_change(
         channel,
         contacts: array(&value, "contacts").unwrap_or(&[]),
     };
+    if field == "calls" {
+        let calls = calls.into_iter().flatten().map(|c| (c, false));
+        let statuses = call_statuses.into_iter().flatten().map(|c| (c, true));
+        for (c, is_status) in calls.chain(statuses) {
+            let mut e = call_event(&ctx, &c, is_status);
+            e.raw = c;
+            out.push(e);
+        }
+        return;
+    }
     if messages.is_none() && statuses.is_none() && errors.is_none() && echoes.is_none() {
         // A `messages` / echoes change with none of the known arrays: keep it, raw.
         return out.push(change_event(&ctx, value.clone(), EventType::Unknown));
@@ -366,6 +382,67 @@ fn message_like(
     e.conversation = conversation_of(&contact);
     e.contact = contact;
     e.message = Some(message);
+    e
+}
+
+/// One element of a `calls` change: a call (`connect`, `terminate`) or, from `statuses[]`, the
+/// progress of a business-initiated call (`RINGING`, `ACCEPTED`, `REJECTED`).
+fn call_event(ctx: &ChangeCtx<'_>, c: &Value, is_status: bool) -> Event {
+    let call_id = nonempty(c.get("id")).unwrap_or_default();
+    let direction = nonempty(c.get("direction"));
+    let event = if is_status {
+        "status".to_string()
+    } else {
+        nonempty(c.get("event")).unwrap_or_else(|| "unknown".into())
+    };
+    let status = nonempty(c.get("status"));
+    // The customer: the caller of their own call; the callee of the business's.
+    let business_called = is_status
+        || direction
+            .as_deref()
+            .is_some_and(|d| d.eq_ignore_ascii_case("BUSINESS_INITIATED"));
+    let customer = if is_status {
+        nonempty(c.get("recipient_id")).or_else(|| nonempty(c.get("to")))
+    } else if business_called {
+        nonempty(c.get("to"))
+    } else {
+        nonempty(c.get("from"))
+    };
+    let mut contact = Contact {
+        wa_id: customer.map(|w| w.trim_start_matches('+').to_string()),
+        user_id: nonempty(c.get(if business_called {
+            "to_user_id"
+        } else {
+            "from_user_id"
+        })),
+        ..Default::default()
+    };
+    complete_from_contacts(ctx, &mut contact);
+    let id = if call_id.is_empty() {
+        format!("call:{}", short_hash(&[ctx.entry_id, &canonical_json(c)]))
+    } else {
+        let what = if is_status {
+            status.as_deref().unwrap_or("status")
+        } else {
+            event.as_str()
+        };
+        format!("call:{call_id}:{}", what.to_ascii_lowercase())
+    };
+    let mut e = ctx.event(
+        id,
+        EventType::Call,
+        c.get("timestamp").and_then(seconds_to_ms),
+    );
+    e.conversation = conversation_of(&contact);
+    e.contact = contact;
+    e.field = Some(ctx.field.to_string());
+    e.call = Some(crate::event::Call {
+        id: call_id,
+        event,
+        direction,
+        status,
+        duration_secs: c.get("duration").and_then(int_of),
+    });
     e
 }
 

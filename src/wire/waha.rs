@@ -50,6 +50,9 @@ pub fn parse_value(value: Value) -> Result<Vec<Event>, ParseError> {
                 change_event(&name, &p, &value)
             }
             "session.status" => session_event(&p, &value),
+            "call.received" | "call.accepted" | "call.rejected" if has_id(&p) => {
+                call_event(&name, &p, &value)
+            }
             _ => unknown_event(&name, &value),
         },
     };
@@ -75,6 +78,7 @@ fn base_event(id: String, event_type: EventType, at: i64, envelope: &Value) -> E
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: envelope.clone(),
     }
 }
@@ -162,7 +166,11 @@ fn contact_of(p: &Value, envelope: &Value, chat_key: &str) -> (Contact, String) 
         contact.name = nonempty(path(p, &["_data", "pushName"]))
             .or_else(|| nonempty(path(p, &["_data", "notifyName"])));
     }
-    let conversation = if is_user_jid(&chat) || chat.is_empty() {
+    let conversation = if is_story_or_channel(&chat) {
+        // Stories and Channel posts belong to no conversation (one shared "status@broadcast"
+        // conversation would mix every contact's Stories and let the bot answer them).
+        String::new()
+    } else if is_user_jid(&chat) || chat.is_empty() {
         contact
             .phone_jid
             .clone()
@@ -173,6 +181,23 @@ fn contact_of(p: &Value, envelope: &Value, chat_key: &str) -> (Contact, String) 
     };
     (contact, conversation)
 }
+
+/// The chat of a message: from its id, else `chat_key` (`from` / `to`), normalized.
+fn chat_of(p: &Value, chat_key: &str) -> String {
+    nonempty(p.get("id"))
+        .and_then(|id| chat_id_from_message_id(&id))
+        .or_else(|| nonempty(p.get(chat_key)).map(|s| normalize_jid(&s)))
+        .unwrap_or_default()
+}
+
+/// WhatsApp Stories live in the chat `status@broadcast`; Channel (newsletter) posts in
+/// `…@newsletter` chats.
+fn is_story_or_channel(chat: &str) -> bool {
+    chat == STORIES_CHAT || chat.ends_with("@newsletter")
+}
+
+/// The chat WhatsApp Web files every contact's Story under.
+pub const STORIES_CHAT: &str = "status@broadcast";
 
 /// The message kind: `text` for a body without media, else the media type.
 fn kind_of(p: &Value) -> String {
@@ -242,7 +267,12 @@ fn message_event(p: &Value, envelope: &Value) -> Event {
     let from_me = p.get("fromMe").and_then(Value::as_bool).unwrap_or(false);
     let id = nonempty(p.get("id")).unwrap_or_default();
     let (contact, conversation) = contact_of(p, envelope, own_chat_key(p));
-    let event_type = if from_me {
+    let chat = chat_of(p, own_chat_key(p));
+    let event_type = if chat == STORIES_CHAT {
+        EventType::Story
+    } else if chat.ends_with("@newsletter") {
+        EventType::Newsletter
+    } else if from_me {
         EventType::Echo
     } else {
         EventType::Message
@@ -267,6 +297,36 @@ fn message_event(p: &Value, envelope: &Value) -> Event {
             None
         },
         ..Default::default()
+    });
+    e
+}
+
+/// `call.received` / `call.accepted` / `call.rejected`: a call from a contact.
+fn call_event(name: &str, p: &Value, envelope: &Value) -> Event {
+    let id = nonempty(p.get("id")).unwrap_or_default();
+    let (event, status) = match name {
+        "call.received" => ("connect", None),
+        "call.accepted" => ("status", Some("ACCEPTED")),
+        _ => ("terminate", Some("REJECTED")),
+    };
+    let (contact, conversation) = contact_of(p, envelope, "from");
+    let mut e = base_event(
+        format!("waha:call:{id}:{event}"),
+        EventType::Call,
+        at_of(p, envelope),
+        envelope,
+    );
+    // A group call has no one conversation.
+    if p.get("isGroup").and_then(Value::as_bool) != Some(true) {
+        e.conversation = conversation;
+    }
+    e.contact = contact;
+    e.call = Some(crate::event::Call {
+        id,
+        event: event.into(),
+        direction: Some("USER_INITIATED".into()),
+        status: status.map(str::to_string),
+        duration_secs: None,
     });
     e
 }

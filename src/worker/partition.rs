@@ -734,6 +734,7 @@ pub(crate) fn timer_event(source: &Event, timer: &PlannedTimer) -> Event {
         field: None,
         timer: Some(timer.to_timer()),
         outbound: None,
+        call: None,
         raw: serde_json::Value::Null,
     }
 }

@@ -354,6 +354,7 @@ pub fn message(channel: &str, conversation: &str, id: &str, at: i64, text: &str)
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: Value::Null,
     }
 }
@@ -382,6 +383,7 @@ pub fn status(conversation: &str, message_id: &str, name: &str) -> Event {
         field: None,
         timer: None,
         outbound: None,
+        call: None,
         raw: Value::Null,
     }
 }
