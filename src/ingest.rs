@@ -6,7 +6,7 @@
 use crate::config::{Config, Secret};
 use crate::event::Event;
 use crate::event::EventType;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::outbound::Outbox;
 use crate::queue::{Enqueued, NewEvent, Queue, QueueError};
 use crate::routing::{Route, Router};
@@ -118,7 +118,7 @@ impl Ingest {
     ) -> Result<Accepted, IngestError> {
         verify::verify_meta(signature, body, &self.meta_secrets).inspect_err(|_| {
             self.metrics
-                .inc("coexist_signature_failures_total", &[("route", "meta")]);
+                .inc(Metric::SignatureFailures, &[("route", "meta")]);
         })?;
         let mut events = wire::meta::parse(body)?;
         let routes: Vec<Route> = events
@@ -148,7 +148,7 @@ impl Ingest {
             .ok_or_else(|| IngestError::UnknownChannel(channel.to_string()))?;
         verify::verify_waha(hmac, algorithm, body, secrets).inspect_err(|_| {
             self.metrics
-                .inc("coexist_signature_failures_total", &[("route", "personal")]);
+                .inc(Metric::SignatureFailures, &[("route", "personal")]);
         })?;
         let mut events = wire::waha::parse(body)?;
         let mut routes = Vec::with_capacity(events.len());
@@ -175,18 +175,15 @@ impl Ingest {
             .collect();
         let started = Instant::now();
         let outcomes = self.queue.enqueue(&batch).await?;
-        self.metrics.observe_seconds(
-            "coexist_enqueue_seconds",
-            &[],
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .observe_seconds(Metric::EnqueueSeconds, &[], started.elapsed().as_secs_f64());
         let mut accepted = Accepted::default();
         for ((outcome, event), route) in outcomes.iter().zip(&events).zip(&routes) {
             match outcome {
                 Enqueued::Added { .. } => {
                     accepted.enqueued += 1;
                     self.metrics.inc(
-                        "coexist_events_enqueued_total",
+                        Metric::EventsEnqueued,
                         &[
                             ("channel", &route.channel),
                             ("type", event.event_type.as_str()),
@@ -194,15 +191,13 @@ impl Ingest {
                     );
                     if !route.routed {
                         accepted.unrouted += 1;
-                        self.metrics.inc("coexist_events_unrouted_total", &[]);
+                        self.metrics.inc(Metric::EventsUnrouted, &[]);
                     }
                 }
                 Enqueued::Duplicate => {
                     accepted.duplicates += 1;
-                    self.metrics.inc(
-                        "coexist_events_duplicate_total",
-                        &[("channel", &route.channel)],
-                    );
+                    self.metrics
+                        .inc(Metric::EventsDuplicate, &[("channel", &route.channel)]);
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 use crate::api::{ApiError, SendApi};
 use crate::ingest::{Accepted, Ingest, IngestError};
+use crate::metrics::Metric;
 use crate::verify::SignatureError;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
@@ -121,7 +122,7 @@ fn respond(
     result: Result<Accepted, HttpError>,
 ) -> Result<HttpResponse, HttpError> {
     state.ingest.metrics().inc(
-        "coexist_http_requests_total",
+        Metric::HttpRequests,
         &[("route", route), ("outcome", outcome_of(&result))],
     );
     result.map(|_| HttpResponse::Ok().content_type("text/plain").body("OK"))
@@ -176,7 +177,7 @@ async fn meta_handshake(
     {
         Some(challenge) => {
             state.ingest.metrics().inc(
-                "coexist_http_requests_total",
+                Metric::HttpRequests,
                 &[("route", "meta_handshake"), ("outcome", "ok")],
             );
             HttpResponse::Ok()
@@ -185,7 +186,7 @@ async fn meta_handshake(
         }
         None => {
             state.ingest.metrics().inc(
-                "coexist_http_requests_total",
+                Metric::HttpRequests,
                 &[("route", "meta_handshake"), ("outcome", "refused")],
             );
             HttpResponse::Forbidden()
@@ -229,7 +230,7 @@ fn api_response(
         Err(e) => (e.status, e.body(), e.code),
     };
     state.ingest.metrics().inc(
-        "coexist_http_requests_total",
+        Metric::HttpRequests,
         &[("route", route), ("outcome", outcome)],
     );
     let mut res = HttpResponse::build(
@@ -441,7 +442,7 @@ async fn api_media_download(
         Err(e) => return api_response("api_media", &state, Err(e)),
     };
     state.ingest.metrics().inc(
-        "coexist_http_requests_total",
+        Metric::HttpRequests,
         &[("route", "api_media"), ("outcome", "ok")],
     );
     let mut res = HttpResponse::Ok();

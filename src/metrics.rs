@@ -9,104 +9,81 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Help text of every metric coexist exports; a series whose name is not here still renders.
-const HELP: &[(&str, &str, &str)] = &[
-    (
-        "coexist_http_requests_total",
-        "counter",
-        "HTTP requests by route and outcome.",
-    ),
-    (
-        "coexist_signature_failures_total",
-        "counter",
-        "Webhooks refused for a missing or wrong signature.",
-    ),
-    (
-        "coexist_events_enqueued_total",
-        "counter",
-        "Events durably enqueued, by channel and type.",
-    ),
-    (
-        "coexist_events_duplicate_total",
-        "counter",
-        "Events dropped as duplicates (already enqueued), by channel.",
-    ),
-    (
-        "coexist_events_unrouted_total",
-        "counter",
-        "Events for a number no channel claims (kept on the unrouted stream).",
-    ),
-    (
-        "coexist_enqueue_seconds",
-        "histogram",
-        "Time to enqueue all events of one webhook in Redis.",
-    ),
-    (
-        "coexist_events_handled_total",
-        "counter",
-        "Events handled by workers, by channel, type and outcome.",
-    ),
-    (
-        "coexist_handler_seconds",
-        "histogram",
-        "Handler latency per event.",
-    ),
-    (
-        "coexist_handler_retries_total",
-        "counter",
-        "Handler attempts that failed and were retried.",
-    ),
-    (
-        "coexist_dead_letters_total",
-        "counter",
-        "Events moved to a dead-letter stream.",
-    ),
-    (
-        "coexist_leases_held",
-        "gauge",
-        "Partition leases held by this process.",
-    ),
-    (
-        "coexist_timers_fired_total",
-        "counter",
-        "Window timers promoted into partition streams.",
-    ),
-    (
-        "coexist_messages_sent_total",
-        "counter",
-        "Outbound messages by channel and outcome.",
-    ),
-    (
-        "coexist_channel_unhealthy",
-        "gauge",
-        "1 when a channel's credentials were refused (e.g. Graph error 190).",
-    ),
-    (
-        "coexist_webhook_to_handler_seconds",
-        "histogram",
-        "From ingress accepting a webhook to a worker handling its event.",
-    ),
-    (
-        "coexist_outbound_queued_total",
-        "counter",
-        "Outbound messages committed to the outbound queue, by channel.",
-    ),
-    (
-        "coexist_outbound_queue_age_seconds",
-        "histogram",
-        "Time an outbound message waited in its lane before it was sent.",
-    ),
-    (
-        "coexist_outbound_send_seconds",
-        "histogram",
-        "Time of one send attempt (rate slot, claim, HTTP request).",
-    ),
-    (
-        "coexist_outbound_lane_waits_total",
-        "counter",
-        "Lanes set aside until later, by channel and reason (pair_gap, rate, backoff, in_flight).",
-    ),
-];
+/// Every metric coexist exports: its name, type and help, in one typed table, so no series
+/// can be exported without `# HELP` and `# TYPE`.
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $kind:ident, $help:literal;)*) => {
+        /// A metric coexist exports.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Metric {
+            $(#[doc = $help] $variant,)*
+        }
+
+        impl Metric {
+            /// Every metric, in the table's order.
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
+
+            /// The exported name (`coexist_…`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)*
+                }
+            }
+
+            pub fn kind(self) -> Kind {
+                match self {
+                    $(Metric::$variant => Kind::$kind,)*
+                }
+            }
+
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $help,)*
+                }
+            }
+        }
+    };
+}
+
+/// The Prometheus type of a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+metrics! {
+    HttpRequests => "coexist_http_requests_total", Counter, "HTTP requests by route and outcome.";
+    SignatureFailures => "coexist_signature_failures_total", Counter, "Webhooks refused for a missing or wrong signature.";
+    EventsEnqueued => "coexist_events_enqueued_total", Counter, "Events durably enqueued, by channel and type.";
+    EventsDuplicate => "coexist_events_duplicate_total", Counter, "Events dropped as duplicates (already enqueued), by channel.";
+    EventsUnrouted => "coexist_events_unrouted_total", Counter, "Events for a number no channel claims (kept on the unrouted stream).";
+    EnqueueSeconds => "coexist_enqueue_seconds", Histogram, "Time to enqueue all events of one webhook in Redis.";
+    EventsHandled => "coexist_events_handled_total", Counter, "Events handled by workers, by channel, type and outcome.";
+    HandlerSeconds => "coexist_handler_seconds", Histogram, "Handler latency per event.";
+    HandlerRetries => "coexist_handler_retries_total", Counter, "Handler attempts that failed and were retried.";
+    DeadLetters => "coexist_dead_letters_total", Counter, "Events moved to a dead-letter stream.";
+    LeasesHeld => "coexist_leases_held", Gauge, "Partition leases held by this process.";
+    TimersFired => "coexist_timers_fired_total", Counter, "Window timers promoted into partition streams.";
+    MessagesSent => "coexist_messages_sent_total", Counter, "Outbound messages by channel and outcome.";
+    ChannelUnhealthy => "coexist_channel_unhealthy", Gauge, "1 when a channel's credentials were refused (e.g. Graph error 190).";
+    WebhookToHandlerSeconds => "coexist_webhook_to_handler_seconds", Histogram, "From ingress accepting a webhook to a worker handling its event.";
+    OutboundQueued => "coexist_outbound_queued_total", Counter, "Outbound messages committed to the outbound queue, by channel.";
+    OutboundQueueAgeSeconds => "coexist_outbound_queue_age_seconds", Histogram, "Time an outbound message waited in its lane before it was sent.";
+    OutboundSendSeconds => "coexist_outbound_send_seconds", Histogram, "Time of one send attempt (rate slot, claim, HTTP request).";
+    OutboundLaneWaits => "coexist_outbound_lane_waits_total", Counter, "Lanes set aside until later, by channel and reason (pair_gap, rate, backoff, in_flight).";
+}
 
 /// Upper bounds of histogram buckets, in seconds.
 const BUCKETS: [f64; 17] = [
@@ -208,20 +185,23 @@ impl Metrics {
         Self::default()
     }
 
-    pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
-        self.add(name, labels, 1);
+    pub fn inc(&self, metric: Metric, labels: &[(&str, &str)]) {
+        self.add(metric, labels, 1);
     }
 
-    pub fn add(&self, name: &str, labels: &[(&str, &str)], n: u64) {
-        get_or_insert(&self.inner.counters, name, labels).fetch_add(n, Ordering::Relaxed);
+    pub fn add(&self, metric: Metric, labels: &[(&str, &str)], n: u64) {
+        debug_assert_eq!(metric.kind(), Kind::Counter, "{metric:?}");
+        get_or_insert(&self.inner.counters, metric.name(), labels).fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn set_gauge(&self, name: &str, labels: &[(&str, &str)], value: u64) {
-        get_or_insert(&self.inner.gauges, name, labels).store(value, Ordering::Relaxed);
+    pub fn set_gauge(&self, metric: Metric, labels: &[(&str, &str)], value: u64) {
+        debug_assert_eq!(metric.kind(), Kind::Gauge, "{metric:?}");
+        get_or_insert(&self.inner.gauges, metric.name(), labels).store(value, Ordering::Relaxed);
     }
 
-    pub fn observe_seconds(&self, name: &str, labels: &[(&str, &str)], seconds: f64) {
-        let h = get_or_insert(&self.inner.histograms, name, labels);
+    pub fn observe_seconds(&self, metric: Metric, labels: &[(&str, &str)], seconds: f64) {
+        debug_assert_eq!(metric.kind(), Kind::Histogram, "{metric:?}");
+        let h = get_or_insert(&self.inner.histograms, metric.name(), labels);
         if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
             h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -231,12 +211,12 @@ impl Metrics {
     }
 
     /// Current value of a counter series (tests and `queues` use it).
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+    pub fn counter(&self, metric: Metric, labels: &[(&str, &str)]) -> u64 {
         self.inner
             .counters
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&series_hash(name, labels))
+            .get(&series_hash(metric.name(), labels))
             .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
@@ -247,7 +227,8 @@ impl Metrics {
         let mut describe = |out: &mut String, series_key: &str| {
             let name = series_key.split('{').next().unwrap_or(series_key);
             if described.insert(name.to_string()) {
-                if let Some((_, kind, help)) = HELP.iter().find(|(n, _, _)| *n == name) {
+                if let Some(m) = Metric::ALL.iter().find(|m| m.name() == name) {
+                    let (help, kind) = (m.help(), m.kind().as_str());
                     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
                 }
             }
@@ -301,14 +282,14 @@ mod tests {
     fn renders_counters_and_histograms() {
         let m = Metrics::new();
         m.inc(
-            "coexist_http_requests_total",
+            Metric::HttpRequests,
             &[("route", "meta"), ("outcome", "ok")],
         );
         m.inc(
-            "coexist_http_requests_total",
+            Metric::HttpRequests,
             &[("route", "meta"), ("outcome", "ok")],
         );
-        m.observe_seconds("coexist_enqueue_seconds", &[], 0.0003);
+        m.observe_seconds(Metric::EnqueueSeconds, &[], 0.0003);
         let text = m.render();
         assert!(
             text.contains("# TYPE coexist_http_requests_total counter"),
@@ -329,11 +310,68 @@ mod tests {
         assert!(text.contains("coexist_enqueue_seconds_count 1"), "{text}");
         assert_eq!(
             m.counter(
-                "coexist_http_requests_total",
+                Metric::HttpRequests,
                 &[("route", "meta"), ("outcome", "ok")]
             ),
             2
         );
+    }
+
+    /// Every metric, exported once, comes with `# HELP` and `# TYPE` of its kind and parses
+    /// with a Prometheus text-format parser (`prometheus-parse`), labels and values intact.
+    #[test]
+    fn every_metric_exports_help_and_type_and_parses() {
+        let m = Metrics::new();
+        for (i, metric) in Metric::ALL.iter().enumerate() {
+            // (prometheus-parse keeps escapes in label values as written: plain ones here;
+            // `label_values_are_escaped` covers escaping.)
+            let labels = [("channel", "shop-A"), ("n", "1")];
+            match metric.kind() {
+                Kind::Counter => m.add(*metric, &labels, i as u64 + 1),
+                Kind::Gauge => m.set_gauge(*metric, &labels, i as u64 + 1),
+                Kind::Histogram => m.observe_seconds(*metric, &labels, 0.002),
+            }
+        }
+        let text = m.render();
+        let names: std::collections::HashSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Metric::ALL.len(), "names are unique");
+        for metric in Metric::ALL {
+            let name = metric.name();
+            assert!(
+                text.contains(&format!("# HELP {name} {}\n", metric.help())),
+                "{name}: no HELP\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} {}\n", metric.kind().as_str())),
+                "{name}: no TYPE\n{text}"
+            );
+        }
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+        for (i, metric) in Metric::ALL.iter().enumerate() {
+            let samples: Vec<_> = scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == metric.name())
+                .collect();
+            assert!(!samples.is_empty(), "{metric:?} not parsed back");
+            assert_eq!(samples[0].labels.get("channel"), Some("shop-A"));
+            match (&samples[0].value, metric.kind()) {
+                (prometheus_parse::Value::Counter(v), Kind::Counter)
+                | (prometheus_parse::Value::Gauge(v), Kind::Gauge) => {
+                    assert_eq!(*v, i as f64 + 1.0, "{metric:?}")
+                }
+                (prometheus_parse::Value::Histogram(buckets), Kind::Histogram) => {
+                    let le_0025 = buckets.iter().find(|b| b.less_than == 0.0025).unwrap();
+                    assert_eq!(le_0025.count, 1.0, "{metric:?}");
+                }
+                (v, k) => panic!("{metric:?}: parsed as {v:?}, declared {k:?}"),
+            }
+            assert_eq!(
+                scrape.docs.get(metric.name()).map(String::as_str),
+                Some(metric.help())
+            );
+        }
     }
 
     #[test]

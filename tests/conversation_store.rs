@@ -120,7 +120,7 @@ fn message(channel: &str, kind: ChannelKind, contact: &str, at: i64) -> Event {
         conversation: contact.into(),
         event_type: EventType::Message,
         at,
-        received_at: Some(NOW),
+        received_at: Some(at),
         contact: Contact {
             wa_id: Some(contact.into()),
             ..Default::default()

@@ -10,6 +10,7 @@ use coexist::event::Event;
 use coexist::ingest::Ingest;
 use coexist::ingress::{self, AppState};
 use coexist::keys::Keys;
+use coexist::metrics::Metric;
 use coexist::metrics::Metrics;
 use coexist::queue::{Queue, RedisQueue};
 use coexist::verify::{header_value, Algorithm};
@@ -296,7 +297,7 @@ async fn every_fixture_is_enqueued_once_even_when_posted_twice() {
     );
     let dupes = ingress
         .metrics
-        .counter("coexist_events_duplicate_total", &[("channel", WABA)]);
+        .counter(Metric::EventsDuplicate, &[("channel", WABA)]);
     assert!(dupes > 0, "duplicates are counted");
 }
 
@@ -405,19 +406,19 @@ async fn refused_webhooks_enqueue_nothing() {
     let m = &ingress.metrics;
     assert_eq!(
         m.counter(
-            "coexist_http_requests_total",
+            Metric::HttpRequests,
             &[("route", "meta"), ("outcome", "missing_signature")]
         ),
         1
     );
     assert_eq!(
         m.counter(
-            "coexist_http_requests_total",
+            Metric::HttpRequests,
             &[("route", "meta"), ("outcome", "too_large")]
         ),
         1
     );
-    assert!(m.counter("coexist_signature_failures_total", &[("route", "meta")]) >= 3);
+    assert!(m.counter(Metric::SignatureFailures, &[("route", "meta")]) >= 3);
 
     // A signed POST still goes through afterwards, with the previous secret too (rotation).
     assert_eq!(post_meta(base, &body, META_OLD_SECRET).await.status(), 200);
@@ -540,6 +541,22 @@ async fn handshake_health_and_metrics() {
         "coexist_http_requests_total{route=\"meta_handshake\",outcome=\"ok\"} 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    // What the server exports parses as Prometheus text, and every family has HELP and TYPE.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses");
+    assert!(scrape.samples.len() >= 6, "{text}");
+    for sample in &scrape.samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| sample.metric.strip_suffix(s))
+            .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+            .unwrap_or(&sample.metric);
+        assert!(
+            scrape.docs.contains_key(family) && text.contains(&format!("# TYPE {family} ")),
+            "{} has no HELP/TYPE:\n{text}",
+            sample.metric
+        );
     }
 }
 

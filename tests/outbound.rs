@@ -8,6 +8,7 @@ use coexist::channel::ChannelKind;
 use coexist::config::Config;
 use coexist::conversation::window::Window;
 use coexist::keys::Keys;
+use coexist::metrics::Metric;
 use coexist::metrics::Metrics;
 use coexist::outbound::outbox::Outbox;
 use coexist::outbound::{
@@ -207,7 +208,7 @@ async fn waba_text_carries_auth_context_and_callback_data() {
     assert_eq!(log[0].field("key"), "evt.1:0");
     assert_eq!(
         metrics.counter(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", WABA), ("outcome", "sent")]
         ),
         1
@@ -297,7 +298,7 @@ async fn same_outbox_key_twice_sends_once() {
     assert!(again.duplicate && other_process.duplicate);
     assert_eq!(
         metrics.counter(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", WABA), ("outcome", "duplicate")]
         ),
         2
@@ -559,7 +560,7 @@ async fn graph_error_paths() {
     assert_eq!(graph.count(), 19);
     let by = |outcome| {
         metrics.counter(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", WABA), ("outcome", outcome)],
         )
     };
@@ -678,7 +679,7 @@ async fn dry_run_without_credentials() {
     assert_eq!(graph.count(), 0);
     assert_eq!(
         metrics.counter(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", WABA), ("outcome", "dry_run")]
         ),
         1

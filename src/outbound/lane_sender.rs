@@ -24,7 +24,7 @@ use crate::config::ChannelConfig;
 use crate::conversation::window;
 use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Event, EventType, OutboundFailure};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::queue::{NewEvent, Queue};
 use crate::worker::{Clock, SendObserver};
 use std::collections::HashMap;
@@ -279,7 +279,7 @@ impl LaneSender {
                 )
                 .await;
                 self.metrics.inc(
-                    "coexist_messages_sent_total",
+                    Metric::MessagesSent,
                     &[("channel", &grant.channel), ("outcome", "skipped")],
                 );
                 continue;
@@ -330,7 +330,7 @@ impl LaneSender {
                     bump,
                 } => {
                     self.metrics.inc(
-                        "coexist_outbound_lane_waits_total",
+                        Metric::OutboundLaneWaits,
                         &[("channel", &grant.channel), ("reason", reason.as_str())],
                     );
                     self.defer(&grant, until_ms, reason, bump.then_some(&head))
@@ -558,12 +558,12 @@ impl LaneSender {
     fn observe_latency(&self, channel: &str, head: &QueuedMessage, started: Instant) {
         let queued_ms = self.clock.now_ms().saturating_sub(head.queued_at).max(0);
         self.metrics.observe_seconds(
-            "coexist_outbound_queue_age_seconds",
+            Metric::OutboundQueueAgeSeconds,
             &[("channel", channel)],
             queued_ms as f64 / 1000.0,
         );
         self.metrics.observe_seconds(
-            "coexist_outbound_send_seconds",
+            Metric::OutboundSendSeconds,
             &[("channel", channel)],
             started.elapsed().as_secs_f64(),
         );
@@ -577,7 +577,7 @@ impl LaneSender {
             Err(e) => failure_code(e),
         };
         self.metrics.inc(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", &head.msg.channel), ("outcome", outcome)],
         );
         if let Some(observe) = &self.observer {

@@ -35,7 +35,7 @@ use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::conversation::window::Window;
 use crate::keys::Keys;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -234,7 +234,7 @@ impl Outbound {
             if sender.is_dry_run() {
                 tracing::info!(channel = %c.id, "no sending credentials/url configured: dry run");
             }
-            metrics.set_gauge("coexist_channel_unhealthy", &[("channel", &c.id)], 0);
+            metrics.set_gauge(Metric::ChannelUnhealthy, &[("channel", &c.id)], 0);
             channels.insert(
                 c.id.clone(),
                 ChannelOut {
@@ -306,7 +306,7 @@ impl Outbound {
             Err(e) => e.outcome(),
         };
         self.inner.metrics.inc(
-            "coexist_messages_sent_total",
+            Metric::MessagesSent,
             &[("channel", &msg.channel), ("outcome", outcome)],
         );
         match &result {
@@ -506,7 +506,7 @@ impl Outbound {
         ch.unhealthy.store(true, Ordering::Relaxed);
         self.inner
             .metrics
-            .set_gauge("coexist_channel_unhealthy", &[("channel", channel)], 1);
+            .set_gauge(Metric::ChannelUnhealthy, &[("channel", channel)], 1);
         tracing::error!(
             channel,
             detail,
@@ -525,7 +525,7 @@ impl Outbound {
     async fn set_healthy(&self, channel: &str) {
         self.inner
             .metrics
-            .set_gauge("coexist_channel_unhealthy", &[("channel", channel)], 0);
+            .set_gauge(Metric::ChannelUnhealthy, &[("channel", channel)], 0);
         if let Err(e) = self.inner.outbox.clear_health(channel).await {
             tracing::error!(channel, error = %e, "could not clear the unhealthy flag");
         }

@@ -17,7 +17,7 @@ use crate::bot::Bot;
 use crate::config::{ChannelConfig, Config};
 use crate::conversation::window::leads_from_minutes;
 use crate::conversation::ConversationStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::outbound::queue::{MemoryOutQueue, RedisOutQueue};
 use crate::outbound::{
     LaneSender, LaneSettings, OutQueue, OutQueueOptions, Outbound, OutgoingMessage, SendError, Sent,
@@ -387,7 +387,7 @@ impl Worker {
                 tracing::warn!(worker = %shared.id, error = %e, "lease round failed; retrying");
             }
             shared.metrics.set_gauge(
-                "coexist_leases_held",
+                Metric::LeasesHeld,
                 &[("worker", &shared.id)],
                 held.len() as u64,
             );
@@ -418,7 +418,7 @@ impl Worker {
         let _ = shared.queue.leave(&shared.id).await;
         shared
             .metrics
-            .set_gauge("coexist_leases_held", &[("worker", &shared.id)], 0);
+            .set_gauge(Metric::LeasesHeld, &[("worker", &shared.id)], 0);
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())
     }

@@ -16,6 +16,7 @@ use crate::conversation::store::{Fence, SaveOutcome};
 use crate::conversation::window::{self, timers_for, PlannedTimer};
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
+use crate::metrics::Metric;
 use crate::outbound::{MessageStatus, OutgoingMessage, QueuedMessage};
 use crate::queue::{timer_member, Entry, Lease, QueueError};
 use std::collections::HashMap;
@@ -216,7 +217,7 @@ impl<'a> PartitionTask<'a> {
         };
         shared
             .metrics
-            .inc("coexist_dead_letters_total", &[("channel", &lease.channel)]);
+            .inc(Metric::DeadLetters, &[("channel", &lease.channel)]);
         tracing::warn!(channel = %lease.channel, entry = %entry.id, error = %error, "event dead-lettered");
         match shared.queue.dead_letter(lease, entry, &error).await {
             Ok(true) => Next::Continue { dead: true },
@@ -244,14 +245,14 @@ impl<'a> PartitionTask<'a> {
             let started = Instant::now();
             let result = self.handle(entry).await;
             shared.metrics.observe_seconds(
-                "coexist_handler_seconds",
+                Metric::HandlerSeconds,
                 &[("channel", &lease.channel)],
                 started.elapsed().as_secs_f64(),
             );
             match result {
                 Handled::Done(event_type) => {
                     shared.metrics.inc(
-                        "coexist_events_handled_total",
+                        Metric::EventsHandled,
                         &[
                             ("channel", &lease.channel),
                             ("type", event_type),
@@ -264,10 +265,9 @@ impl<'a> PartitionTask<'a> {
                     return Some(Handled::GiveUp(format!("{e} (after {attempt} attempts)")));
                 }
                 Handled::Retry(e) => {
-                    shared.metrics.inc(
-                        "coexist_handler_retries_total",
-                        &[("channel", &lease.channel)],
-                    );
+                    shared
+                        .metrics
+                        .inc(Metric::HandlerRetries, &[("channel", &lease.channel)]);
                     tracing::info!(channel = %lease.channel, entry = %entry.id, attempt, error = %e, "handler failed; retrying");
                     if wait_or_stop(stop, backoff(s.retry_backoff_ms, attempt)).await {
                         return None;
@@ -307,7 +307,7 @@ impl<'a> PartitionTask<'a> {
                 return Handled::Done("timer_stale");
             }
             self.shared.metrics.inc(
-                "coexist_timers_fired_total",
+                Metric::TimersFired,
                 &[("channel", &self.lease.channel), ("timer", &timer.name)],
             );
         }
@@ -364,7 +364,7 @@ impl<'a> PartitionTask<'a> {
             // Wall clock on purpose (not the injectable one): this is a latency of the deployment.
             let waited_ms = crate::ingest::now_ms().saturating_sub(received_at).max(0);
             self.shared.metrics.observe_seconds(
-                "coexist_webhook_to_handler_seconds",
+                Metric::WebhookToHandlerSeconds,
                 &[("channel", &self.lease.channel)],
                 waited_ms as f64 / 1000.0,
             );
@@ -502,7 +502,7 @@ impl<'a> PartitionTask<'a> {
                 }
                 if has_replies {
                     self.shared.metrics.add(
-                        "coexist_outbound_queued_total",
+                        Metric::OutboundQueued,
                         &[("channel", &self.lease.channel)],
                         commit.replies.len() as u64,
                     );
