@@ -13,6 +13,8 @@
 //! long as the process (a parent-death signal fires when the *spawning thread* exits).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use coexist::keys::Keys;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -36,6 +38,9 @@ pub struct RedisServer {
     dir: PathBuf,
     _tempdir: Option<tempfile::TempDir>,
     options: RedisOptions,
+    /// `--cluster-enabled yes` with this `--cluster-node-timeout` (ms): a Redis Cluster node
+    /// (see [`cluster`]).
+    cluster_node_timeout_ms: Option<u64>,
     child: Mutex<Option<Child>>,
 }
 
@@ -47,15 +52,32 @@ impl RedisServer {
             .tempdir()
             .unwrap();
         let dir = tempdir.path().to_path_buf();
-        RedisServer::start_in(dir, Some(tempdir), options)
+        RedisServer::start_in(dir, Some(tempdir), options, None)
     }
 
-    fn start_in(dir: PathBuf, tempdir: Option<tempfile::TempDir>, options: RedisOptions) -> Self {
+    /// Starts a Redis Cluster node (AOF on, not yet part of a cluster: see [`cluster`]).
+    pub fn start_cluster_node(node_timeout_ms: u64) -> RedisServer {
+        let tempdir = tempfile::Builder::new()
+            .prefix("coexist-cluster-")
+            .tempdir()
+            .unwrap();
+        let dir = tempdir.path().to_path_buf();
+        let options = RedisOptions { appendonly: true };
+        RedisServer::start_in(dir, Some(tempdir), options, Some(node_timeout_ms))
+    }
+
+    fn start_in(
+        dir: PathBuf,
+        tempdir: Option<tempfile::TempDir>,
+        options: RedisOptions,
+        cluster_node_timeout_ms: Option<u64>,
+    ) -> Self {
         let server = RedisServer {
             port: free_port(),
             dir,
             _tempdir: tempdir,
             options,
+            cluster_node_timeout_ms,
             child: Mutex::new(None),
         };
         server.restart();
@@ -95,8 +117,16 @@ impl RedisServer {
             .arg("--daemonize")
             .arg("no")
             .arg("--logfile")
-            .arg("")
-            .stdin(Stdio::null())
+            .arg("");
+        if let Some(timeout) = self.cluster_node_timeout_ms {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(self.dir.join(format!("nodes-{}.conf", self.port)))
+                .arg("--cluster-node-timeout")
+                .arg(timeout.to_string());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let spawned = spawn_from_keeper(cmd);
@@ -181,7 +211,7 @@ pub fn shared_url() -> String {
     SHARED
         .get_or_init(|| {
             // Nothing is ever written to disk (no RDB, no AOF): no temp dir to clean up.
-            RedisServer::start_in(std::env::temp_dir(), None, RedisOptions::default())
+            RedisServer::start_in(std::env::temp_dir(), None, RedisOptions::default(), None)
         })
         .url()
 }
@@ -215,9 +245,19 @@ pub async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
+/// A plain connection to the node that holds `key`: `url` itself, or on a Redis Cluster the
+/// master of the key's slot (any node of the cluster may be given).
+pub async fn connection_for_key(url: &str, key: &str) -> redis::aio::MultiplexedConnection {
+    let mut con = connection(url).await;
+    match cluster::master_url_of(&mut con, key).await {
+        Some(master) if master != url => connection(&master).await,
+        _ => con,
+    }
+}
+
 /// Every entry of a stream, oldest first (`XRANGE key - +`).
 pub async fn xrange(url: &str, key: &str) -> Vec<StreamEntry> {
-    let mut con = connection(url).await;
+    let mut con = connection_for_key(url, key).await;
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -241,7 +281,7 @@ pub async fn xrange(url: &str, key: &str) -> Vec<StreamEntry> {
 
 /// `XLEN key`.
 pub async fn xlen(url: &str, key: &str) -> u64 {
-    let mut con = connection(url).await;
+    let mut con = connection_for_key(url, key).await;
     redis::cmd("XLEN")
         .arg(key)
         .query_async(&mut con)
