@@ -69,7 +69,8 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn new(redis_toml: &str, channels: &[String], redis_extra: &str) -> Deployment {
+    /// `redis_extra`: more keys of `[redis]`; `tables`: more tables at the end.
+    fn new(redis_toml: &str, channels: &[String], redis_extra: &str, tables: &str) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let prefix = support::prefix();
         let recorder = Recorder::start(FORWARD_SECRET);
@@ -100,6 +101,8 @@ lease_ms = 1500
 block_ms = 200
 retry_backoff_ms = 50
 max_attempts = 20
+
+{tables}
 "#,
             graph = graph.url(),
             bot = recorder.url,
@@ -290,7 +293,7 @@ async fn ingress_end_to_end_with_channels_on_every_master() {
     let cluster = support::cluster::shared();
     let probe = support::keys();
     let channels = channels_on_every_master(cluster, &probe, 6);
-    let d = Deployment::new(&cluster.toml(), &channels, "");
+    let d = Deployment::new(&cluster.toml(), &channels, "", "");
     // The deployment's own keys (its prefix) spread the same way: the tag is the channel.
     let masters: BTreeSet<u16> = channels
         .iter()
@@ -427,4 +430,142 @@ async fn replicated_durability_needs_a_replica() {
         .await
         .unwrap();
     assert!(Queue::Redis(local).confirm_durable("shop").await.is_ok());
+}
+
+/// 3 masters + 3 replicas, `durability = "replicated"`: while signed webhooks keep coming for
+/// a busy channel (and one channel on each other master), the master holding the busy channel
+/// is killed with SIGKILL and its replica promoted (cluster-node-timeout 1 s, no manual
+/// failover). Every webhook answered 200 is handled, in order per conversation, and no reply
+/// reaches the (fake) Graph API twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_loses_no_acknowledged_webhook() {
+    let cluster = Cluster::start(3, 1, 1000);
+    let probe = support::keys();
+    let channels = channels_on_every_master(&cluster, &probe, 3);
+    let d = Deployment::new(
+        &cluster.toml(),
+        &channels,
+        "durability = \"replicated\"\nreplication_timeout_ms = 1000",
+        // A lane whose grant was lost in the failover (taken on the old master, not yet
+        // replicated, or its answer lost) is free again after the lane lease: short here.
+        "[sending]\nlane_lease_ms = 3000",
+    );
+    let busy = channels[0].clone();
+    let victim = cluster.master_of(&d.keys.stream(&busy, 0));
+    d.recorder
+        .answer_all(json!({"replies": [{"type": "text", "text": "got it"}]}));
+    let serve = d.spawn("serve", "serve");
+    let workers = [d.spawn("work", "w1"), d.spawn("work", "w2")];
+    d.wait_serving().await;
+
+    // Posters: four conversations on the busy channel, one on each other channel. Each posts
+    // its messages one after the other and, like Meta, repeats a webhook until it gets 200.
+    let per_conversation = 40;
+    let mut conversations: Vec<(String, String)> = (0..4)
+        .map(|c| (busy.clone(), format!("1666000{c}")))
+        .collect();
+    conversations.extend(
+        channels[1..]
+            .iter()
+            .map(|ch| (ch.clone(), "16660009".to_string())),
+    );
+    let d = std::sync::Arc::new(d);
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posters: Vec<_> = conversations
+        .iter()
+        .cloned()
+        .map(|(ch, from)| {
+            let d = d.clone();
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for seq in 0..per_conversation {
+                    let body = webhook(vec![entry(
+                        &ch,
+                        &from,
+                        &format!("wamid.{ch}.{from}.{seq}"),
+                        &seq.to_string(),
+                    )]);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while d.post(&http, &body).await != 200 {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        assert!(Instant::now() < deadline, "webhook never accepted");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+
+    // Let a backlog build on the busy channel, then kill its master.
+    d.recorder
+        .wait_for("traffic before the kill", Duration::from_secs(30), |c| {
+            c.len() >= 40
+        })
+        .await;
+    cluster.node(victim).kill();
+    let killed_at = Instant::now();
+    cluster.wait_ready(Duration::from_secs(30));
+    let promoted = cluster.master_of(&d.keys.stream(&busy, 0));
+    assert_ne!(promoted, victim, "the replica took the busy channel's slot");
+    let failover = killed_at.elapsed();
+    // The promoted master has no replica now: with `durability = "replicated"` the busy
+    // channel is refused (503, Meta retries) until one follows it. The dead node comes back
+    // (as an orchestrator would restart it) and rejoins as the new master's replica.
+    cluster.node(victim).restart();
+    cluster.wait_ready(Duration::from_secs(30));
+    let replica_back = killed_at.elapsed();
+
+    for p in posters {
+        p.await.unwrap();
+    }
+    eprintln!("failover: posters done after {:?}", killed_at.elapsed());
+    let total = conversations.len() * per_conversation;
+    d.recorder
+        .wait_for(
+            "every acknowledged webhook handled",
+            Duration::from_secs(90),
+            |_| d.recorder.distinct_handled() >= total,
+        )
+        .await;
+    eprintln!("failover: all handled after {:?}", killed_at.elapsed());
+    let order = first_handling_order(&d.recorder.calls());
+    let want: Vec<String> = (0..per_conversation).map(|s| s.to_string()).collect();
+    assert_eq!(order.len(), conversations.len());
+    for (conv, texts) in &order {
+        assert_eq!(texts, &want, "{conv:?}: every message handled, in order");
+    }
+    // One reply per event, each sent once: the outbox keys the Graph API saw are unique.
+    let sends = support::eventually(Duration::from_secs(60), "every reply sent", || async {
+        let sends = d.graph.requests_to("/messages");
+        (sends.len() >= total).then_some(sends)
+    })
+    .await;
+    eprintln!("failover: all sent after {:?}", killed_at.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sends = d.graph.requests_to("/messages").len().max(sends.len());
+    let keys: BTreeSet<String> = d
+        .graph
+        .requests_to("/messages")
+        .iter()
+        .map(|r| {
+            r.body["biz_opaque_callback_data"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), total, "one reply per event");
+    assert_eq!(sends, total, "no reply sent twice");
+    eprintln!(
+        "failover: promoted {promoted} in {failover:?} after killing {victim}, replica back after {replica_back:?}; {} webhook posts refused (retried) meanwhile",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    for w in workers {
+        w.stop();
+    }
+    let d = std::sync::Arc::try_unwrap(d).ok().expect("posters done");
+    serve.stop();
+    drop(d);
 }
