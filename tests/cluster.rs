@@ -565,6 +565,10 @@ async fn failover_loses_no_acknowledged_webhook() {
     for w in workers {
         w.stop();
     }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "while the busy channel had no master, then no replica, its webhooks were refused (503)"
+    );
     let d = std::sync::Arc::try_unwrap(d).ok().expect("posters done");
     serve.stop();
     drop(d);

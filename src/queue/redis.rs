@@ -187,7 +187,7 @@ impl RedisQueue {
     }
 
     /// The shared multiplexed connection (cheap clone).
-    pub fn conn(&self) -> RedisConn {
+    pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
 

@@ -73,7 +73,10 @@ impl RedisServer {
         cluster_node_timeout_ms: Option<u64>,
     ) -> Self {
         let server = RedisServer {
-            port: free_port(),
+            port: match cluster_node_timeout_ms {
+                Some(_) => free_cluster_port(),
+                None => free_port(),
+            },
             dir,
             _tempdir: tempdir,
             options,
@@ -363,6 +366,18 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port P whose cluster bus port P + 10000 is free too (so P ≤ 55535: an ephemeral
+/// port from the kernel may be higher, and redis-server refuses it as a cluster node).
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = rand::random_range(20_000..45_000u16);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }
 
 fn ping(port: u16) -> bool {
