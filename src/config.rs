@@ -167,13 +167,16 @@ impl ServerConfig {
             return n.max(1);
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let local_redis = redis.is_some_and(|r| {
-            let url = r.url.expose();
+        let is_local = |url: &str| {
             url.starts_with("unix:")
                 || url.starts_with("redis+unix:")
                 || ["//127.0.0.1", "//localhost", "//[::1]"]
                     .iter()
                     .any(|h| url.contains(h))
+        };
+        let local_redis = redis.is_some_and(|r| match r.cluster.is_empty() {
+            true => is_local(r.url.expose()),
+            false => r.cluster.iter().any(|u| is_local(u.expose())),
         });
         if local_redis {
             cores.saturating_sub(1).max(1)
@@ -185,12 +188,47 @@ impl ServerConfig {
 
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
+    /// One node (ignored when `cluster` is set).
     pub url: Secret,
+    /// Redis Cluster seed nodes; empty: the single node at `url`.
+    pub cluster: Vec<Secret>,
+    /// What a 200 (ingress) or 202 (send API) waits for.
+    pub durability: Durability,
+    /// `durability = "replicated"`: how long to wait for a replica before answering 503.
+    pub replication_timeout_ms: u64,
     pub prefix: String,
     /// How long an event id is remembered for dedupe. Meta retries for up to 7 days.
     pub dedupe_ttl_secs: u64,
     /// Approximate cap on each inbound stream (`MAXLEN ~`), 0 = none.
     pub stream_maxlen: u64,
+}
+
+/// `[redis] durability`: what must hold a write before ingress answers 200 (and the send API
+/// 202).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// The node that took the write said yes (its AOF fsync policy decides the rest).
+    #[default]
+    Local,
+    /// The node that took the write and at least one replica (`WAIT 1 <timeout>`).
+    Replicated,
+}
+
+impl RedisConfig {
+    /// Where to connect: the cluster seeds when configured, else the one node.
+    pub fn endpoint(&self) -> crate::redis_conn::Endpoint {
+        use crate::redis_conn::Endpoint;
+        if self.cluster.is_empty() {
+            Endpoint::Single(self.url.expose().to_string())
+        } else {
+            Endpoint::Cluster(
+                self.cluster
+                    .iter()
+                    .map(|s| s.expose().to_string())
+                    .collect(),
+            )
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -319,6 +357,9 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: Option<Spanned<String>>,
+    cluster: Option<Spanned<Vec<Spanned<String>>>>,
+    durability: Option<Spanned<String>>,
+    replication_timeout_ms: Option<u64>,
     prefix: Option<String>,
     dedupe_ttl_secs: Option<u64>,
     stream_maxlen: Option<u64>,
@@ -540,6 +581,46 @@ impl Ctx<'_> {
         }))
     }
 
+    /// `[redis] cluster`: the seed nodes (URLs, `${VAR}` allowed); never together with `url`.
+    fn redis_cluster(&self, r: &RawRedis) -> Result<Vec<Secret>, ConfigError> {
+        let Some(seeds) = &r.cluster else {
+            return Ok(Vec::new());
+        };
+        if let Some(url) = &r.url {
+            let (span, key) = if url.span().start > seeds.span().start {
+                (url.span(), "redis.url")
+            } else {
+                (seeds.span(), "redis.cluster")
+            };
+            return self.err(
+                span,
+                key,
+                "`redis.url` and `redis.cluster` are both set: use `url` for one node or `cluster` (seed nodes) for a Redis Cluster, not both",
+            );
+        }
+        if seeds.get_ref().is_empty() {
+            return self.err(
+                seeds.span(),
+                "redis.cluster",
+                "no seed node: list at least one \"redis://host:port\" (or use `url` for one node)",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, seed) in seeds.get_ref().iter().enumerate() {
+            let key = format!("redis.cluster[{i}]");
+            let url = self.required(seed, &key)?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return self.err(
+                    seed.span(),
+                    &key,
+                    "a cluster seed is a redis:// or rediss:// URL (host and port)",
+                );
+            }
+            out.push(Secret(url));
+        }
+        Ok(out)
+    }
+
     fn build(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let server = ServerConfig {
             listen: match &raw.server.listen {
@@ -557,6 +638,24 @@ impl Ctx<'_> {
                     Some(u) => Secret(self.required(u, "redis.url")?),
                     None => Secret("redis://127.0.0.1:6379".into()),
                 },
+                cluster: self.redis_cluster(&r)?,
+                durability: match &r.durability {
+                    None => Durability::Local,
+                    Some(d) => match d.get_ref().as_str() {
+                        "local" => Durability::Local,
+                        "replicated" => Durability::Replicated,
+                        other => {
+                            return self.err(
+                                d.span(),
+                                "redis.durability",
+                                format!(
+                                    "unknown durability {other:?} (expected \"local\" or \"replicated\")"
+                                ),
+                            )
+                        }
+                    },
+                },
+                replication_timeout_ms: r.replication_timeout_ms.unwrap_or(1000).max(1),
                 prefix: r.prefix.unwrap_or_else(|| "cx".into()),
                 dedupe_ttl_secs: r.dedupe_ttl_secs.unwrap_or(8 * 24 * 3600),
                 stream_maxlen: r.stream_maxlen.unwrap_or(0),
@@ -1022,6 +1121,60 @@ secret = "${FORWARD_SECRET}"
     #[test]
     fn no_redis_table_means_embedded_queue() {
         assert!(parse("").unwrap().redis.is_none());
+    }
+
+    #[test]
+    fn redis_cluster_seeds_durability_and_their_errors() {
+        use crate::redis_conn::Endpoint;
+        let c = parse("[redis]\nurl = \"redis://10.0.0.9:6379\"\n").unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(
+            r.endpoint(),
+            Endpoint::Single("redis://10.0.0.9:6379".into())
+        );
+        assert_eq!(r.durability, Durability::Local);
+        assert_eq!(r.replication_timeout_ms, 1000);
+
+        let c = parse(
+            "[redis]\ncluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\ndurability = \"replicated\"\nreplication_timeout_ms = 250\n",
+        )
+        .unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(
+            r.endpoint(),
+            Endpoint::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7000".into()
+            ])
+        );
+        assert_eq!(r.durability, Durability::Replicated);
+        assert_eq!(r.replication_timeout_ms, 250);
+        assert!(!format!("{r:?}").contains("10.0.0.1"), "seeds are secrets");
+
+        let e =
+            parse("[redis]\nprefix = \"cx\"\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("line 4") && e.contains("redis.url") && e.contains("redis.cluster"),
+            "{e}"
+        );
+        let e = parse("[redis]\ncluster = []\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("redis.cluster"), "{e}");
+        let e = parse("[redis]\ncluster = [\"10.0.0.1:7000\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("redis.cluster[0]"),
+            "{e}"
+        );
+        let e = parse("[redis]\n\ndurability = \"replica\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("redis.durability"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -193,9 +193,11 @@ impl Keys {
         }
     }
 
-    /// Registry of live workers (not per channel: one key for the whole deployment).
+    /// Registry of live workers (not per channel: one key for the whole deployment). Its own
+    /// fixed hash tag, `{_workers}`: no channel id starts with `_`, so it never shares a
+    /// channel's tag, and a script given it may only ever touch it.
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
+        format!("{}:{{_workers}}:workers", self.prefix)
     }
 }
 
@@ -242,6 +244,8 @@ mod tests {
             assert!(key.starts_with("cx:{shop}:"), "{key}");
         }
         assert_eq!(k.stream("shop", 3), "cx:{shop}:in:3");
+        assert_eq!(k.workers(), "cx:{_workers}:workers");
+        assert_eq!(k.reach("shop", Some("acme")), "cx:{portfolio:acme}:reach");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod event;
 pub mod failpoint;
 pub mod keys;
 pub mod queue;
+pub mod redis_conn;
 pub mod routing;
 pub mod verify;
 pub mod wire;

@@ -28,10 +28,19 @@ pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
             loop {
                 attempt += 1;
                 let keys = Keys::new(r.prefix.clone());
-                match RedisQueue::connect(r.url.expose(), keys, r.dedupe_ttl_secs, r.stream_maxlen)
-                    .await
+                match RedisQueue::connect_to(
+                    &r.endpoint(),
+                    keys,
+                    r.dedupe_ttl_secs,
+                    r.stream_maxlen,
+                )
+                .await
                 {
-                    Ok(q) => break Queue::Redis(q),
+                    Ok(q) => {
+                        break Queue::Redis(
+                            q.with_durability(r.durability, r.replication_timeout_ms),
+                        )
+                    }
                     Err(e) if attempt < CONNECT_ATTEMPTS => {
                         tracing::warn!(attempt, error = %e, "redis not ready; retrying");
                         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;

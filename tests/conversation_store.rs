@@ -21,7 +21,8 @@ const REDIS_TTL_SECS: u64 = 600;
 /// Where the partition leases live, so a test can move a lease like a rebalance would.
 enum Leases {
     Redis {
-        con: redis::aio::MultiplexedConnection,
+        /// The store's own kind of connection (one node or the cluster), for direct writes.
+        con: coexist::redis_conn::RedisConn,
         keys: Keys,
     },
     Memory(MemoryLeases),
@@ -42,11 +43,29 @@ impl Fixture {
             .await
             .unwrap();
         Fixture {
-            store: RedisConversationStore::new(manager, keys.clone(), REDIS_TTL_SECS).into(),
+            store: RedisConversationStore::new(manager.clone(), keys.clone(), REDIS_TTL_SECS)
+                .into(),
             leases: Leases::Redis {
-                con: support::connection(&url).await,
+                con: manager.into(),
                 keys,
             },
+        }
+    }
+
+    /// The same suite on a 3-master Redis Cluster (the binary's shared one).
+    async fn cluster() -> Fixture {
+        let options = coexist::redis_conn::ConnectOptions {
+            response_timeout: Duration::from_secs(3),
+            connection_timeout: Duration::from_secs(2),
+        };
+        let endpoint = support::cluster::shared().endpoint();
+        let con = coexist::redis_conn::RedisConn::connect(&endpoint, options)
+            .await
+            .unwrap();
+        let keys = support::keys();
+        Fixture {
+            store: RedisConversationStore::new(con.clone(), keys.clone(), REDIS_TTL_SECS).into(),
+            leases: Leases::Redis { con, keys },
         }
     }
 
@@ -457,6 +476,14 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $test() {
                     super::$test(super::Fixture::redis().await).await
+                }
+            )*
+        }
+        mod cluster_backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Fixture::cluster().await).await
                 }
             )*
         }

@@ -16,7 +16,6 @@ use coexist::outbound::{
     OutgoingMessage, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
 };
 use fakes::{Answer, FakeServer};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -118,12 +117,13 @@ fn fast_options() -> OutboundOptions {
     }
 }
 
-async fn connection() -> ConnectionManager {
+async fn connection() -> coexist::redis_conn::RedisConn {
     redis::Client::open(support::shared_url())
         .unwrap()
         .get_connection_manager()
         .await
         .unwrap()
+        .into()
 }
 
 /// An `Outbound` on its own Redis connection.

@@ -37,6 +37,21 @@ async fn redis_queue() -> (OutQueue, Keys) {
     (OutQueue::Redis(q), keys)
 }
 
+/// A Redis-backed queue on the binary's shared 3-master Redis Cluster.
+async fn cluster_queue() -> (OutQueue, Keys) {
+    let keys = support::keys();
+    let options_ = coexist::redis_conn::ConnectOptions {
+        response_timeout: std::time::Duration::from_secs(3),
+        connection_timeout: std::time::Duration::from_secs(2),
+    };
+    let endpoint = support::cluster::shared().endpoint();
+    let con = coexist::redis_conn::RedisConn::connect(&endpoint, options_)
+        .await
+        .unwrap();
+    let q = RedisOutQueue::new(con, keys.clone(), options());
+    (OutQueue::Redis(q), keys)
+}
+
 /// A memory queue, with its memory outbox.
 fn memory_queue() -> (OutQueue, Outbox) {
     let outbox = Outbox::memory(support::keys(), OutboxOptions::default());
@@ -115,12 +130,20 @@ fn waiting(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-/// Runs a suite on both backends: `<name>_redis` and `<name>_memory`.
+/// Runs a suite on both backends: `<name>_redis` and `<name>_memory`, and the Redis one on a
+/// Redis Cluster too: `<name>_redis::on_cluster`.
 macro_rules! both {
     ($suite:ident, $redis:ident, $memory:ident) => {
         #[tokio::test]
         async fn $redis() {
             $suite(redis_queue().await.0).await;
+        }
+
+        mod $redis {
+            #[tokio::test]
+            async fn on_cluster() {
+                super::$suite(super::cluster_queue().await.0).await;
+            }
         }
 
         #[tokio::test]

@@ -44,6 +44,19 @@ impl Fixture {
         }
     }
 
+    /// The same suite on a 3-master Redis Cluster (the binary's shared one).
+    async fn cluster(dedupe_ttl_secs: u64) -> Fixture {
+        let cluster = support::cluster::shared();
+        let keys = support::keys();
+        let q = RedisQueue::connect_to(&cluster.endpoint(), keys.clone(), dedupe_ttl_secs, 0)
+            .await
+            .unwrap();
+        Fixture {
+            queue: Queue::Redis(q),
+            redis: Some((cluster.seeds()[0].clone(), keys)),
+        }
+    }
+
     async fn entries(&self, channel: &str, partition: u32) -> Vec<Row> {
         match (&self.queue, &self.redis) {
             (Queue::Memory(m), _) => m.entries(channel, partition),
@@ -768,6 +781,7 @@ macro_rules! behaviour_suite {
 
 behaviour_suite!(memory);
 behaviour_suite!(redis);
+behaviour_suite!(cluster);
 
 /// Redis-only: what happens when the server goes away.
 mod redis_failures {

@@ -286,6 +286,13 @@ impl SendApi {
             .submit(&queued, &conversation, idempotency.as_ref(), now_ms)
             .await
             .map_err(ApiError::unavailable)?;
+        // `durability = "replicated"`: 202 only once a replica has the message (a replayed
+        // key too: its first copy may be the one a replica has not acknowledged).
+        self.inner
+            .queue
+            .confirm_durable(channel)
+            .await
+            .map_err(ApiError::unavailable)?;
         match submitted {
             Submitted::Queued(id) => {
                 if request.reply.is_message() {
@@ -389,6 +396,11 @@ impl SendApi {
         self.inner
             .out
             .create_broadcast(channel, &new, now_ms)
+            .await
+            .map_err(ApiError::unavailable)?;
+        self.inner
+            .queue
+            .confirm_durable(channel)
             .await
             .map_err(ApiError::unavailable)?;
         if let Some(wake) = &self.inner.wake {

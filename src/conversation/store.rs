@@ -9,7 +9,7 @@
 
 use super::state::ConversationState;
 use crate::keys::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use redis::Script;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -179,16 +179,16 @@ fn decode(key: &str, json: &str, version: u64) -> Result<ConversationState, Stor
 /// States in Redis: one hash per conversation (`v` = version, `s` = JSON), with a TTL.
 #[derive(Clone)]
 pub struct RedisConversationStore {
-    con: ConnectionManager,
+    con: RedisConn,
     keys: Keys,
     ttl_ms: u64,
 }
 
 impl RedisConversationStore {
     /// `ttl_secs` = `[worker] conversation_ttl_secs`: a state expires after that much inactivity.
-    pub fn new(con: ConnectionManager, keys: Keys, ttl_secs: u64) -> Self {
+    pub fn new(con: impl Into<RedisConn>, keys: Keys, ttl_secs: u64) -> Self {
         RedisConversationStore {
-            con,
+            con: con.into(),
             keys,
             ttl_ms: ttl_secs.saturating_mul(1000),
         }

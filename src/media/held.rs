@@ -5,7 +5,7 @@
 use super::{MediaError, MediaFile};
 use crate::keys::Keys;
 use crate::outbound::rules::GATEWAY_MEDIA_PREFIX;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ type MemoryFiles = Arc<Mutex<HashMap<(String, String), (MediaFile, Instant)>>>;
 #[derive(Clone)]
 pub enum HeldUploads {
     Redis {
-        con: ConnectionManager,
+        con: RedisConn,
         keys: Keys,
         ttl_secs: u64,
     },
@@ -51,9 +51,9 @@ fn new_id() -> String {
 }
 
 impl HeldUploads {
-    pub fn redis(con: ConnectionManager, keys: Keys, ttl_secs: u64) -> HeldUploads {
+    pub fn redis(con: impl Into<RedisConn>, keys: Keys, ttl_secs: u64) -> HeldUploads {
         HeldUploads::Redis {
-            con,
+            con: con.into(),
             keys,
             ttl_secs,
         }

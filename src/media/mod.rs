@@ -290,7 +290,7 @@ impl MediaHub {
     /// is given, else in this process's memory.
     pub fn new(
         config: &Config,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: Option<crate::redis_conn::RedisConn>,
     ) -> Result<MediaHub, reqwest::Error> {
         let keys = Keys::new(
             config

@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::conversation::window::Window;
 use crate::keys::Keys;
 use crate::metrics::{Metric, Metrics};
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -183,7 +183,7 @@ impl Outbound {
     /// given (keys under `[redis] prefix`), else in memory (one process).
     pub fn new(
         config: &Config,
-        redis: Option<ConnectionManager>,
+        redis: Option<RedisConn>,
         metrics: Metrics,
     ) -> Result<Outbound, OutboundError> {
         Outbound::with_options(
@@ -196,7 +196,7 @@ impl Outbound {
 
     pub fn with_options(
         config: &Config,
-        redis: Option<ConnectionManager>,
+        redis: Option<RedisConn>,
         metrics: Metrics,
         options: OutboundOptions,
     ) -> Result<Outbound, OutboundError> {

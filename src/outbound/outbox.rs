@@ -15,7 +15,7 @@
 use super::error::SendError;
 use super::message::{OutgoingMessage, Sent};
 use crate::keys::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -83,7 +83,7 @@ impl Default for OutboxOptions {
 #[derive(Clone)]
 pub enum Outbox {
     Redis {
-        con: ConnectionManager,
+        con: RedisConn,
         keys: Keys,
         options: OutboxOptions,
     },
@@ -178,8 +178,12 @@ fn audit_entry(
 }
 
 impl Outbox {
-    pub fn redis(con: ConnectionManager, keys: Keys, options: OutboxOptions) -> Outbox {
-        Outbox::Redis { con, keys, options }
+    pub fn redis(con: impl Into<RedisConn>, keys: Keys, options: OutboxOptions) -> Outbox {
+        Outbox::Redis {
+            con: con.into(),
+            keys,
+            options,
+        }
     }
 
     pub fn memory(keys: Keys, options: OutboxOptions) -> Outbox {

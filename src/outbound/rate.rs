@@ -29,7 +29,7 @@
 use crate::channel::ChannelKind;
 use crate::config::ChannelConfig;
 use crate::keys::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -173,7 +173,7 @@ pub enum RateError {
 #[derive(Clone)]
 pub enum RateLimiter {
     Redis {
-        con: ConnectionManager,
+        con: RedisConn,
         keys: Keys,
     },
     Memory {
@@ -197,8 +197,11 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn redis(con: ConnectionManager, keys: Keys) -> RateLimiter {
-        RateLimiter::Redis { con, keys }
+    pub fn redis(con: impl Into<RedisConn>, keys: Keys) -> RateLimiter {
+        RateLimiter::Redis {
+            con: con.into(),
+            keys,
+        }
     }
 
     pub fn memory(keys: Keys) -> RateLimiter {

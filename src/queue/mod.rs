@@ -54,6 +54,10 @@ pub enum QueueError {
     /// worker must stop handling the partition; a newer owner re-handles what was not acked.
     #[error("lease on {channel} partition {partition} lost")]
     LeaseLost { channel: String, partition: u32 },
+    /// `durability = "replicated"`: no replica acknowledged the write in time. It may be on
+    /// the master only: the caller must not acknowledge it (ingress 503, send API 503).
+    #[error("no replica acknowledged the write of {channel} within {timeout_ms} ms")]
+    NotReplicated { channel: String, timeout_ms: u64 },
 }
 
 /// A held partition lease. `token` is the fencing token: it only ever grows per partition,
@@ -137,6 +141,16 @@ impl Queue {
         match self {
             Queue::Redis(q) => q.enqueue(batch).await,
             Queue::Memory(q) => q.enqueue(batch).await,
+        }
+    }
+
+    /// `durability = "replicated"`: waits until a replica has every write made so far to the
+    /// node holding `channel`'s keys (`WAIT`); `NotReplicated` if none did in time. Nothing to
+    /// wait for with `durability = "local"` or the embedded queue.
+    pub async fn confirm_durable(&self, channel: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.confirm_durable([channel]).await,
+            Queue::Memory(_) => Ok(()),
         }
     }
 

@@ -2,9 +2,12 @@
 //! Lua script per event, a whole webhook's events in one pipeline.
 
 use super::{DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueError};
+use crate::config::Durability;
 use crate::keys::{Keys, GROUP};
+use crate::redis_conn::{ConnectOptions, Endpoint, RedisConn};
 use crate::routing::partition_of;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, RedisError, ServerErrorKind, Value};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -45,15 +48,36 @@ pub struct RedisQueue {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where blocking-read connections come from.
+    blocking_source: BlockingSource,
+    conn: RedisConn,
     keys: Keys,
     dedupe_ttl_secs: u64,
     stream_maxlen: u64,
+    /// `durability = "replicated"`: how long a write may wait for one replica (`WAIT 1 t`).
+    replication_timeout_ms: Option<u64>,
     /// Idle connections for blocking reads: a blocked XREADGROUP would stall every other
     /// command on a shared socket, and needs a response timeout longer than its BLOCK.
     /// A read takes one out and puts it back only after a clean answer.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<BlockingConn>>,
+}
+
+/// Opens connections for blocking reads.
+enum BlockingSource {
+    Single(redis::Client),
+    /// Seed nodes: each blocking connection is a cluster connection of its own (it routes the
+    /// read to the stream's master and follows it through a failover).
+    Cluster(Vec<String>),
+}
+
+/// A connection a blocking read has to itself.
+enum BlockingConn {
+    Single(MultiplexedConnection),
+    /// Built with a response timeout for reads that block `block_ms`.
+    Cluster {
+        conn: ClusterConnection,
+        block_ms: u64,
+    },
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -66,30 +90,48 @@ impl std::fmt::Debug for RedisQueue {
 }
 
 impl RedisQueue {
-    /// Connects (failing if Redis is unreachable now) and loads the scripts.
+    /// Connects to one node (failing if Redis is unreachable now) and loads the scripts.
     pub async fn connect(
         url: &str,
         keys: Keys,
         dedupe_ttl_secs: u64,
         stream_maxlen: u64,
     ) -> Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(url)?;
-        // Few, short reconnect retries: while Redis is down, callers should get an error
-        // (ingress: 503, the sender retries) quickly rather than hang.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = client.get_connection_manager_with_config(config).await?;
+        Self::connect_to(
+            &Endpoint::Single(url.to_string()),
+            keys,
+            dedupe_ttl_secs,
+            stream_maxlen,
+        )
+        .await
+    }
+
+    /// Connects to one node or a cluster (failing if Redis is unreachable now) and loads the
+    /// scripts.
+    pub async fn connect_to(
+        endpoint: &Endpoint,
+        keys: Keys,
+        dedupe_ttl_secs: u64,
+        stream_maxlen: u64,
+    ) -> Result<RedisQueue, QueueError> {
+        let blocking_source = match endpoint {
+            Endpoint::Single(url) => BlockingSource::Single(redis::Client::open(url.as_str())?),
+            Endpoint::Cluster(seeds) => BlockingSource::Cluster(seeds.clone()),
+        };
+        let options = ConnectOptions {
+            response_timeout: RESPONSE_TIMEOUT,
+            connection_timeout: CONNECT_TIMEOUT,
+        };
+        let mut conn = RedisConn::connect(endpoint, options).await?;
         ENQUEUE.load_async(&mut conn).await?;
         Ok(RedisQueue {
             inner: Arc::new(Inner {
-                client,
+                blocking_source,
                 conn,
                 keys,
                 dedupe_ttl_secs: dedupe_ttl_secs.max(1),
                 stream_maxlen,
+                replication_timeout_ms: None,
                 blocking: Mutex::new(Vec::new()),
             }),
         })
@@ -99,8 +141,53 @@ impl RedisQueue {
         &self.inner.keys
     }
 
+    /// `[redis] durability`: with `Replicated`, [`RedisQueue::enqueue`] and
+    /// [`RedisQueue::confirm_durable`] wait for one replica (`WAIT 1 timeout_ms`). Call before
+    /// the queue is cloned.
+    pub fn with_durability(mut self, durability: Durability, timeout_ms: u64) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("with_durability before any clone");
+        inner.replication_timeout_ms =
+            (durability == Durability::Replicated).then_some(timeout_ms.max(1));
+        self
+    }
+
+    /// Waits for one replica of each node holding one of `channels` to have every write made
+    /// so far on this connection (the WAIT runs on the connection that carried the writes, so
+    /// it covers them). Nothing to do with `durability = "local"`.
+    pub async fn confirm_durable<'a>(
+        &self,
+        channels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), QueueError> {
+        let Some(timeout_ms) = self.inner.replication_timeout_ms else {
+            return Ok(());
+        };
+        let mut channels: Vec<&str> = channels.into_iter().collect();
+        channels.sort_unstable();
+        channels.dedup();
+        // One WAIT per slot, all at once (on a cluster, several masters wait in parallel; on
+        // one node each WAIT after the first finds the replica already there).
+        let waits = channels.iter().map(|ch| {
+            let mut conn = self.conn();
+            let key = self.inner.keys.aliases(ch);
+            async move {
+                let acked = conn.wait_for_replicas(&key, 1, timeout_ms).await?;
+                if acked < 1 {
+                    return Err(QueueError::NotReplicated {
+                        channel: ch.to_string(),
+                        timeout_ms,
+                    });
+                }
+                Ok(())
+            }
+        });
+        for r in futures_util::future::join_all(waits).await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// The shared multiplexed connection (cheap clone).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
 
@@ -151,6 +238,9 @@ impl RedisQueue {
             ENQUEUE.load_async(&mut conn).await?;
             todo = again;
         }
+        // Duplicates too: their first copy may be the write a replica has not acknowledged.
+        self.confirm_durable(batch.iter().map(|e| e.channel.as_str()))
+            .await?;
         Ok(results
             .into_iter()
             .map(|r| r.expect("every event answered"))
@@ -363,10 +453,16 @@ impl RedisQueue {
         cmd.arg("STREAMS")
             .arg(self.inner.keys.stream(&lease.channel, lease.partition))
             .arg(">");
-        let (mut conn, mut pooled) = self.blocking_connection().await?;
+        let (mut conn, mut pooled) = self.blocking_connection(block_ms).await?;
         let reply: Option<StreamReadReply> = loop {
-            conn.set_response_timeout(Duration::from_millis(block_ms) + BLOCK_MARGIN);
-            match cmd.query_async(&mut conn).await {
+            let answer = match &mut conn {
+                BlockingConn::Single(c) => {
+                    c.set_response_timeout(Duration::from_millis(block_ms) + BLOCK_MARGIN);
+                    cmd.query_async(c).await
+                }
+                BlockingConn::Cluster { conn, .. } => cmd.query_async(conn).await,
+            };
+            match answer {
                 Ok(reply) => break reply,
                 // A pooled connection may have died idle (Redis restarted): every pooled one
                 // is suspect, so drop them all and try once on a fresh connection. Retrying is
@@ -377,7 +473,7 @@ impl RedisQueue {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .clear();
-                    conn = self.new_blocking_connection().await?;
+                    conn = self.new_blocking_connection(block_ms).await?;
                     pooled = false;
                 }
                 // On error the connection is dropped, not pooled: its state is unknown.
@@ -402,29 +498,52 @@ impl RedisQueue {
             .collect())
     }
 
-    /// An idle pooled connection (`true`) or a new one (`false`).
-    async fn blocking_connection(&self) -> Result<(MultiplexedConnection, bool), QueueError> {
-        let idle = self
-            .inner
-            .blocking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+    /// An idle pooled connection (`true`) or a new one (`false`) for reads blocking `block_ms`.
+    async fn blocking_connection(&self, block_ms: u64) -> Result<(BlockingConn, bool), QueueError> {
+        let idle = {
+            let mut pool = self
+                .inner
+                .blocking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // A cluster connection's response timeout is fixed when it is built: only one
+            // built for this block time fits.
+            let fits = |c: &BlockingConn| match c {
+                BlockingConn::Single(_) => true,
+                BlockingConn::Cluster { block_ms: b, .. } => *b == block_ms,
+            };
+            pool.iter().rposition(fits).map(|i| pool.swap_remove(i))
+        };
         match idle {
             Some(conn) => Ok((conn, true)),
-            None => Ok((self.new_blocking_connection().await?, false)),
+            None => Ok((self.new_blocking_connection(block_ms).await?, false)),
         }
     }
 
-    async fn new_blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        Ok(self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    async fn new_blocking_connection(&self, block_ms: u64) -> Result<BlockingConn, QueueError> {
+        match &self.inner.blocking_source {
+            BlockingSource::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                Ok(BlockingConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            BlockingSource::Cluster(seeds) => {
+                let client = crate::redis_conn::cluster_client(
+                    seeds,
+                    Duration::from_millis(block_ms) + BLOCK_MARGIN,
+                    CONNECT_TIMEOUT,
+                )?;
+                Ok(BlockingConn::Cluster {
+                    conn: client.get_async_connection().await?,
+                    block_ms,
+                })
+            }
+        }
     }
 
     pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {

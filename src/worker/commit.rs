@@ -11,7 +11,7 @@ use crate::outbound::queue::redis::{COMMIT, COMMIT_LEAN};
 use crate::outbound::queue::MemoryOutQueue;
 use crate::outbound::QueuedMessage;
 use crate::queue::MemoryQueue;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 /// What one handled event changes.
 #[derive(Debug)]
@@ -52,7 +52,7 @@ pub(crate) enum CommitError {
 #[derive(Clone)]
 pub(crate) enum Committer {
     Redis {
-        con: ConnectionManager,
+        con: RedisConn,
         keys: Keys,
         state_ttl_ms: u64,
         record_ttl_ms: u64,
@@ -92,7 +92,7 @@ impl Committer {
 }
 
 async fn commit_redis(
-    con: &ConnectionManager,
+    con: &RedisConn,
     keys: &Keys,
     state_ttl_ms: u64,
     record_ttl_ms: u64,

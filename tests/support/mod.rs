@@ -13,6 +13,8 @@
 //! long as the process (a parent-death signal fires when the *spawning thread* exits).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use coexist::keys::Keys;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -36,6 +38,9 @@ pub struct RedisServer {
     dir: PathBuf,
     _tempdir: Option<tempfile::TempDir>,
     options: RedisOptions,
+    /// `--cluster-enabled yes` with this `--cluster-node-timeout` (ms): a Redis Cluster node
+    /// (see [`cluster`]).
+    cluster_node_timeout_ms: Option<u64>,
     child: Mutex<Option<Child>>,
 }
 
@@ -47,15 +52,35 @@ impl RedisServer {
             .tempdir()
             .unwrap();
         let dir = tempdir.path().to_path_buf();
-        RedisServer::start_in(dir, Some(tempdir), options)
+        RedisServer::start_in(dir, Some(tempdir), options, None)
     }
 
-    fn start_in(dir: PathBuf, tempdir: Option<tempfile::TempDir>, options: RedisOptions) -> Self {
+    /// Starts a Redis Cluster node (AOF on, not yet part of a cluster: see [`cluster`]).
+    pub fn start_cluster_node(node_timeout_ms: u64) -> RedisServer {
+        let tempdir = tempfile::Builder::new()
+            .prefix("coexist-cluster-")
+            .tempdir()
+            .unwrap();
+        let dir = tempdir.path().to_path_buf();
+        let options = RedisOptions { appendonly: true };
+        RedisServer::start_in(dir, Some(tempdir), options, Some(node_timeout_ms))
+    }
+
+    fn start_in(
+        dir: PathBuf,
+        tempdir: Option<tempfile::TempDir>,
+        options: RedisOptions,
+        cluster_node_timeout_ms: Option<u64>,
+    ) -> Self {
         let server = RedisServer {
-            port: free_port(),
+            port: match cluster_node_timeout_ms {
+                Some(_) => free_cluster_port(),
+                None => free_port(),
+            },
             dir,
             _tempdir: tempdir,
             options,
+            cluster_node_timeout_ms,
             child: Mutex::new(None),
         };
         server.restart();
@@ -95,8 +120,16 @@ impl RedisServer {
             .arg("--daemonize")
             .arg("no")
             .arg("--logfile")
-            .arg("")
-            .stdin(Stdio::null())
+            .arg("");
+        if let Some(timeout) = self.cluster_node_timeout_ms {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(self.dir.join(format!("nodes-{}.conf", self.port)))
+                .arg("--cluster-node-timeout")
+                .arg(timeout.to_string());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let spawned = spawn_from_keeper(cmd);
@@ -181,7 +214,7 @@ pub fn shared_url() -> String {
     SHARED
         .get_or_init(|| {
             // Nothing is ever written to disk (no RDB, no AOF): no temp dir to clean up.
-            RedisServer::start_in(std::env::temp_dir(), None, RedisOptions::default())
+            RedisServer::start_in(std::env::temp_dir(), None, RedisOptions::default(), None)
         })
         .url()
 }
@@ -215,9 +248,19 @@ pub async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
+/// A plain connection to the node that holds `key`: `url` itself, or on a Redis Cluster the
+/// master of the key's slot (any node of the cluster may be given).
+pub async fn connection_for_key(url: &str, key: &str) -> redis::aio::MultiplexedConnection {
+    let mut con = connection(url).await;
+    match cluster::master_url_of(&mut con, key).await {
+        Some(master) if master != url => connection(&master).await,
+        _ => con,
+    }
+}
+
 /// Every entry of a stream, oldest first (`XRANGE key - +`).
 pub async fn xrange(url: &str, key: &str) -> Vec<StreamEntry> {
-    let mut con = connection(url).await;
+    let mut con = connection_for_key(url, key).await;
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -241,7 +284,7 @@ pub async fn xrange(url: &str, key: &str) -> Vec<StreamEntry> {
 
 /// `XLEN key`.
 pub async fn xlen(url: &str, key: &str) -> u64 {
-    let mut con = connection(url).await;
+    let mut con = connection_for_key(url, key).await;
     redis::cmd("XLEN")
         .arg(key)
         .query_async(&mut con)
@@ -323,6 +366,18 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port P whose cluster bus port P + 10000 is free too (so P ≤ 55535: an ephemeral
+/// port from the kernel may be higher, and redis-server refuses it as a cluster node).
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = rand::random_range(20_000..45_000u16);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }
 
 fn ping(port: u16) -> bool {

@@ -7,7 +7,7 @@ use super::{
     Submitted, Taken, WaitReason,
 };
 use crate::keys::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -47,7 +47,7 @@ const AUDIT_MAXLEN: u64 = 10_000;
 
 #[derive(Clone)]
 pub struct RedisOutQueue {
-    con: ConnectionManager,
+    con: RedisConn,
     keys: Keys,
     options: OutQueueOptions,
 }
@@ -59,8 +59,12 @@ impl std::fmt::Debug for RedisOutQueue {
 }
 
 impl RedisOutQueue {
-    pub fn new(con: ConnectionManager, keys: Keys, options: OutQueueOptions) -> Self {
-        RedisOutQueue { con, keys, options }
+    pub fn new(con: impl Into<RedisConn>, keys: Keys, options: OutQueueOptions) -> Self {
+        RedisOutQueue {
+            con: con.into(),
+            keys,
+            options,
+        }
     }
 
     pub fn options(&self) -> OutQueueOptions {
