@@ -69,8 +69,8 @@ pub fn conversation_store(config: &Config, queue: &Queue) -> ConversationStore {
             config.worker.conversation_ttl_secs,
         )
         .into(),
-        Queue::Memory(_) => MemoryConversationStore::new(
-            MemoryLeases::new(),
+        Queue::Memory(q) => MemoryConversationStore::new(
+            MemoryLeases::of_queue(q.clone()),
             Duration::from_secs(config.worker.conversation_ttl_secs),
         )
         .into(),

@@ -6,7 +6,7 @@ mod support;
 use coexist::channel::ChannelKind;
 use coexist::conversation::{
     apply_event, window, ConversationState, ConversationStore, Fence, MemoryConversationStore,
-    MemoryLeases, RedisConversationStore, SaveOutcome, StoreError, Window,
+    MemoryLeases, RedisConversationStore, SaveOutcome, StoreError, Window, WindowRules,
 };
 use coexist::event::{Contact, Event, EventType, Message};
 use coexist::keys::Keys;
@@ -162,12 +162,14 @@ fn message(channel: &str, kind: ChannelKind, contact: &str, at: i64) -> Event {
 fn a_state() -> ConversationState {
     let mut s = ConversationState::default();
     apply_event(
-        ChannelKind::Waba,
-        true,
+        WindowRules {
+            kind: ChannelKind::Waba,
+            coexistence: true,
+            handover_ms: 60_000,
+        },
         &mut s,
         &message("shop", ChannelKind::Waba, "1555", NOW),
         NOW,
-        60_000,
     );
     s.statuses.advance(
         "wamid.out",
@@ -324,12 +326,14 @@ async fn two_channels_same_contact_are_independent(mut f: Fixture) {
 
     let mut w = ConversationState::default();
     apply_event(
-        ChannelKind::Waba,
-        true,
+        WindowRules {
+            kind: ChannelKind::Waba,
+            coexistence: true,
+            handover_ms: 0,
+        },
         &mut w,
         &message("shop-waba", ChannelKind::Waba, contact, NOW),
         NOW,
-        0,
     );
     w.bot_state = Some(json!({"channel": "waba"}));
     assert!(matches!(
@@ -345,7 +349,16 @@ async fn two_channels_same_contact_are_independent(mut f: Fixture) {
 
     let mut p = ConversationState::default();
     let e = message("shop-personal", ChannelKind::Personal, contact, NOW + H);
-    apply_event(ChannelKind::Personal, false, &mut p, &e, NOW + H, 0);
+    apply_event(
+        WindowRules {
+            kind: ChannelKind::Personal,
+            coexistence: false,
+            handover_ms: 0,
+        },
+        &mut p,
+        &e,
+        NOW + H,
+    );
     p.bot_state = Some(json!({"channel": "personal"}));
     assert!(matches!(
         f.save(&personal, contact, &p).await,
@@ -508,3 +521,55 @@ on_both_backends!(
     every_write_sets_the_ttl,
     corrupt_state_is_a_typed_error,
 );
+
+/// The embedded mode (`coexist run`): the memory store reads the memory queue's own leases,
+/// so a task whose lease expired, or was released, or was taken over, can no longer save —
+/// as a Lua-fenced save in Redis cannot.
+#[tokio::test]
+async fn memory_store_on_the_queue_leases_fences_expired_and_released_leases() {
+    use coexist::queue::MemoryQueue;
+    let queue = MemoryQueue::new();
+    let store = MemoryConversationStore::new(
+        MemoryLeases::of_queue(queue.clone()),
+        Duration::from_secs(600),
+    );
+    let as_fence = |l: &coexist::queue::Lease| Fence {
+        channel: l.channel.clone(),
+        partition: l.partition,
+        owner: l.owner.clone(),
+        token: l.token,
+    };
+    let save = |fence: &Fence, version: u64| {
+        let mut state = a_state();
+        state.version = version;
+        store.save(fence, "shop-waba", "1555", &state)
+    };
+    let lease = queue
+        .acquire_lease("shop-waba", 0, "w1", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = as_fence(&lease);
+    assert!(matches!(
+        save(&fence, 0),
+        Ok(SaveOutcome::Saved { version: 1 })
+    ));
+    // The lease runs out (no renewal): the same task may no longer save.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(matches!(save(&fence, 1), Ok(SaveOutcome::Fenced)));
+    // Another worker takes the partition over: its fence saves, the old one still cannot.
+    let next = queue
+        .acquire_lease("shop-waba", 0, "w2", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let next_fence = as_fence(&next);
+    assert!(matches!(
+        save(&next_fence, 1),
+        Ok(SaveOutcome::Saved { version: 2 })
+    ));
+    assert!(matches!(save(&fence, 2), Ok(SaveOutcome::Fenced)));
+    // Released: nobody holds it.
+    assert!(queue.release_lease(&next).await.unwrap());
+    assert!(matches!(save(&next_fence, 2), Ok(SaveOutcome::Fenced)));
+}

@@ -272,12 +272,38 @@ impl RedisConversationStore {
 
 // ---------------------------------------------------------------- memory
 
-/// Partition leases for the memory store: `(channel, partition) → "<owner>:<token>"`.
-/// Whoever grants leases in a single process (the memory queue, a test) sets them here, so the
-/// memory store fences exactly like the Redis one.
-#[derive(Clone, Debug, Default)]
+/// Partition leases for the memory store: `(channel, partition) → "<owner>:<token>"`, read from
+/// the embedded queue's lease table ([`MemoryLeases::of_queue`]) or from a table of its own
+/// that a test grants into, so the memory store fences exactly like the Redis one.
+#[derive(Clone)]
 pub struct MemoryLeases {
-    inner: Arc<Mutex<HashMap<(String, u32), String>>>,
+    source: LeaseSource,
+}
+
+#[derive(Clone)]
+enum LeaseSource {
+    /// A table of its own, set by [`MemoryLeases::grant`] (tests, tools).
+    Table(Arc<Mutex<HashMap<(String, u32), String>>>),
+    /// The embedded queue's own lease table, with its expiry and releases: in `run` a task
+    /// whose lease expired or was released cannot save, as in Redis.
+    Queue(crate::queue::MemoryQueue),
+}
+
+impl std::fmt::Debug for MemoryLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.source {
+            LeaseSource::Table(_) => "MemoryLeases(table)",
+            LeaseSource::Queue(_) => "MemoryLeases(queue)",
+        })
+    }
+}
+
+impl Default for MemoryLeases {
+    fn default() -> Self {
+        MemoryLeases {
+            source: LeaseSource::Table(Default::default()),
+        }
+    }
 }
 
 impl MemoryLeases {
@@ -285,33 +311,48 @@ impl MemoryLeases {
         Self::default()
     }
 
-    /// Grants the lease on a partition to `fence` (replacing any holder).
+    /// The leases the embedded queue grants (acquire, renew, expire, release).
+    pub fn of_queue(queue: crate::queue::MemoryQueue) -> Self {
+        MemoryLeases {
+            source: LeaseSource::Queue(queue),
+        }
+    }
+
+    /// Grants the lease on a partition to `fence` (replacing any holder). A no-op on the
+    /// queue's table: the queue granted it already.
     pub fn grant(&self, fence: &Fence) {
         self.set(&fence.channel, fence.partition, &fence.owner, fence.token);
     }
 
     pub fn set(&self, channel: &str, partition: u32, owner: &str, token: u64) {
-        self.lock()
-            .insert((channel.to_owned(), partition), format!("{owner}:{token}"));
+        if let LeaseSource::Table(t) = &self.source {
+            lock(t).insert((channel.to_owned(), partition), format!("{owner}:{token}"));
+        }
     }
 
     pub fn clear(&self, channel: &str, partition: u32) {
-        self.lock().remove(&(channel.to_owned(), partition));
+        if let LeaseSource::Table(t) = &self.source {
+            lock(t).remove(&(channel.to_owned(), partition));
+        }
     }
 
-    /// The lease value of a partition, as the Redis lease key would hold it.
+    /// The lease value of a partition, as the Redis lease key would hold it (`None` once it
+    /// expired or was released).
     pub fn get(&self, channel: &str, partition: u32) -> Option<String> {
-        self.lock().get(&(channel.to_owned(), partition)).cloned()
+        match &self.source {
+            LeaseSource::Table(t) => lock(t).get(&(channel.to_owned(), partition)).cloned(),
+            LeaseSource::Queue(q) => q.lease_holder(channel, partition),
+        }
     }
 
     pub fn holds(&self, fence: &Fence) -> bool {
         self.get(&fence.channel, fence.partition)
             .is_some_and(|v| v == fence.lease_value())
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, u32), String>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Entry {

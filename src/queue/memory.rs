@@ -8,7 +8,7 @@ use super::{DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueE
 use crate::routing::partition_of;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Default dedupe memory, as for Redis: Meta retries for up to 7 days.
@@ -157,10 +157,7 @@ impl State {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms().max(0) as u64
 }
 
 impl Stream {
@@ -322,6 +319,14 @@ impl MemoryQueue {
         let expires = now + Duration::from_millis(ttl_ms.max(1));
         st.leases.insert(key, (lease.value(), expires));
         Ok(Some(lease))
+    }
+
+    /// The value (`<owner>:<token>`) of the live lease on a partition, if any: what the Redis
+    /// lease key would hold (the memory conversation store fences saves with it).
+    pub fn lease_holder(&self, channel: &str, partition: u32) -> Option<String> {
+        self.state()
+            .lease_value(channel, partition, Instant::now())
+            .map(str::to_string)
     }
 
     pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
