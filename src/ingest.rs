@@ -13,7 +13,7 @@ use crate::routing::{Route, Router};
 use crate::verify::{self, SignatureError};
 use crate::wire::{self, ParseError};
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Why a webhook was not accepted. Each maps to one HTTP status in `ingress`.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +53,7 @@ pub struct Ingest {
     outbox: Option<Outbox>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::clock::now_ms;
 
 impl Ingest {
     pub fn new(config: &Config, queue: Queue, metrics: Metrics) -> Self {

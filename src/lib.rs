@@ -5,6 +5,7 @@
 //! that knows HTTP servers exist.
 
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod conversation;
 pub mod event;

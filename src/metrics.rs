@@ -118,19 +118,13 @@ struct Inner {
 
 /// FNV-1a over the name and labels, with separators so ("ab","c") ≠ ("a","bc").
 fn series_hash(name: &str, labels: &[(&str, &str)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8], sep: u8| {
-        for b in bytes.iter().chain(std::iter::once(&sep)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(name.as_bytes(), 0xff);
+    let mut h = crate::clock::Fnv64::default();
+    h.write(name.as_bytes()).write(&[0xff]);
     for (k, v) in labels {
-        eat(k.as_bytes(), 0xfe);
-        eat(v.as_bytes(), 0xfd);
+        h.write(k.as_bytes()).write(&[0xfe]);
+        h.write(v.as_bytes()).write(&[0xfd]);
     }
-    h
+    h.finish()
 }
 
 fn series(name: &str, labels: &[(&str, &str)]) -> String {

@@ -6,15 +6,10 @@ use crate::config::{ChannelConfig, Config};
 use crate::event::Event;
 use std::collections::HashMap;
 
-/// A stable 64-bit FNV-1a hash. Never Rust's `DefaultHasher`, which is randomized per process:
-/// every ingress process must send one conversation to the same partition.
+/// A stable 64-bit FNV-1a hash ([`crate::clock::Fnv64`]): every ingress process must send one
+/// conversation to the same partition.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    crate::clock::Fnv64::default().write(bytes).finish()
 }
 
 /// The partition of a conversation in a channel with `partitions` partitions.

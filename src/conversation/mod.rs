@@ -19,8 +19,8 @@ pub use store::{
     SaveOutcome, StoreError,
 };
 pub use window::{
-    apply_event, can_send_free_form, can_send_template, end_handover, free_entry_point,
-    handover_active, is_timer_current, leads_from_minutes, mark_window_closed, record_outbound,
-    start_handover, timers_for, window, Effects, PlannedTimer, StatusUpdate, TemplatesUnsupported,
-    Window, WindowClosed, FREE_ENTRY_POINT_MS, SERVICE_WINDOW_MS, WINDOW_CLOSED, WINDOW_EXPIRING,
+    apply_event, end_handover, free_entry_point, handover_active, is_timer_current,
+    leads_from_minutes, mark_window_closed, record_outbound, start_handover, timers_for, window,
+    Effects, PlannedTimer, StatusUpdate, Window, WindowRules, FREE_ENTRY_POINT_MS,
+    SERVICE_WINDOW_MS, WINDOW_CLOSED, WINDOW_EXPIRING,
 };

@@ -39,20 +39,6 @@ impl Window {
     }
 }
 
-/// A free-form send was refused before calling Meta: the 24 h window is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the 24 h customer service window is closed{}; only templates can be sent", closed_since(.closed_at_ms))]
-pub struct WindowClosed {
-    pub closed_at_ms: Option<i64>,
-}
-
-/// Templates exist only on the WhatsApp Business API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} channels have no message templates; send free-form text instead")]
-pub struct TemplatesUnsupported {
-    pub kind: ChannelKind,
-}
-
 /// How the delivery status of one message changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatusUpdate {
@@ -85,6 +71,26 @@ pub struct Effects {
     pub status: Option<StatusUpdate>,
 }
 
+/// What a channel's configuration says about its conversations' windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRules {
+    pub kind: ChannelKind,
+    /// A WABA number also used in the WhatsApp Business app: its echoes are people.
+    pub coexistence: bool,
+    /// How long a person's echo pauses the bot (ms).
+    pub handover_ms: i64,
+}
+
+impl WindowRules {
+    pub fn of(channel: &crate::config::ChannelConfig, handover_ms: i64) -> WindowRules {
+        WindowRules {
+            kind: channel.kind,
+            coexistence: channel.coexistence,
+            handover_ms,
+        }
+    }
+}
+
 /// Applies one inbound event to a conversation's state.
 ///
 /// `coexistence` matters for echoes without a `source`: on a coexistence number they come from
@@ -92,13 +98,16 @@ pub struct Effects {
 /// can produce them, so they do not start a handover. Timer events change nothing here; check
 /// them with [`is_timer_current`].
 pub fn apply_event(
-    kind: ChannelKind,
-    coexistence: bool,
+    rules: WindowRules,
     state: &mut ConversationState,
     event: &Event,
     now_ms: i64,
-    handover_ms: i64,
 ) -> Effects {
+    let WindowRules {
+        kind,
+        coexistence,
+        handover_ms,
+    } = rules;
     let before = state.clone();
     let mut effects = Effects::default();
     let at = event_time(event, now_ms);
@@ -247,29 +256,6 @@ pub fn free_entry_point(kind: ChannelKind, state: &ConversationState, now_ms: i6
     open_or_closed(state.free_entry_end_ms, now_ms)
 }
 
-/// Checked before every free-form send, so a closed window fails here and not at Meta.
-pub fn can_send_free_form(
-    kind: ChannelKind,
-    state: &ConversationState,
-    now_ms: i64,
-) -> Result<(), WindowClosed> {
-    match window(kind, state, now_ms) {
-        Window::Closed { since_ms } => Err(WindowClosed {
-            closed_at_ms: since_ms,
-        }),
-        Window::Open { .. } | Window::NotApplicable => Ok(()),
-    }
-}
-
-/// Templates are always allowed on WABA (inside or outside the window) and never on Personal.
-pub fn can_send_template(kind: ChannelKind) -> Result<(), TemplatesUnsupported> {
-    if kind.supports_templates() {
-        Ok(())
-    } else {
-        Err(TemplatesUnsupported { kind })
-    }
-}
-
 /// One window timer to arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedTimer {
@@ -353,13 +339,6 @@ pub fn timers_for(
 /// otherwise a newer message (or a 131047) moved the end and re-armed the timers.
 pub fn is_timer_current(state: &ConversationState, timer_window_end_ms: i64) -> bool {
     state.window_end_ms == Some(timer_window_end_ms)
-}
-
-fn closed_since(at: &Option<i64>) -> String {
-    match at {
-        Some(t) => format!(" (since {t} ms)"),
-        None => " (the customer never wrote)".to_owned(),
-    }
 }
 
 fn open_or_closed(end: Option<i64>, now_ms: i64) -> Window {
@@ -446,6 +425,8 @@ fn recompute_window(kind: ChannelKind, state: &mut ConversationState) {
 mod tests {
     use super::*;
     use crate::event::{Contact, ErrorDetail, Status};
+    use crate::outbound::rules::{self, RuleError};
+    use crate::outbound::Reply;
     use serde_json::{json, Value};
 
     const H: i64 = 3600 * 1000;
@@ -521,7 +502,16 @@ mod tests {
     }
 
     fn apply(kind: ChannelKind, state: &mut ConversationState, e: &Event) -> Effects {
-        apply_event(kind, true, state, e, NOW, HANDOVER)
+        apply_event(
+            WindowRules {
+                kind,
+                coexistence: true,
+                handover_ms: HANDOVER,
+            },
+            state,
+            e,
+            NOW,
+        )
     }
 
     fn waba_after(events: &[Event]) -> ConversationState {
@@ -633,11 +623,19 @@ mod tests {
         for (now, expected) in cases {
             assert_eq!(window(ChannelKind::Waba, &s, now), expected, "now = {now}");
         }
-        assert_eq!(can_send_free_form(ChannelKind::Waba, &s, NOW), Ok(()));
+        let text = Reply::text("hi");
         assert_eq!(
-            can_send_free_form(ChannelKind::Waba, &s, at + 24 * H + 1),
-            Err(WindowClosed {
-                closed_at_ms: Some(at + 24 * H)
+            rules::check(ChannelKind::Waba, window(ChannelKind::Waba, &s, NOW), &text),
+            Ok(())
+        );
+        assert_eq!(
+            rules::check(
+                ChannelKind::Waba,
+                window(ChannelKind::Waba, &s, at + 24 * H + 1),
+                &text
+            ),
+            Err(RuleError::WindowClosed {
+                closed_at: Some(at + 24 * H)
             })
         );
     }
@@ -926,12 +924,14 @@ mod tests {
         for (kind, coex, source, expected) in cases {
             let mut s = ConversationState::default();
             let fx = apply_event(
-                kind,
-                coex,
+                WindowRules {
+                    kind,
+                    coexistence: coex,
+                    handover_ms: HANDOVER,
+                },
                 &mut s,
                 &echo(kind, NOW - 5_000, source),
                 NOW,
-                HANDOVER,
             );
             assert_eq!(
                 fx.handover_started, expected,
@@ -950,14 +950,25 @@ mod tests {
         // A later echo extends, an earlier-handled one never shortens.
         let mut s = ConversationState::default();
         apply_event(
-            Waba,
-            true,
+            WindowRules {
+                kind: Waba,
+                coexistence: true,
+                handover_ms: HANDOVER,
+            },
             &mut s,
             &echo(Waba, NOW, None),
             NOW + 10_000,
-            HANDOVER,
         );
-        apply_event(Waba, true, &mut s, &echo(Waba, NOW, None), NOW, HANDOVER);
+        apply_event(
+            WindowRules {
+                kind: Waba,
+                coexistence: true,
+                handover_ms: HANDOVER,
+            },
+            &mut s,
+            &echo(Waba, NOW, None),
+            NOW,
+        );
         assert_eq!(s.handover_until_ms, Some(NOW + 10_000 + HANDOVER));
         end_handover(&mut s);
         assert!(!handover_active(&s, NOW));
@@ -1081,24 +1092,28 @@ mod tests {
     #[test]
     fn sending_rules() {
         let never = ConversationState::default();
+        let at = |kind, reply: &Reply| rules::check(kind, window(kind, &never, NOW), reply);
+        let text = Reply::text("hi");
+        let template = Reply::Template {
+            name: "t".into(),
+            language: "en_US".into(),
+            components: vec![],
+        };
         assert_eq!(
-            can_send_free_form(ChannelKind::Waba, &never, NOW),
-            Err(WindowClosed { closed_at_ms: None })
+            at(ChannelKind::Waba, &text),
+            Err(RuleError::WindowClosed { closed_at: None })
         );
-        assert_eq!(
-            can_send_free_form(ChannelKind::Personal, &never, NOW),
-            Ok(())
-        );
-        assert_eq!(can_send_template(ChannelKind::Waba), Ok(()));
-        let err = can_send_template(ChannelKind::Personal).unwrap_err();
+        assert_eq!(at(ChannelKind::Personal, &text), Ok(()));
+        assert_eq!(at(ChannelKind::Waba, &template), Ok(()));
+        let err = at(ChannelKind::Personal, &template).unwrap_err();
         assert_eq!(
             err,
-            TemplatesUnsupported {
+            RuleError::TemplatesUnsupported {
                 kind: ChannelKind::Personal
             }
         );
         assert!(err.to_string().contains("personal"), "{err}");
-        let closed = WindowClosed { closed_at_ms: None }.to_string();
+        let closed = RuleError::WindowClosed { closed_at: None }.to_string();
         assert!(closed.contains("never wrote"), "{closed}");
         assert!(
             Window::NotApplicable.allows_free_form()

@@ -86,8 +86,7 @@ impl Default for Backoff {
 impl Backoff {
     pub fn delay(&self, error: &SendError, attempt: u32) -> Duration {
         let exp = |base: Duration, factor: u32| {
-            let mult = factor.checked_pow(attempt).unwrap_or(u32::MAX);
-            base.saturating_mul(mult)
+            crate::clock::backoff(base, factor, attempt, Duration::MAX)
         };
         match error {
             SendError::PairRateLimited => exp(self.pair_base, 4),

@@ -40,7 +40,7 @@ use crate::redis_conn::RedisConn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Bounds on waiting and retrying inside one [`Outbound::send`]; the worker's own retries
 /// (with the partition waiting) take over beyond them.
@@ -165,13 +165,7 @@ struct Inner {
     media: crate::media::MediaHub,
 }
 
-/// Wall-clock milliseconds: shared by every process, as the Redis buckets and markers are.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 enum Claim {
     Mine(String),

@@ -39,7 +39,10 @@ pub enum RuleError {
 }
 
 fn since(at: &Option<i64>) -> String {
-    at.map(|t| format!(" (since {t} ms)")).unwrap_or_default()
+    match at {
+        Some(t) => format!(" (since {t} ms)"),
+        None => " (the customer never wrote)".to_owned(),
+    }
 }
 
 /// Checks `reply` against the channel kind and the conversation's service window.

@@ -313,12 +313,10 @@ impl<'a> PartitionTask<'a> {
         }
         let before = state.clone();
         let effects = window::apply_event(
-            self.channel.kind,
-            self.channel.coexistence,
+            window::WindowRules::of(self.channel.as_ref(), self.shared.settings.handover_ms),
             &mut state,
             &event,
             now,
-            self.shared.settings.handover_ms,
         );
         if let (EventType::Message, Some(text)) = (
             event.event_type,
@@ -707,9 +705,14 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// Handler retry delay: `base_ms` after the first failure, doubled each time, at most 30 s.
 fn backoff(base_ms: u64, attempt: u32) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(10));
-    Duration::from_millis(exp.min(30_000))
+    crate::clock::backoff(
+        Duration::from_millis(base_ms),
+        2,
+        attempt.saturating_sub(1).min(10),
+        Duration::from_secs(30),
+    )
 }
 
 /// The event a timer produces when it fires. Its id is stable for one window end and slot,
