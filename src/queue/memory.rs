@@ -103,10 +103,12 @@ fn next_id(last: EntryId) -> EntryId {
 #[derive(Default)]
 pub(crate) struct State {
     /// (channel, event id) → when the dedupe marker expires.
-    seen: HashMap<(String, String), Instant>,
+    /// Keyed by [`seen_key`], a 128-bit hash: ~64 bytes a marker instead of two strings (the
+    /// markers live 8 days, so they are most of the embedded mode's memory).
+    seen: HashMap<u128, Instant>,
     /// The markers of `seen` in the order they expire (every marker lives the same TTL, so
     /// insertion order is expiry order): expiring them is amortized O(1) per event.
-    expiries: std::collections::VecDeque<(Instant, (String, String))>,
+    expiries: std::collections::VecDeque<(Instant, u128)>,
     /// channel → contact id → (partition, canonical conversation).
     aliases: HashMap<String, HashMap<String, (u32, String)>>,
     /// (channel, partition) → stream.
@@ -121,6 +123,20 @@ pub(crate) struct State {
     dead: HashMap<String, DeadStream>,
     /// worker id → when its heartbeat expires.
     workers: HashMap<String, Instant>,
+}
+
+/// The dedupe key of (channel, event id): two independent 64-bit FNV-1a hashes side by side.
+/// A collision would need ~2^64 markers alive at once.
+fn seen_key(channel: &str, id: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut h = crate::clock::Fnv64::default();
+        h.write(&[salt])
+            .write(channel.as_bytes())
+            .write(&[0xff])
+            .write(id.as_bytes());
+        h.finish()
+    };
+    (u128::from(half(0x01)) << 64) | u128::from(half(0x02))
 }
 
 impl State {
@@ -227,7 +243,7 @@ impl MemoryQueue {
     }
 
     fn enqueue_one(&self, st: &mut State, ev: &NewEvent, now: Instant) -> Enqueued {
-        let seen_key = (ev.channel.clone(), ev.id.clone());
+        let seen_key = seen_key(&ev.channel, &ev.id);
         if st.seen.get(&seen_key).is_some_and(|expires| *expires > now) {
             return Enqueued::Duplicate;
         }
@@ -265,7 +281,7 @@ impl MemoryQueue {
         };
         let id = stream.add(entry, self.inner.stream_maxlen);
         let expires = now + self.inner.dedupe_ttl;
-        st.expiries.push_back((expires, seen_key.clone()));
+        st.expiries.push_back((expires, seen_key));
         st.seen.insert(seen_key, expires);
         Enqueued::Added {
             partition,
@@ -725,13 +741,27 @@ mod tests {
     use crate::queue::timer_member;
 
     #[test]
+    fn dedupe_keys_tell_channels_and_ids_apart() {
+        let keys = [
+            seen_key("ch", "e1"),
+            seen_key("ch", "e2"),
+            seen_key("ch2", "e1"),
+            seen_key("c", "h\u{ff}e1"),
+            seen_key("", ""),
+        ];
+        let distinct: std::collections::HashSet<u128> = keys.iter().copied().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(seen_key("ch", "e1"), seen_key("ch", "e1"), "stable");
+    }
+
+    #[test]
     fn dedupe_markers_expire_oldest_first_without_scanning() {
         let mut st = State::default();
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let mark = |st: &mut State, id: &str, at: Instant| {
-            let key = ("ch".to_string(), id.to_string());
-            st.expiries.push_back((at + ttl, key.clone()));
+            let key = seen_key("ch", id);
+            st.expiries.push_back((at + ttl, key));
             st.seen.insert(key, at + ttl);
         };
         for i in 0..1000 {
@@ -744,16 +774,14 @@ mod tests {
         assert_eq!(st.expiries.len(), 1);
         mark(&mut st, "e0", t0 + ttl);
         st.expire_seen(t0 + ttl + Duration::from_secs(5));
-        assert!(st.seen.contains_key(&("ch".to_string(), "e0".to_string())));
-        assert!(!st
-            .seen
-            .contains_key(&("ch".to_string(), "late".to_string())));
+        assert!(st.seen.contains_key(&seen_key("ch", "e0")));
+        assert!(!st.seen.contains_key(&seen_key("ch", "late")));
         // A marker renewed while the old one is still queued survives the old one's expiry.
         let mut st = State::default();
         mark(&mut st, "x", t0);
         mark(&mut st, "x", t0 + Duration::from_secs(3));
         st.expire_seen(t0 + ttl);
-        assert!(st.seen.contains_key(&("ch".to_string(), "x".to_string())));
+        assert!(st.seen.contains_key(&seen_key("ch", "x")));
         st.expire_seen(t0 + ttl + Duration::from_secs(3));
         assert!(st.seen.is_empty() && st.expiries.is_empty());
     }
