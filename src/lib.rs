@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod ingress;
 pub mod media;
 pub mod metrics;
+pub mod ops;
 pub mod outbound;
 pub mod runtime;
 pub mod worker;

@@ -365,73 +365,11 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let queue = coexist::runtime::connect_queue(&config).await?;
-        // Channel health lives in the workers' outbox (e.g. "unhealthy" after Graph error 190).
-        let outbox = coexist::runtime::ingress_outbox(&queue);
-        let out = coexist::runtime::out_queue(&config, &queue);
-        let now = coexist::ingest::now_ms();
-        let mut rows = Vec::new();
-        let mut outbound_rows = Vec::new();
-        for channel in &config.channels {
-            let health = match &outbox {
-                Some(o) => o.health(&channel.id, now).await?.unwrap_or_else(|| "ok".into()),
-                None => "ok".into(),
-            };
-            let outbound = match &out {
-                Some(o) => o.stats(&channel.id, now).await?,
-                None => Default::default(),
-            };
-            for partition in 0..channel.partitions {
-                let stats = queue.partition_stats(&channel.id, partition).await?;
-                rows.push(serde_json::json!({
-                    "channel": channel.id, "kind": channel.kind, "partition": partition,
-                    "length": stats.length, "pending": stats.pending, "lag": stats.lag, "dead": stats.dead,
-                    "lease_owner": stats.lease_owner, "timers": stats.timers, "health": health,
-                    "outbound": outbound,
-                }));
-            }
-            outbound_rows.push((channel.id.clone(), outbound));
-        }
+        let report = coexist::ops::queues_report(&config, &queue, coexist::clock::now_ms()).await?;
         if json {
-            println!("{}", serde_json::Value::Array(rows));
+            println!("{}", report.to_json());
         } else {
-            println!(
-                "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<24} health",
-                "channel", "kind", "part", "length", "pending", "lag", "dead", "timers", "lease owner"
-            );
-            for r in &rows {
-                // serde_json's Display ignores width: format plain numbers.
-                let n = |k: &str| r[k].as_u64().unwrap_or(0);
-                println!(
-                    "{:<20} {:<9} {:>4} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<24} {}",
-                    r["channel"].as_str().unwrap_or(""),
-                    r["kind"].as_str().unwrap_or(""),
-                    n("partition"),
-                    n("length"),
-                    n("pending"),
-                    n("lag"),
-                    n("dead"),
-                    n("timers"),
-                    r["lease_owner"].as_str().unwrap_or("-"),
-                    r["health"].as_str().unwrap_or("ok")
-                );
-            }
-            println!();
-            println!(
-                "{:<20} {:>8} {:>6} {:>6} {:>10}  waiting",
-                "outbound", "backlog", "ready", "busy", "oldest"
-            );
-            for (channel, o) in &outbound_rows {
-                let waiting: Vec<String> = o.waiting.iter().map(|(why, n)| format!("{why}={n}")).collect();
-                println!(
-                    "{:<20} {:>8} {:>6} {:>6} {:>9.1}s  {}",
-                    channel,
-                    o.backlog,
-                    o.lanes_ready,
-                    o.lanes_busy,
-                    o.oldest_ms as f64 / 1000.0,
-                    if waiting.is_empty() { "-".to_string() } else { waiting.join(" ") }
-                );
-            }
+            print!("{}", report.render());
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -716,12 +654,7 @@ fn dlq(action: DlqAction) -> Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string(&dead)?);
                 } else {
-                    for d in &dead {
-                        println!(
-                            "{}  partition {}  {}  error: {}",
-                            d.id, d.partition, d.conversation, d.error
-                        );
-                    }
+                    print!("{}", coexist::ops::render_dead_letters(&dead));
                     eprintln!("{} dead letter(s) on {channel}", dead.len());
                 }
             }
