@@ -193,6 +193,13 @@ impl Keys {
         }
     }
 
+    /// The messaging limit Meta last announced for the reach set beside it (a
+    /// `phone_number_quality_update`): overrides `messaging_limit_per_day`. Same hash tag as
+    /// [`Keys::reach`], so one script reads both.
+    pub fn reach_limit(&self, channel: &str, portfolio: Option<&str>) -> String {
+        format!("{}:limit", self.reach(channel, portfolio))
+    }
+
     /// Registry of live workers (not per channel: one key for the whole deployment). Its own
     /// fixed hash tag, `{_workers}`: no channel id starts with `_`, so it never shares a
     /// channel's tag, and a script given it may only ever touch it.
@@ -240,6 +247,7 @@ mod tests {
             k.broadcasts_running("shop"),
             k.media_upload("shop", "cxm_1"),
             k.reach("shop", None),
+            k.reach_limit("shop", None),
         ] {
             assert!(key.starts_with("cx:{shop}:"), "{key}");
         }

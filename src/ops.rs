@@ -19,14 +19,17 @@ pub struct PartitionRow {
     /// `ok`, or why the channel's credentials were refused (Graph 190, WAHA 401).
     pub health: String,
     pub outbound: OutStats,
+    /// Meta's messaging limit in force (customers reached outside a window per 24 h): the one
+    /// a `phone_number_quality_update` announced, else `messaging_limit_per_day`; `null` = none.
+    pub messaging_limit: Option<u32>,
 }
 
 /// What `coexist queues` shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueuesReport {
     pub partitions: Vec<PartitionRow>,
-    /// Each channel's outbound side, once.
-    pub outbound: Vec<(String, OutStats)>,
+    /// Each channel's outbound side and messaging limit, once.
+    pub outbound: Vec<(String, OutStats, Option<u32>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,10 @@ pub async fn queues_report(
     // Channel health lives in the workers' outbox (e.g. "unhealthy" after Graph error 190).
     let outbox = crate::runtime::ingress_outbox(queue);
     let out = crate::runtime::out_queue(config, queue);
+    let rate = match queue {
+        Queue::Redis(q) => crate::outbound::RateLimiter::redis(q.conn(), q.keys().clone()),
+        Queue::Memory(_) => crate::outbound::RateLimiter::memory(crate::keys::Keys::default()),
+    };
     let mut report = QueuesReport::default();
     for channel in &config.channels {
         let health = match &outbox {
@@ -65,6 +72,17 @@ pub async fn queues_report(
                 .map_err(|e| OpsError::Outbound(e.to_string()))?,
             None => OutStats::default(),
         };
+        let announced = rate
+            .announced_limit(&channel.id, channel.portfolio.as_deref())
+            .await
+            .map_err(|e| OpsError::Outbound(e.to_string()))?;
+        let messaging_limit = match (channel.kind, announced) {
+            (ChannelKind::Personal, _) => None,
+            (_, Some(n)) => (n > 0).then_some(n),
+            (_, None) => {
+                (channel.messaging_limit_per_day > 0).then_some(channel.messaging_limit_per_day)
+            }
+        };
         for partition in 0..channel.partitions {
             report.partitions.push(PartitionRow {
                 channel: channel.id.clone(),
@@ -73,9 +91,12 @@ pub async fn queues_report(
                 stats: queue.partition_stats(&channel.id, partition).await?,
                 health: health.clone(),
                 outbound: outbound.clone(),
+                messaging_limit,
             });
         }
-        report.outbound.push((channel.id.clone(), outbound));
+        report
+            .outbound
+            .push((channel.id.clone(), outbound, messaging_limit));
     }
     Ok(report)
 }
@@ -114,10 +135,10 @@ impl QueuesReport {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<20} {:>8} {:>6} {:>6} {:>10}  waiting",
-            "outbound", "backlog", "ready", "busy", "oldest"
+            "{:<20} {:>8} {:>6} {:>6} {:>10} {:>9}  waiting",
+            "outbound", "backlog", "ready", "busy", "oldest", "limit/24h"
         );
-        for (channel, o) in &self.outbound {
+        for (channel, o, limit) in &self.outbound {
             let waiting: Vec<String> = o
                 .waiting
                 .iter()
@@ -125,12 +146,13 @@ impl QueuesReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "{:<20} {:>8} {:>6} {:>6} {:>9.1}s  {}",
+                "{:<20} {:>8} {:>6} {:>6} {:>9.1}s {:>9}  {}",
                 channel,
                 o.backlog,
                 o.lanes_ready,
                 o.lanes_busy,
                 o.oldest_ms as f64 / 1000.0,
+                limit.map_or("-".to_string(), |n| n.to_string()),
                 if waiting.is_empty() {
                     "-".to_string()
                 } else {
@@ -182,8 +204,9 @@ mod tests {
                 },
                 health: "ok".into(),
                 outbound: outbound.clone(),
+                messaging_limit: Some(2000),
             }],
-            outbound: vec![("shop-waba".into(), outbound)],
+            outbound: vec![("shop-waba".into(), outbound, Some(2000))],
         }
     }
 
@@ -209,7 +232,10 @@ mod tests {
             ]
         );
         let outbound: Vec<&str> = lines[4].split_whitespace().collect();
-        assert_eq!(outbound, ["shop-waba", "3", "1", "1", "1.5s", "pair_gap=2"]);
+        assert_eq!(
+            outbound,
+            ["shop-waba", "3", "1", "1", "1.5s", "2000", "pair_gap=2"]
+        );
     }
 
     #[test]
@@ -227,6 +253,7 @@ mod tests {
             ("lease_owner", serde_json::json!("host-1-ab12")),
             ("timers", serde_json::json!(4)),
             ("health", serde_json::json!("ok")),
+            ("messaging_limit", serde_json::json!(2000)),
         ] {
             assert_eq!(row[k], want, "{k}: {row}");
         }

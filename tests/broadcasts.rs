@@ -524,6 +524,72 @@ async fn ten_thousand_at_200_per_second_through_two_worker_kills_each_recipient_
 
 // ------------------------------------------------------------------ 2. messaging limit
 
+/// Meta raises or lowers the limit with a `phone_number_quality_update` webhook (no
+/// `phone_number_id`: it names the display number): the limit in force becomes the announced
+/// tier, even over an unlimited config, `queues` shows it, and a broadcast obeys it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_tier_becomes_the_limit_in_force() {
+    let _shared = EXCLUSIVE.read().await;
+    let d = deploy(Opts {
+        waba: "send_rate_per_second = 200",
+        ..Opts::default()
+    })
+    .await;
+    let _serve = spawn(&d, "serve", "serve");
+    let _w = spawn(&d, "work", "w1");
+    wait_serving(&d).await;
+    wait_leased(&d).await;
+    let limit_of = |d: &Deployment| {
+        queues(d).iter().find(|r| r["channel"] == WABA).unwrap()["messaging_limit"].clone()
+    };
+    assert_eq!(limit_of(&d), Value::Null, "unlimited by the config");
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+        "time": now_ms() / 1000, "changes": [{"field": "phone_number_quality_update", "value": {
+            "display_phone_number": "15550783881", "event": "DOWNGRADE",
+            "current_limit": "TIER_250", "max_daily_conversations_per_business": "TIER_250"}}]}]})
+    .to_string();
+    let sig = coexist::verify::header_value(
+        coexist::verify::Algorithm::Sha256,
+        APP_SECRET.as_bytes(),
+        body.as_bytes(),
+    );
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/meta", d.listen))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    support::eventually(Duration::from_secs(15), "the tier applied", || async {
+        (limit_of(&d) == json!(250)).then_some(())
+    })
+    .await;
+
+    const N: usize = 260;
+    let recipients: Vec<Value> = (0..N)
+        .map(|i| json!({"to": format!("+1777{i:07}")}))
+        .collect();
+    let r = create_json(
+        &d,
+        WABA,
+        &json!({"name": "tier", "message": {"type": "template", "name": "promo",
+                "language": "en_US"}, "recipients": recipients}),
+    )
+    .await;
+    accepted(&r, N as u64);
+    wait_count(&d.graph, 250, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let reqs = d.graph.requests_to(MESSAGES);
+    assert_eq!(per_recipient(&reqs).len(), 250, "unique customers reached");
+    assert_eq!(
+        reqs.len(),
+        250,
+        "the other 10 wait for the 24 h window to roll"
+    );
+}
+
 /// `messaging_limit_per_day = 1000`, a template broadcast to 1,500 customers none of whom has
 /// a window: exactly 1,000 get a request, the rest wait (`queued`, `waiting.messaging_limit`).
 /// A free-form reply inside an open window still leaves and is not counted. The clock is then

@@ -1189,6 +1189,66 @@ async fn rate_suite_memory() {
     rate_suite(RateLimiter::memory(support::keys())).await;
 }
 
+/// Meta's messaging limit: the configured one, then the one a `phone_number_quality_update`
+/// announced (which wins, also over "unlimited", and 0 lifts it), shared by a portfolio.
+async fn reach_suite(rate: RateLimiter) {
+    let t0 = 1_700_000_000_000i64;
+    let limits = |per_day: u32, portfolio: Option<&str>| Limits {
+        reach_per_day: per_day,
+        reach_portfolio: portfolio.map(str::to_string),
+        ..Limits::unlimited()
+    };
+    let reach = |ch: &'static str, l: Limits, who: &'static str, now: i64| {
+        let rate = rate.clone();
+        async move { rate.reach(ch, &l, who, now).await.unwrap() }
+    };
+    // Configured: 2 customers a day; a third waits until the first leaves the 24 h window.
+    assert_eq!(reach("c1", limits(2, None), "a", t0).await, None);
+    assert_eq!(reach("c1", limits(2, None), "b", t0 + 1).await, None);
+    assert_eq!(
+        reach("c1", limits(2, None), "c", t0 + 2).await,
+        Some(t0 + 86_400_000 + 1)
+    );
+    assert_eq!(
+        reach("c1", limits(2, None), "a", t0 + 3).await,
+        None,
+        "already reached"
+    );
+    // Meta announces 3 (TIER…): the third fits now, a fourth does not.
+    assert_eq!(rate.announced_limit("c1", None).await.unwrap(), None);
+    rate.announce_limit("c1", None, 3).await.unwrap();
+    assert_eq!(rate.announced_limit("c1", None).await.unwrap(), Some(3));
+    assert_eq!(reach("c1", limits(2, None), "c", t0 + 4).await, None);
+    assert!(reach("c1", limits(2, None), "d", t0 + 5).await.is_some());
+    // Unlimited (0) in the config: the announced limit still holds.
+    rate.announce_limit("c2", None, 1).await.unwrap();
+    assert_eq!(reach("c2", limits(0, None), "a", t0).await, None);
+    assert!(reach("c2", limits(0, None), "b", t0).await.is_some());
+    // TIER_UNLIMITED (0) lifts the configured limit.
+    rate.announce_limit("c1", None, 0).await.unwrap();
+    assert_eq!(reach("c1", limits(2, None), "z", t0 + 6).await, None);
+    // One portfolio, two numbers: one count, one announced limit.
+    rate.announce_limit("p1", Some("acme"), 1).await.unwrap();
+    assert_eq!(reach("p1", limits(0, Some("acme")), "a", t0).await, None);
+    assert!(reach("p2", limits(0, Some("acme")), "b", t0)
+        .await
+        .is_some());
+    assert_eq!(
+        rate.announced_limit("p2", Some("acme")).await.unwrap(),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn reach_suite_redis() {
+    reach_suite(RateLimiter::redis(connection().await, support::keys())).await;
+}
+
+#[tokio::test]
+async fn reach_suite_memory() {
+    reach_suite(RateLimiter::memory(support::keys())).await;
+}
+
 async fn outbox_suite(o: Outbox) {
     let m = waba_msg("1555", Reply::text("x"), "ev:0");
     let OutboxState::Claimed { marker } = o.record(&m, 1_000).await.unwrap() else {

@@ -181,7 +181,28 @@ pub enum RateLimiter {
         tats: Arc<Mutex<HashMap<String, u64>>>,
         /// reach key → customer → last time reached.
         reach: Arc<Mutex<ReachSets>>,
+        /// reach key → the limit Meta announced.
+        announced: Arc<Mutex<HashMap<String, u32>>>,
     },
+}
+
+/// The messaging limit a `phone_number_quality_update` value announces:
+/// `max_daily_conversations_per_business` or `current_limit` as `TIER_250`, `TIER_1K`, `TIER_2K`,
+/// `TIER_10K`, `TIER_100K` (customers per 24 h) or `TIER_UNLIMITED` (0 = no limit).
+pub fn announced_tier(value: &serde_json::Value) -> Option<u32> {
+    let tier = ["current_limit", "max_daily_conversations_per_business"]
+        .iter()
+        .find_map(|k| value.get(*k).and_then(serde_json::Value::as_str))?;
+    let t = tier.trim().to_ascii_uppercase();
+    let t = t.strip_prefix("TIER_").unwrap_or(&t);
+    if t == "UNLIMITED" {
+        return Some(0);
+    }
+    let (digits, mult) = match t.strip_suffix('K') {
+        Some(d) => (d, 1000),
+        None => (t, 1),
+    };
+    digits.parse::<u32>().ok().map(|n| n.saturating_mul(mult))
 }
 
 /// The memory twin's reach sets: key → customer → last time reached (ms).
@@ -209,6 +230,7 @@ impl RateLimiter {
             keys,
             tats: Arc::default(),
             reach: Arc::default(),
+            announced: Arc::default(),
         }
     }
 
@@ -230,7 +252,8 @@ impl RateLimiter {
 
     /// Meta's messaging limit for one business-initiated message to `customer` outside a
     /// service window: `None` when it may go (the customer is counted), else the time (ms)
-    /// when a new customer fits again. No limit set: always `None`.
+    /// when a new customer fits again. The limit is the one Meta last announced
+    /// ([`RateLimiter::announce_limit`]), else `messaging_limit_per_day`; 0 means none.
     pub async fn reach(
         &self,
         channel: &str,
@@ -238,25 +261,37 @@ impl RateLimiter {
         customer: &str,
         now_ms: i64,
     ) -> Result<Option<i64>, RateError> {
-        if limits.reach_per_day == 0 {
-            return Ok(None);
-        }
-        let limit = limits.reach_per_day as usize;
+        let portfolio = limits.reach_portfolio.as_deref();
         match self {
             RateLimiter::Redis { con, keys } => {
                 let mut con = con.clone();
                 let at: i64 = REACH_TAKE
-                    .key(keys.reach(channel, limits.reach_portfolio.as_deref()))
+                    .key(keys.reach(channel, portfolio))
+                    .key(keys.reach_limit(channel, portfolio))
                     .arg(now_ms)
                     .arg(REACH_WINDOW_MS)
-                    .arg(limit)
+                    .arg(limits.reach_per_day)
                     .arg(customer)
                     .invoke_async(&mut con)
                     .await?;
                 Ok((at > 0).then_some(at))
             }
-            RateLimiter::Memory { keys, reach, .. } => {
-                let key = keys.reach(channel, limits.reach_portfolio.as_deref());
+            RateLimiter::Memory {
+                keys,
+                reach,
+                announced,
+                ..
+            } => {
+                let key = keys.reach(channel, portfolio);
+                let limit = announced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(limits.reach_per_day) as usize;
+                if limit == 0 {
+                    return Ok(None);
+                }
                 let mut reach = reach.lock().unwrap_or_else(|e| e.into_inner());
                 let set = reach.entry(key).or_default();
                 set.retain(|_, at| *at > now_ms - REACH_WINDOW_MS);
@@ -267,6 +302,59 @@ impl RateLimiter {
                 let oldest = set.values().min().copied().unwrap_or(now_ms);
                 Ok(Some(oldest + REACH_WINDOW_MS + 1))
             }
+        }
+    }
+
+    /// Meta announced a new messaging limit (`phone_number_quality_update`): it replaces
+    /// `messaging_limit_per_day` for the channel (or its portfolio) until the next one; 0 lifts it.
+    pub async fn announce_limit(
+        &self,
+        channel: &str,
+        portfolio: Option<&str>,
+        limit: u32,
+    ) -> Result<(), RateError> {
+        match self {
+            RateLimiter::Redis { con, keys } => {
+                let mut con = con.clone();
+                redis::cmd("SET")
+                    .arg(keys.reach_limit(channel, portfolio))
+                    .arg(limit)
+                    .query_async::<()>(&mut con)
+                    .await?;
+            }
+            RateLimiter::Memory {
+                keys, announced, ..
+            } => {
+                announced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(keys.reach(channel, portfolio), limit);
+            }
+        }
+        Ok(())
+    }
+
+    /// The limit Meta last announced for the channel (or its portfolio), if any.
+    pub async fn announced_limit(
+        &self,
+        channel: &str,
+        portfolio: Option<&str>,
+    ) -> Result<Option<u32>, RateError> {
+        match self {
+            RateLimiter::Redis { con, keys } => {
+                let mut con = con.clone();
+                Ok(redis::cmd("GET")
+                    .arg(keys.reach_limit(channel, portfolio))
+                    .query_async::<Option<u32>>(&mut con)
+                    .await?)
+            }
+            RateLimiter::Memory {
+                keys, announced, ..
+            } => Ok(announced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&keys.reach(channel, portfolio))
+                .copied()),
         }
     }
 
@@ -376,6 +464,29 @@ fn gcra(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announced_tiers() {
+        use serde_json::json;
+        let cases = [
+            (
+                json!({"max_daily_conversations_per_business": "TIER_10K"}),
+                Some(10_000),
+            ),
+            (
+                json!({"current_limit": "TIER_2K", "max_daily_conversations_per_business": "TIER_1K"}),
+                Some(2_000),
+            ),
+            (json!({"current_limit": "TIER_250"}), Some(250)),
+            (json!({"current_limit": "TIER_100K"}), Some(100_000)),
+            (json!({"current_limit": "TIER_UNLIMITED"}), Some(0)),
+            (json!({"event": "FLAGGED"}), None),
+            (json!({"current_limit": "TIER_SOMETHING"}), None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(announced_tier(&v), want, "{v}");
+        }
+    }
 
     #[test]
     fn buckets_from_config_numbers() {

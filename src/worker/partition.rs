@@ -396,9 +396,37 @@ impl<'a> PartitionTask<'a> {
         }
     }
 
+    /// A `phone_number_quality_update` that names the messaging limit now in force: the
+    /// sender uses it instead of `messaging_limit_per_day` (for the channel's portfolio when it
+    /// has one: Meta's limit is per business portfolio).
+    async fn apply_announced_limit(
+        &self,
+        event: &Event,
+    ) -> Result<(), crate::outbound::rate::RateError> {
+        if event.field.as_deref() != Some("phone_number_quality_update")
+            || self.channel.kind != ChannelKind::Waba
+        {
+            return Ok(());
+        }
+        let Some(limit) = crate::outbound::rate::announced_tier(&event.raw) else {
+            return Ok(());
+        };
+        let portfolio = self.channel.portfolio.as_deref();
+        self.shared
+            .outbound
+            .rate_limiter()
+            .announce_limit(&self.channel.id, portfolio, limit)
+            .await?;
+        tracing::info!(channel = %self.channel.id, portfolio, limit, "Meta announced a new messaging limit (0 = unlimited)");
+        Ok(())
+    }
+
     /// Account-level events (and statuses of another partition's conversation): the bot sees
     /// them; there is no conversation state, and replies have nobody to go to.
     async fn handle_without_conversation(&self, event: Event, now: i64) -> Handled {
+        if let Err(e) = self.apply_announced_limit(&event).await {
+            return Handled::Retry(format!("messaging limit not recorded: {e}"));
+        }
         let event_type = event.event_type.as_str();
         let mut ctx = Context::new(
             event,
