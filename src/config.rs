@@ -372,7 +372,7 @@ struct RawMeta {
     #[serde(default)]
     app_secrets: Vec<Spanned<String>>,
     app_secret: Option<Spanned<String>>,
-    graph_api_url: Option<String>,
+    graph_api_url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -389,7 +389,7 @@ struct RawChannel {
     session: Option<Spanned<String>>,
     #[serde(default)]
     webhook_secrets: Vec<Spanned<String>>,
-    api_url: Option<String>,
+    api_url: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
     send_rate_per_second: Option<u32>,
     pair_gap_ms: Option<u64>,
@@ -505,6 +505,22 @@ impl Ctx<'_> {
             line: self.line(value.span().start),
             message: format!("`{key}`: {m}"),
         })
+    }
+
+    /// An `http(s)://` URL (variables allowed, all must be set).
+    fn http_url(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let url = self.required(value, key)?;
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(url),
+            _ => self.err(
+                value.span(),
+                key,
+                format!("{url:?} is not an http(s):// URL"),
+            ),
+        }
     }
 
     /// A required plain value (variables allowed, all must be set).
@@ -669,12 +685,12 @@ impl Ctx<'_> {
         let meta = MetaConfig {
             verify_token: self.secret(&raw.meta.verify_token, "meta.verify_token")?,
             app_secrets,
-            graph_api_url: raw
-                .meta
-                .graph_api_url
-                .unwrap_or_else(|| "https://graph.facebook.com/v23.0".into())
-                .trim_end_matches('/')
-                .to_string(),
+            graph_api_url: match &raw.meta.graph_api_url {
+                Some(u) => self.http_url(u, "meta.graph_api_url")?,
+                None => "https://graph.facebook.com/v23.0".into(),
+            }
+            .trim_end_matches('/')
+            .to_string(),
         };
 
         let mut channels = Vec::new();
@@ -814,7 +830,10 @@ impl Ctx<'_> {
                 session: session
                     .or_else(|| (kind == ChannelKind::Personal).then(|| "default".into())),
                 webhook_secrets,
-                api_url: c.api_url.clone(),
+                api_url: match &c.api_url {
+                    Some(u) => Some(self.http_url(u, &key("api_url"))?),
+                    None => None,
+                },
                 api_key: self.secret(&c.api_key, &key("api_key"))?,
                 send_rate_per_second: c.send_rate_per_second.unwrap_or(match kind {
                     ChannelKind::Waba => default_rate,
@@ -966,6 +985,7 @@ mod tests {
             "META_APP_SECRET" => Some("s3cret".into()),
             "WAHA_HMAC_KEY" => Some("waha-key".into()),
             "FORWARD_SECRET" => Some("fwd".into()),
+            "GRAPH_PORT" => Some("18081".into()),
             _ => None,
         }
     }
@@ -1010,6 +1030,37 @@ secret = "${FORWARD_SECRET}"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn urls_expand_variables_and_must_be_http() {
+        let with = |meta_extra: &str, channel_extra: &str| {
+            parse(&format!(
+                "[meta]\napp_secrets = [\"${{META_APP_SECRET}}\"]\n{meta_extra}\n\
+                 [[channels]]\nid = \"p\"\nkind = \"personal\"\nwebhook_secrets = [\"${{WAHA_HMAC_KEY}}\"]\n{channel_extra}\n"
+            ))
+        };
+        let c = with(
+            "graph_api_url = \"http://127.0.0.1:${GRAPH_PORT}/v23.0/\"",
+            "api_url = \"http://127.0.0.1:${GRAPH_PORT}\"",
+        )
+        .unwrap();
+        assert_eq!(c.meta.graph_api_url, "http://127.0.0.1:18081/v23.0");
+        assert_eq!(
+            c.channels[0].api_url.as_deref(),
+            Some("http://127.0.0.1:18081")
+        );
+        let e = with("graph_api_url = \"ftp://x\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("meta.graph_api_url") && e.contains("http"),
+            "{e}"
+        );
+        let e = with("", "api_url = \"http://${UNSET_PORT}\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api_url") && e.contains("not set"), "{e}");
     }
 
     #[test]

@@ -373,13 +373,15 @@ impl Outbound {
     /// that time once Redis is back.
     fn inflight_deadline(&self, key: &str, since_ms: i64, now_ms: i64) -> i64 {
         let wait = self.inner.options.inflight_wait.as_millis() as i64;
-        let mut seen = self
+        let mut guard = self
             .inner
             .inflight_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if seen.len() > 10_000 {
+        let (seen, sweep) = &mut *guard;
+        if sweep.due(seen.len(), 1024) {
             seen.retain(|_, at| now_ms - *at < 10 * wait);
+            sweep.swept(seen.len());
         }
         let first_seen = *seen.entry(key.to_string()).or_insert(now_ms);
         since_ms.max(first_seen) + wait
@@ -390,6 +392,7 @@ impl Outbound {
             .inflight_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .remove(key);
     }
 

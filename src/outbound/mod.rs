@@ -159,7 +159,7 @@ struct Inner {
     metrics: Metrics,
     options: OutboundOptions,
     /// Outbox keys first seen pending (an unconfirmed send) by this process, with when.
-    inflight_seen: std::sync::Mutex<HashMap<String, i64>>,
+    inflight_seen: std::sync::Mutex<(HashMap<String, i64>, crate::clock::SweepSchedule)>,
     /// Outbox keys whose provider answer this process holds, not recorded yet.
     held: std::sync::Mutex<std::collections::HashSet<String>>,
     media: crate::media::MediaHub,

@@ -110,6 +110,7 @@ pub struct MemoryState {
     values: HashMap<String, (String, i64)>,
     /// audit stream key → entries
     logs: HashMap<String, Vec<Vec<(String, String)>>>,
+    sweep: crate::clock::SweepSchedule,
 }
 
 impl MemoryState {
@@ -121,8 +122,9 @@ impl MemoryState {
     }
 
     fn set(&mut self, key: String, value: String, ttl_ms: u64, now_ms: i64) {
-        if self.values.len() > 100_000 {
+        if self.sweep.due(self.values.len(), 4096) {
             self.values.retain(|_, (_, exp)| *exp > now_ms);
+            self.sweep.swept(self.values.len());
         }
         let exp = now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         self.values.insert(key, (value, exp));

@@ -178,7 +178,7 @@ pub enum RateLimiter {
     },
     Memory {
         keys: Keys,
-        tats: Arc<Mutex<HashMap<String, u64>>>,
+        tats: Arc<Mutex<(HashMap<String, u64>, crate::clock::SweepSchedule)>>,
         /// reach key → customer → last time reached.
         reach: Arc<Mutex<ReachSets>>,
         /// reach key → the limit Meta announced.
@@ -397,12 +397,14 @@ impl RateLimiter {
             }
             RateLimiter::Memory { keys, tats, .. } => {
                 let buckets = limits.buckets(keys, channel, contact);
-                let mut tats = tats.lock().unwrap_or_else(|e| e.into_inner());
-                if tats.len() > 10_000 {
+                let mut guard = tats.lock().unwrap_or_else(|e| e.into_inner());
+                let (tats, sweep) = &mut *guard;
+                if sweep.due(tats.len(), 4096) {
                     // Idle buckets are full buckets: forget them (Redis expires them).
                     tats.retain(|_, tat| *tat + 1_000_000 > now_us);
+                    sweep.swept(tats.len());
                 }
-                gcra(&mut tats, &buckets, now_us, earliest_us, max_wait_us)
+                gcra(tats, &buckets, now_us, earliest_us, max_wait_us)
             }
         };
         let wait_ms = wait_us.div_ceil(1000);

@@ -30,7 +30,11 @@ const RECLAIM_BATCH: usize = 256;
 const SWEEP_MIN: usize = 1024;
 
 /// (channel, Idempotency-Key) → (body hash, message id, expires at).
-type IdempotencyKeys = HashMap<(String, String), (String, String, i64)>;
+/// (channel, key) → (body hash, first message id, expires ms), and when to sweep them.
+type IdempotencyKeys = (
+    HashMap<(String, String), (String, String, i64)>,
+    crate::clock::SweepSchedule,
+);
 
 #[derive(Clone)]
 pub struct MemoryOutQueue {
@@ -320,10 +324,12 @@ impl MemoryOutQueue {
     ) -> Result<Submitted, OutQueueError> {
         let channel = &message.msg.channel;
         let id = &message.msg.outbox_key;
-        let mut keys = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        let (keys, sweep) = &mut *guard;
         if let Some(i) = idempotency {
-            if keys.len() > 100_000 {
+            if sweep.due(keys.len(), 4096) {
                 keys.retain(|_, (_, _, exp)| *exp > now_ms);
+                sweep.swept(keys.len());
             }
             let slot = (channel.clone(), i.key.clone());
             match keys.get(&slot).filter(|(_, _, exp)| *exp > now_ms) {
