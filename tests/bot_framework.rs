@@ -1061,6 +1061,23 @@ fn stories_and_calls_have_their_own_handlers() {
     ));
 }
 
+/// A forward answer asking for an absurd handover (10^16 s, found by fuzzing) pauses the bot
+/// for good; it must not wrap into a negative or a few-millisecond pause.
+#[test]
+fn an_absurd_handover_saturates_instead_of_wrapping() {
+    for body in [
+        &br#"{"handover":{"seconds":10000000000000000}}"#[..],
+        br#"{"handover":{"seconds":18446744073709551615}}"#,
+    ] {
+        let mut c = ctx(message(ChannelKind::Waba, "text", Some("hi"), None));
+        let answer = coexist::bot::forward::parse_answer(body).unwrap();
+        coexist::bot::forward::apply_answer(&mut c, answer);
+        assert!(c.in_handover(), "{}", String::from_utf8_lossy(body));
+        let (_, state, _, _) = c.into_parts();
+        assert_eq!(state.handover_until_ms, Some(i64::MAX));
+    }
+}
+
 /// The texts of the replies sent since the last look.
 fn new_texts(kit: &mut TestKit) -> Vec<String> {
     kit.take_replies()

@@ -345,7 +345,10 @@ impl Context {
 
     /// Pauses the bot for this conversation (a person takes over).
     pub fn handover(&mut self, duration: Duration) {
-        window::start_handover(&mut self.state, self.now_ms, duration.as_millis() as i64);
+        // Saturating: a forward answer of 10^16 seconds must not wrap to a negative or tiny
+        // pause (found by fuzzing); it pauses the bot for good.
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        window::start_handover(&mut self.state, self.now_ms, ms);
         self.handover = Some(HandoverRequest::Pause(duration));
         self.state_changed = true;
     }

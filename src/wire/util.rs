@@ -69,7 +69,8 @@ const MS_THRESHOLD: i64 = 100_000_000_000;
 /// A value that is already in milliseconds (too large to be seconds) is returned as is.
 pub fn seconds_to_ms(v: &Value) -> Option<i64> {
     let secs = int_of(v)?;
-    if secs.abs() >= MS_THRESHOLD {
+    // `unsigned_abs`: `abs` of i64::MIN overflows (found by fuzzing).
+    if secs.unsigned_abs() >= MS_THRESHOLD.unsigned_abs() {
         Some(secs)
     } else {
         secs.checked_mul(1000)
@@ -201,6 +202,22 @@ pub fn is_lid(jid: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        assert_eq!(seconds_to_ms(&json!(i64::MIN)), Some(i64::MIN));
+        assert_eq!(seconds_to_ms(&json!(i64::MAX)), Some(i64::MAX));
+        assert_eq!(
+            seconds_to_ms(&json!("-9223372036854775808")),
+            Some(i64::MIN)
+        );
+        assert_eq!(seconds_to_ms(&json!(-5)), Some(-5000));
+        assert_eq!(
+            seconds_to_ms(&json!("1e300")),
+            Some(i64::MAX),
+            "a float saturates"
+        );
+    }
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {
