@@ -409,6 +409,12 @@ async fn replicated_durability_needs_a_replica() {
     })
     .await;
     // The retry: a duplicate (the first attempt did write), now acknowledged by the replica.
+    // A longer wait than the 200 ms above: on a loaded 2-core machine the replica's answer to
+    // WAIT's GETACK can take longer (seen in CI), and this half checks the acknowledgement.
+    let q = RedisQueue::connect(&master.url(), keys.clone(), 3600, 0)
+        .await
+        .unwrap()
+        .with_durability(Durability::Replicated, 10_000);
     let again = q.enqueue(std::slice::from_ref(&ev)).await.unwrap();
     assert_eq!(again, vec![Enqueued::Duplicate]);
     let next = NewEvent {
