@@ -3,7 +3,7 @@
 use crate::bot::echo::EchoBot;
 use crate::bot::forward::ForwardBot;
 use crate::bot::{Bot, NoBot};
-use crate::config::{BotMode, Config};
+use crate::config::{defaults, BotMode, Config};
 use crate::conversation::{
     ConversationStore, MemoryConversationStore, MemoryLeases, RedisConversationStore,
 };
@@ -55,7 +55,10 @@ pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
             tracing::info!(
                 "no [redis] table: using the embedded in-memory queue (one process, not durable)"
             );
-            Queue::Memory(MemoryQueue::with_options(8 * 24 * 3600, 0))
+            Queue::Memory(MemoryQueue::with_options(
+                defaults::DEDUPE_TTL_SECS,
+                defaults::STREAM_MAXLEN,
+            ))
         }
     })
 }

@@ -178,7 +178,9 @@ impl SendApi {
             inner: Arc::new(Inner {
                 keys: api.map(|a| a.keys.clone()).unwrap_or_default(),
                 idempotency_ttl_ms: api
-                    .map_or(24 * 3600, |a| a.idempotency_ttl_secs)
+                    .map_or(crate::config::defaults::IDEMPOTENCY_TTL_SECS, |a| {
+                        a.idempotency_ttl_secs
+                    })
                     .saturating_mul(1000),
                 channels: config
                     .channels

@@ -80,8 +80,8 @@ pub struct AnswerLimits {
 impl Default for AnswerLimits {
     fn default() -> Self {
         AnswerLimits {
-            max_bytes: crate::config::DEFAULT_MAX_ANSWER_BYTES,
-            max_replies: crate::config::DEFAULT_MAX_REPLIES,
+            max_bytes: crate::config::defaults::MAX_ANSWER_BYTES,
+            max_replies: crate::config::defaults::MAX_REPLIES,
         }
     }
 }

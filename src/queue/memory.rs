@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Default dedupe memory, as for Redis: Meta retries for up to 7 days.
-const DEFAULT_DEDUPE_TTL_SECS: u64 = 8 * 24 * 3600;
+use crate::config::defaults;
 
 /// The in-memory queue. Cloning shares the state.
 #[derive(Clone)]
@@ -207,7 +206,7 @@ impl Default for MemoryQueue {
 
 impl MemoryQueue {
     pub fn new() -> Self {
-        MemoryQueue::with_options(DEFAULT_DEDUPE_TTL_SECS, 0)
+        MemoryQueue::with_options(defaults::DEDUPE_TTL_SECS, defaults::STREAM_MAXLEN)
     }
 
     /// Same knobs as [`super::RedisQueue::connect`]: dedupe memory and stream cap (0 = none).

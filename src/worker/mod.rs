@@ -66,7 +66,7 @@ impl WorkerSettings {
             batch: 64,
             opt_out_words: config.api.as_ref().map_or_else(
                 || {
-                    crate::config::DEFAULT_OPT_OUT_WORDS
+                    crate::config::defaults::OPT_OUT_WORDS
                         .map(String::from)
                         .to_vec()
                 },

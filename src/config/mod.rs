@@ -4,12 +4,17 @@
 //! fix a file without guessing. Secrets are read from the environment (`${VAR}`); they are
 //! wrapped in [`Secret`], whose `Debug` never prints them.
 
-use crate::channel::{ChannelKind, UNROUTED_CHANNEL};
+use crate::channel::ChannelKind;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use toml::Spanned;
+
+mod build;
+pub mod defaults;
+mod raw;
+
+use build::Ctx;
+use raw::RawFile;
 
 /// A secret value: usable, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,22 +80,6 @@ pub struct ApiConfig {
     pub opt_out_words: Vec<String>,
 }
 
-/// `[bot] max_answer_bytes` when unset.
-pub const DEFAULT_MAX_ANSWER_BYTES: usize = 1024 * 1024;
-/// `[bot] max_replies` when unset.
-pub const DEFAULT_MAX_REPLIES: usize = 20;
-
-/// The opt-out words a broadcast honours when `[api] opt_out_words` is not set.
-pub const DEFAULT_OPT_OUT_WORDS: [&str; 7] = [
-    "STOP",
-    "UNSUBSCRIBE",
-    "CANCEL",
-    "QUIT",
-    "END",
-    "STOPALL",
-    "OPTOUT",
-];
-
 /// `[sending]`: how the senders wait and retry. Every key is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,15 +126,20 @@ pub struct MediaConfig {
 
 impl MediaConfig {
     pub fn max_download_bytes(&self) -> u64 {
-        self.max_download_bytes.unwrap_or(100 * 1024 * 1024)
+        self.max_download_bytes
+            .unwrap_or(defaults::MAX_DOWNLOAD_BYTES)
     }
 
     pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(60_000).max(1))
+        std::time::Duration::from_millis(
+            self.timeout_ms.unwrap_or(defaults::MEDIA_TIMEOUT_MS).max(1),
+        )
     }
 
     pub fn upload_ttl_secs(&self) -> u64 {
-        self.upload_ttl_secs.unwrap_or(86_400).max(1)
+        self.upload_ttl_secs
+            .unwrap_or(defaults::UPLOAD_TTL_SECS)
+            .max(1)
     }
 }
 
@@ -313,119 +307,6 @@ pub struct WorkerConfig {
     pub metrics_listen: Option<String>,
 }
 
-// ---------------------------------------------------------------- raw file shape
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    server: RawServer,
-    redis: Option<RawRedis>,
-    #[serde(default)]
-    meta: RawMeta,
-    #[serde(default)]
-    channels: Vec<Spanned<RawChannel>>,
-    #[serde(default)]
-    bot: Option<Spanned<RawBot>>,
-    #[serde(default)]
-    worker: RawWorker,
-    #[serde(default)]
-    sending: SendingConfig,
-    #[serde(default)]
-    media: MediaConfig,
-    api: Option<Spanned<RawApi>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    #[serde(default)]
-    keys: Vec<Spanned<String>>,
-    idempotency_ttl_secs: Option<u64>,
-    opt_out_words: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<Spanned<String>>,
-    max_body_bytes: Option<usize>,
-    workers: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRedis {
-    url: Option<Spanned<String>>,
-    cluster: Option<Spanned<Vec<Spanned<String>>>>,
-    durability: Option<Spanned<String>>,
-    replication_timeout_ms: Option<u64>,
-    prefix: Option<String>,
-    dedupe_ttl_secs: Option<u64>,
-    stream_maxlen: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMeta {
-    verify_token: Option<Spanned<String>>,
-    #[serde(default)]
-    app_secrets: Vec<Spanned<String>>,
-    app_secret: Option<Spanned<String>>,
-    graph_api_url: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawChannel {
-    id: Spanned<String>,
-    kind: Spanned<String>,
-    partitions: Option<Spanned<i64>>,
-    phone_number_id: Option<Spanned<String>>,
-    access_token: Option<Spanned<String>>,
-    #[serde(default)]
-    coexistence: bool,
-    gateway: Option<Spanned<String>>,
-    session: Option<Spanned<String>>,
-    #[serde(default)]
-    webhook_secrets: Vec<Spanned<String>>,
-    api_url: Option<Spanned<String>>,
-    api_key: Option<Spanned<String>>,
-    send_rate_per_second: Option<u32>,
-    pair_gap_ms: Option<u64>,
-    max_per_minute: Option<u32>,
-    jitter_ms: Option<u64>,
-    messaging_limit_per_day: Option<u32>,
-    portfolio: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBot {
-    mode: Option<Spanned<String>>,
-    url: Option<Spanned<String>>,
-    secret: Option<Spanned<String>>,
-    timeout_ms: Option<u64>,
-    handover_secs: Option<u64>,
-    max_answer_bytes: Option<usize>,
-    max_replies: Option<usize>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawWorker {
-    lease_ms: Option<u64>,
-    max_attempts: Option<u32>,
-    retry_backoff_ms: Option<u64>,
-    concurrency: Option<usize>,
-    window_expiring_minutes: Option<Vec<u64>>,
-    conversation_ttl_secs: Option<u64>,
-    block_ms: Option<u64>,
-    metrics_listen: Option<Spanned<String>>,
-}
-
-// ---------------------------------------------------------------- loading
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -468,476 +349,6 @@ impl Config {
         }
         .build(RawFile::default())
         .expect("the empty config is valid")
-    }
-}
-
-struct Ctx<'a> {
-    text: &'a str,
-    path: &'a str,
-    env: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Ctx<'_> {
-    fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
-    }
-
-    fn err<T>(
-        &self,
-        span: std::ops::Range<usize>,
-        key: &str,
-        message: impl fmt::Display,
-    ) -> Result<T, ConfigError> {
-        Err(ConfigError::Invalid {
-            path: self.path.into(),
-            line: self.line(span.start),
-            message: format!("`{key}`: {message}"),
-        })
-    }
-
-    /// Expands `${VAR}` and `${VAR:-default}`. `Ok(None)`: a variable it needs is unset.
-    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<Option<String>, ConfigError> {
-        expand_vars(value.get_ref(), self.env).map_err(|m| ConfigError::Invalid {
-            path: self.path.into(),
-            line: self.line(value.span().start),
-            message: format!("`{key}`: {m}"),
-        })
-    }
-
-    /// An `http(s)://` URL (variables allowed, all must be set).
-    fn http_url(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-        let url = self.required(value, key)?;
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"));
-        match rest {
-            Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(url),
-            _ => self.err(
-                value.span(),
-                key,
-                format!("{url:?} is not an http(s):// URL"),
-            ),
-        }
-    }
-
-    /// A required plain value (variables allowed, all must be set).
-    fn required(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-        match self.expand(value, key)? {
-            Some(v) => Ok(v),
-            None => self.err(
-                value.span(),
-                key,
-                format!(
-                    "{} uses an environment variable that is not set",
-                    value.get_ref()
-                ),
-            ),
-        }
-    }
-
-    /// An optional secret: an unset variable means "not configured".
-    fn secret(
-        &self,
-        value: &Option<Spanned<String>>,
-        key: &str,
-    ) -> Result<Option<Secret>, ConfigError> {
-        let Some(v) = value else { return Ok(None) };
-        warn_if_literal_secret(v.get_ref(), key);
-        Ok(self.expand(v, key)?.filter(|s| !s.is_empty()).map(Secret))
-    }
-
-    /// A list of secrets: entries whose variable is unset are skipped (e.g. no previous secret
-    /// outside a rotation).
-    fn secrets(&self, values: &[Spanned<String>], key: &str) -> Result<Vec<Secret>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            let k = format!("{key}[{i}]");
-            warn_if_literal_secret(v.get_ref(), &k);
-            if let Some(s) = self.expand(v, &k)?.filter(|s| !s.is_empty()) {
-                out.push(Secret(s));
-            }
-        }
-        Ok(out)
-    }
-
-    /// `[api]`: keys only through `${VAR}` (a key written in the file is refused), at least
-    /// one set.
-    fn api(&self, raw: &Option<Spanned<RawApi>>) -> Result<Option<ApiConfig>, ConfigError> {
-        let Some(spanned) = raw else {
-            return Ok(None);
-        };
-        let a = spanned.get_ref();
-        for (i, k) in a.keys.iter().enumerate() {
-            if !k.get_ref().contains("${") || k.get_ref().contains(":-") {
-                return self.err(
-                    k.span(),
-                    &format!("api.keys[{i}]"),
-                    "API keys come from the environment: write \"${VAR}\" (no default) and export VAR",
-                );
-            }
-        }
-        let keys = self.secrets(&a.keys, "api.keys")?;
-        if keys.is_empty() {
-            return self.err(
-                spanned.span(),
-                "api.keys",
-                "no API key is set: keys = [\"${COEXIST_API_KEY}\"] and export the variable (or remove the [api] table to turn the send API off)",
-            );
-        }
-        Ok(Some(ApiConfig {
-            keys,
-            idempotency_ttl_secs: a.idempotency_ttl_secs.unwrap_or(24 * 3600).max(1),
-            opt_out_words: a
-                .opt_out_words
-                .clone()
-                .unwrap_or_else(|| DEFAULT_OPT_OUT_WORDS.map(String::from).to_vec()),
-        }))
-    }
-
-    /// `[redis] cluster`: the seed nodes (URLs, `${VAR}` allowed); never together with `url`.
-    fn redis_cluster(&self, r: &RawRedis) -> Result<Vec<Secret>, ConfigError> {
-        let Some(seeds) = &r.cluster else {
-            return Ok(Vec::new());
-        };
-        if let Some(url) = &r.url {
-            let (span, key) = if url.span().start > seeds.span().start {
-                (url.span(), "redis.url")
-            } else {
-                (seeds.span(), "redis.cluster")
-            };
-            return self.err(
-                span,
-                key,
-                "`redis.url` and `redis.cluster` are both set: use `url` for one node or `cluster` (seed nodes) for a Redis Cluster, not both",
-            );
-        }
-        if seeds.get_ref().is_empty() {
-            return self.err(
-                seeds.span(),
-                "redis.cluster",
-                "no seed node: list at least one \"redis://host:port\" (or use `url` for one node)",
-            );
-        }
-        let mut out = Vec::new();
-        for (i, seed) in seeds.get_ref().iter().enumerate() {
-            let key = format!("redis.cluster[{i}]");
-            let url = self.required(seed, &key)?;
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return self.err(
-                    seed.span(),
-                    &key,
-                    "a cluster seed is a redis:// or rediss:// URL (host and port)",
-                );
-            }
-            out.push(Secret(url));
-        }
-        Ok(out)
-    }
-
-    fn build(&self, raw: RawFile) -> Result<Config, ConfigError> {
-        let server = ServerConfig {
-            listen: match &raw.server.listen {
-                Some(l) => self.required(l, "server.listen")?,
-                None => "127.0.0.1:8080".into(),
-            },
-            max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024),
-            workers: raw.server.workers,
-        };
-
-        let redis = match raw.redis {
-            None => None,
-            Some(r) => Some(RedisConfig {
-                url: match &r.url {
-                    Some(u) => Secret(self.required(u, "redis.url")?),
-                    None => Secret("redis://127.0.0.1:6379".into()),
-                },
-                cluster: self.redis_cluster(&r)?,
-                durability: match &r.durability {
-                    None => Durability::Local,
-                    Some(d) => match d.get_ref().as_str() {
-                        "local" => Durability::Local,
-                        "replicated" => Durability::Replicated,
-                        other => {
-                            return self.err(
-                                d.span(),
-                                "redis.durability",
-                                format!(
-                                    "unknown durability {other:?} (expected \"local\" or \"replicated\")"
-                                ),
-                            )
-                        }
-                    },
-                },
-                replication_timeout_ms: r.replication_timeout_ms.unwrap_or(1000).max(1),
-                prefix: r.prefix.unwrap_or_else(|| "cx".into()),
-                dedupe_ttl_secs: r.dedupe_ttl_secs.unwrap_or(8 * 24 * 3600),
-                stream_maxlen: r.stream_maxlen.unwrap_or(0),
-            }),
-        };
-
-        let mut app_secrets = self.secrets(&raw.meta.app_secrets, "meta.app_secrets")?;
-        if let Some(s) = self.secret(&raw.meta.app_secret, "meta.app_secret")? {
-            app_secrets.insert(0, s);
-        }
-        let meta = MetaConfig {
-            verify_token: self.secret(&raw.meta.verify_token, "meta.verify_token")?,
-            app_secrets,
-            graph_api_url: match &raw.meta.graph_api_url {
-                Some(u) => self.http_url(u, "meta.graph_api_url")?,
-                None => "https://graph.facebook.com/v23.0".into(),
-            }
-            .trim_end_matches('/')
-            .to_string(),
-        };
-
-        let mut channels = Vec::new();
-        let mut ids: HashMap<String, usize> = HashMap::new();
-        let mut phone_ids: HashMap<String, usize> = HashMap::new();
-        let mut sessions: HashMap<String, usize> = HashMap::new();
-        for (i, spanned) in raw.channels.iter().enumerate() {
-            let c = spanned.get_ref();
-            let key = |k: &str| format!("channels[{i}].{k}");
-            let id = self.required(&c.id, &key("id"))?;
-            if id.is_empty()
-                || id.starts_with('_')
-                || !id
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            {
-                return self.err(c.id.span(), &key("id"), format!("{id:?} is not a valid channel id (letters, digits, '-', '_', '.'; not starting with '_')"));
-            }
-            if let Some(prev) = ids.insert(id.clone(), self.line(c.id.span().start)) {
-                return self.err(
-                    c.id.span(),
-                    &key("id"),
-                    format!("duplicate channel id {id:?} (first defined on line {prev})"),
-                );
-            }
-            let kind = match c.kind.get_ref().as_str() {
-                "waba" => ChannelKind::Waba,
-                "personal" => ChannelKind::Personal,
-                other => {
-                    return self.err(
-                        c.kind.span(),
-                        &key("kind"),
-                        format!("unknown kind {other:?} (expected \"waba\" or \"personal\")"),
-                    )
-                }
-            };
-            let partitions = match &c.partitions {
-                None => 4,
-                Some(p) if (1..=1024).contains(p.get_ref()) => *p.get_ref() as u32,
-                Some(p) => {
-                    return self.err(
-                        p.span(),
-                        &key("partitions"),
-                        format!("{} is out of range (1 to 1024)", p.get_ref()),
-                    )
-                }
-            };
-            let phone_number_id = match &c.phone_number_id {
-                Some(p) => Some(self.required(p, &key("phone_number_id"))?),
-                None => None,
-            };
-            let session = match &c.session {
-                Some(s) => Some(self.required(s, &key("session"))?),
-                None => None,
-            };
-            let webhook_secrets = self.secrets(&c.webhook_secrets, &key("webhook_secrets"))?;
-            match kind {
-                ChannelKind::Waba => {
-                    let Some(pid) = &phone_number_id else {
-                        return self.err(
-                            spanned.span(),
-                            &key("phone_number_id"),
-                            format!("channel {id:?} of kind \"waba\" needs a phone_number_id"),
-                        );
-                    };
-                    if let Some(prev) = phone_ids.insert(pid.clone(), i) {
-                        let span = c
-                            .phone_number_id
-                            .as_ref()
-                            .map(|p| p.span())
-                            .unwrap_or(spanned.span());
-                        return self.err(
-                            span,
-                            &key("phone_number_id"),
-                            format!("duplicate phone_number_id {pid:?} (also on channels[{prev}])"),
-                        );
-                    }
-                    if meta.app_secrets.is_empty() {
-                        return self.err(spanned.span(), "meta.app_secrets", format!("channel {id:?} is a waba channel but no Meta app secret is set (set meta.app_secrets = [\"${{META_APP_SECRET}}\"] and export the variable)"));
-                    }
-                    if c.session.is_some() || c.gateway.is_some() {
-                        return self.err(
-                            spanned.span(),
-                            &key("kind"),
-                            "gateway/session belong to personal channels, not waba",
-                        );
-                    }
-                }
-                ChannelKind::Personal => {
-                    if phone_number_id.is_some() {
-                        return self.err(
-                            spanned.span(),
-                            &key("phone_number_id"),
-                            "phone_number_id belongs to waba channels, not personal",
-                        );
-                    }
-                    if let Some(g) = &c.gateway {
-                        if g.get_ref() != "waha" {
-                            return self.err(
-                                g.span(),
-                                &key("gateway"),
-                                format!("unknown gateway {:?} (supported: \"waha\")", g.get_ref()),
-                            );
-                        }
-                    }
-                    if webhook_secrets.is_empty() {
-                        return self.err(spanned.span(), &key("webhook_secrets"), format!("personal channel {id:?} has no webhook secret set (webhook_secrets = [\"${{WAHA_HMAC_KEY}}\"] and export the variable): unsigned webhooks are never accepted"));
-                    }
-                    let s = session.clone().unwrap_or_else(|| "default".into());
-                    if let Some(prev) = sessions.insert(s.clone(), i) {
-                        let span = c
-                            .session
-                            .as_ref()
-                            .map(|p| p.span())
-                            .unwrap_or(spanned.span());
-                        return self.err(
-                            span,
-                            &key("session"),
-                            format!("duplicate session {s:?} (also on channels[{prev}])"),
-                        );
-                    }
-                }
-            }
-            let default_rate = kind.default_send_rate_per_second(c.coexistence);
-            channels.push(ChannelConfig {
-                id,
-                kind,
-                partitions,
-                phone_number_id,
-                access_token: self.secret(&c.access_token, &key("access_token"))?,
-                coexistence: c.coexistence,
-                gateway: c
-                    .gateway
-                    .as_ref()
-                    .map(|g| g.get_ref().clone())
-                    .or_else(|| (kind == ChannelKind::Personal).then(|| "waha".into())),
-                session: session
-                    .or_else(|| (kind == ChannelKind::Personal).then(|| "default".into())),
-                webhook_secrets,
-                api_url: match &c.api_url {
-                    Some(u) => Some(self.http_url(u, &key("api_url"))?),
-                    None => None,
-                },
-                api_key: self.secret(&c.api_key, &key("api_key"))?,
-                send_rate_per_second: c.send_rate_per_second.unwrap_or(match kind {
-                    ChannelKind::Waba => default_rate,
-                    ChannelKind::Personal => 5,
-                }),
-                pair_gap_ms: c.pair_gap_ms.unwrap_or(match kind {
-                    ChannelKind::Waba => 6_000,
-                    ChannelKind::Personal => 3_000,
-                }),
-                max_per_minute: c.max_per_minute.unwrap_or(30),
-                jitter_ms: c.jitter_ms.unwrap_or(match kind {
-                    ChannelKind::Waba => 0,
-                    ChannelKind::Personal => 1_500,
-                }),
-                messaging_limit_per_day: c.messaging_limit_per_day.unwrap_or(0),
-                portfolio: c.portfolio.clone().filter(|p| !p.is_empty()),
-            });
-        }
-        debug_assert!(!ids.contains_key(UNROUTED_CHANNEL));
-
-        let bot = match &raw.bot {
-            None => BotConfig {
-                mode: BotMode::Echo,
-                url: None,
-                secret: None,
-                timeout_ms: 10_000,
-                handover_secs: 1800,
-                max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
-                max_replies: DEFAULT_MAX_REPLIES,
-            },
-            Some(b) => {
-                let r = b.get_ref();
-                let mode = match r.mode.as_ref().map(|m| m.get_ref().as_str()) {
-                    None | Some("echo") => BotMode::Echo,
-                    Some("forward") => BotMode::Forward,
-                    Some("none") => BotMode::None,
-                    Some(other) => {
-                        let span = r.mode.as_ref().unwrap().span();
-                        return self.err(span, "bot.mode", format!("unknown mode {other:?} (expected \"echo\", \"forward\" or \"none\")"));
-                    }
-                };
-                let url = match &r.url {
-                    Some(u) => Some(self.required(u, "bot.url")?),
-                    None => None,
-                };
-                let secret = self.secret(&r.secret, "bot.secret")?;
-                if mode == BotMode::Forward {
-                    if url.is_none() {
-                        return self.err(b.span(), "bot.url", "mode \"forward\" needs a url");
-                    }
-                    if secret.is_none() {
-                        return self.err(b.span(), "bot.secret", "mode \"forward\" needs a secret to sign requests (secret = \"${FORWARD_SECRET}\" and export the variable)");
-                    }
-                }
-                BotConfig {
-                    mode,
-                    url,
-                    secret,
-                    timeout_ms: r.timeout_ms.unwrap_or(10_000),
-                    handover_secs: r.handover_secs.unwrap_or(1800),
-                    max_answer_bytes: r
-                        .max_answer_bytes
-                        .unwrap_or(DEFAULT_MAX_ANSWER_BYTES)
-                        .max(2),
-                    max_replies: r.max_replies.unwrap_or(DEFAULT_MAX_REPLIES),
-                }
-            }
-        };
-
-        let w = &raw.worker;
-        let worker = WorkerConfig {
-            lease_ms: w.lease_ms.unwrap_or(10_000),
-            max_attempts: w.max_attempts.unwrap_or(5).max(1),
-            retry_backoff_ms: w.retry_backoff_ms.unwrap_or(200),
-            concurrency: w.concurrency.unwrap_or(64).max(1),
-            window_expiring_minutes: w
-                .window_expiring_minutes
-                .clone()
-                .unwrap_or_else(|| vec![60, 10]),
-            conversation_ttl_secs: w.conversation_ttl_secs.unwrap_or(30 * 24 * 3600),
-            block_ms: w.block_ms.unwrap_or(2_000),
-            metrics_listen: match &w.metrics_listen {
-                Some(l) => Some(self.required(l, "worker.metrics_listen")?),
-                None => None,
-            },
-        };
-
-        Ok(Config {
-            server,
-            redis,
-            meta,
-            channels,
-            bot,
-            worker,
-            sending: raw.sending.clone(),
-            media: raw.media.clone(),
-            api: self.api(&raw.api)?,
-        })
-    }
-}
-
-fn warn_if_literal_secret(value: &str, key: &str) {
-    if !value.contains("${") && !value.is_empty() {
-        tracing::warn!(key, "a secret is written in the config file itself; use ${{VAR}} and the environment instead");
     }
 }
 
@@ -1111,6 +522,53 @@ secret = "${FORWARD_SECRET}"
             e.contains("line 10") && e.contains("duplicate phone_number_id"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn duplicate_session_counts_the_default_one() {
+        // The first channel leaves `session` out: it is "default", like the second's.
+        let e = error_of("[[channels]]\nid = \"p\"\nkind = \"personal\"\nwebhook_secrets = [\"${WAHA_HMAC_KEY}\"]\n[[channels]]\nid = \"q\"\nkind = \"personal\"\nsession = \"default\"\nwebhook_secrets = [\"${WAHA_HMAC_KEY}\"]\n");
+        assert!(e.contains("line 8"), "{e}");
+        assert!(e.contains("channels[1].session"), "{e}");
+        assert!(e.contains("duplicate session \"default\""), "{e}");
+    }
+
+    #[test]
+    fn left_out_keys_take_the_named_defaults_per_kind() {
+        let c = parse("[redis]\n[meta]\napp_secrets=[\"${META_APP_SECRET}\"]\n[[channels]]\nid = \"w\"\nkind = \"waba\"\nphone_number_id = \"1\"\n[[channels]]\nid = \"p\"\nkind = \"personal\"\nwebhook_secrets = [\"${WAHA_HMAC_KEY}\"]\n").unwrap();
+        let redis = c.redis.as_ref().unwrap();
+        assert_eq!(redis.url.expose(), defaults::REDIS_URL);
+        assert_eq!(
+            redis.dedupe_ttl_secs,
+            8 * 24 * 3600,
+            "longer than Meta's 7 days of retries"
+        );
+        assert_eq!(c.server.max_body_bytes, defaults::MAX_BODY_BYTES);
+        assert_eq!(c.worker.window_expiring_minutes, vec![60, 10]);
+        let (w, p) = (c.channel("w").unwrap(), c.channel("p").unwrap());
+        assert_eq!((w.pair_gap_ms, p.pair_gap_ms), (6_000, 3_000));
+        assert_eq!(
+            (w.jitter_ms, p.jitter_ms),
+            (0, defaults::PERSONAL_JITTER_MS)
+        );
+        assert_eq!(
+            p.send_rate_per_second,
+            defaults::PERSONAL_SEND_RATE_PER_SECOND
+        );
+        assert_eq!(
+            w.send_rate_per_second,
+            ChannelKind::Waba.default_send_rate_per_second(false)
+        );
+        assert_eq!(
+            (w.session.as_deref(), p.session.as_deref()),
+            (None, Some("default"))
+        );
+        assert_eq!(
+            (w.gateway.as_deref(), p.gateway.as_deref()),
+            (None, Some("waha"))
+        );
+        let bot = &c.bot;
+        assert_eq!((bot.max_answer_bytes, bot.max_replies), (1024 * 1024, 20));
     }
 
     #[test]
@@ -1294,7 +752,7 @@ secret = "${FORWARD_SECRET}"
         assert_eq!(api.idempotency_ttl_secs, 24 * 3600, "a day by default");
         assert_eq!(
             api.opt_out_words,
-            DEFAULT_OPT_OUT_WORDS.map(String::from).to_vec()
+            defaults::OPT_OUT_WORDS.map(String::from).to_vec()
         );
         // Outside a rotation the previous key's variable is unset: that entry is skipped.
         let c = parse_api("[api]\nkeys = [\"${COEXIST_API_KEY}\", \"${NOT_SET}\"]\n").unwrap();
