@@ -1073,7 +1073,7 @@ fn an_absurd_handover_saturates_instead_of_wrapping() {
         let answer = coexist::bot::forward::parse_answer(body).unwrap();
         coexist::bot::forward::apply_answer(&mut c, answer);
         assert!(c.in_handover(), "{}", String::from_utf8_lossy(body));
-        let (_, state, _, _) = c.into_parts();
+        let (_, state, _) = c.into_parts();
         assert_eq!(state.handover_until_ms, Some(i64::MAX));
     }
 }

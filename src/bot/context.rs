@@ -33,15 +33,6 @@ pub enum SendRuleError {
     NoConversation,
 }
 
-/// A handover change the handler asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandoverRequest {
-    /// Pause the bot for this conversation (a person takes over).
-    Pause(Duration),
-    /// Let the bot answer again.
-    Resume,
-}
-
 /// Everything about one event that a handler may read or ask for.
 pub struct Context {
     pub event: Event,
@@ -54,8 +45,6 @@ pub struct Context {
     /// (the window closed meanwhile) must not shift the keys of the replies after it.
     reply_slots: Vec<usize>,
     requested: usize,
-    handover: Option<HandoverRequest>,
-    state_changed: bool,
     effects: Effects,
     media: Option<MediaHub>,
 }
@@ -75,8 +64,6 @@ impl Context {
             replies: Vec::new(),
             reply_slots: Vec::new(),
             requested: 0,
-            handover: None,
-            state_changed: false,
             effects: Effects::default(),
             media: None,
         }
@@ -333,14 +320,12 @@ impl Context {
     /// Stores the bot author's typed state; saved with the conversation after the handler.
     pub fn set_state<T: Serialize>(&mut self, value: &T) -> Result<(), serde_json::Error> {
         self.state.bot_state = Some(serde_json::to_value(value)?);
-        self.state_changed = true;
         Ok(())
     }
 
     /// Forgets the bot state of this conversation.
     pub fn clear_state(&mut self) {
         self.state.bot_state = None;
-        self.state_changed = true;
     }
 
     /// Pauses the bot for this conversation (a person takes over).
@@ -349,34 +334,23 @@ impl Context {
         // pause (found by fuzzing); it pauses the bot for good.
         let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         window::start_handover(&mut self.state, self.now_ms, ms);
-        self.handover = Some(HandoverRequest::Pause(duration));
-        self.state_changed = true;
     }
 
     /// Lets the bot answer again.
     pub fn resume(&mut self) {
         window::end_handover(&mut self.state);
-        self.handover = Some(HandoverRequest::Resume);
-        self.state_changed = true;
     }
 
     pub fn replies(&self) -> &[Reply] {
         &self.replies
     }
 
-    pub fn handover_request(&self) -> Option<HandoverRequest> {
-        self.handover
-    }
-
-    /// Did the handler change the stored state (bot state or handover)?
-    pub fn state_changed(&self) -> bool {
-        self.state_changed
-    }
-
     /// Hands back what the worker needs after the handler: the state and the replies, each
     /// with its slot (the index in its outbox key).
-    pub fn into_parts(self) -> (Event, ConversationState, Vec<(usize, Reply)>, bool) {
+    /// The state is saved whether or not the handler touched it: the event itself moves the
+    /// window and the statuses.
+    pub fn into_parts(self) -> (Event, ConversationState, Vec<(usize, Reply)>) {
         let replies = self.reply_slots.into_iter().zip(self.replies).collect();
-        (self.event, self.state, replies, self.state_changed)
+        (self.event, self.state, replies)
     }
 }

@@ -34,7 +34,7 @@ pub mod router;
 pub mod testkit;
 
 pub use crate::handler;
-pub use context::{Context, HandoverRequest, SendRuleError};
+pub use context::{Context, SendRuleError};
 pub use filter::Filter;
 pub use router::{
     handler_fn, BuildError, Flow, Handler, HandlerFn, HandlerResult, On, Router, RouterBuilder,

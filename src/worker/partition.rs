@@ -338,7 +338,7 @@ impl<'a> PartitionTask<'a> {
             if let Err(e) = self.shared.bot.handle(&mut ctx).await {
                 return e.into();
             }
-            let (event, state, replies, _) = ctx.into_parts();
+            let (event, state, replies) = ctx.into_parts();
             (event, state, replies)
         };
         let replies = self.queue_replies(&event, &mut state, replies, now);
@@ -438,7 +438,7 @@ impl<'a> PartitionTask<'a> {
         if let Err(e) = self.shared.bot.handle(&mut ctx).await {
             return e.into();
         }
-        let (event, _, replies, _) = ctx.into_parts();
+        let (event, _, replies) = ctx.into_parts();
         if !replies.is_empty() && event.conversation.is_empty() {
             tracing::warn!(channel = %self.lease.channel, event = %event.id, replies = replies.len(),
                 "replies to an event with no conversation are dropped");
