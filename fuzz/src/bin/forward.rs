@@ -55,7 +55,7 @@ fn main() {
         for mut ctx in contexts {
             apply_answer(&mut ctx, parse_answer(data).unwrap());
             let channel = ctx.channel_id().to_string();
-            let (event, state, replies, _changed) = ctx.into_parts();
+            let (event, state, replies) = ctx.into_parts();
             // A pause of N seconds holds the bot for N seconds (saturating at the end of
             // time), never for less: a huge N must not wrap into a short or no pause.
             if let Some(HandoverAnswer::Pause(d)) = answer.handover {
