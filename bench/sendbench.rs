@@ -29,6 +29,7 @@ use coexist::event::Event;
 use coexist::keys::Keys;
 use coexist::outbound::queue::QueuedMessage;
 use coexist::outbound::{OutQueue, OutgoingMessage, Reply};
+use coexist::queue::QueueBackend;
 use coexist::queue::{NewEvent, Queue, RedisQueue};
 use coexist::Config;
 use serde_json::{json, Value};

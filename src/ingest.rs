@@ -8,6 +8,7 @@ use crate::event::Event;
 use crate::event::EventType;
 use crate::metrics::{Metric, Metrics};
 use crate::outbound::Outbox;
+use crate::queue::QueueBackend;
 use crate::queue::{Enqueued, NewEvent, Queue, QueueError};
 use crate::routing::{Route, Router};
 use crate::verify::{self, SignatureError};

@@ -11,6 +11,7 @@
 use crate::api::{ApiError, SendApi};
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::Metric;
+use crate::queue::QueueBackend;
 use crate::verify::SignatureError;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};

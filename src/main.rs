@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use coexist::config::Config;
+use coexist::queue::QueueBackend;
 use coexist::verify::{self, Algorithm};
 use coexist::wire::{self, ParseError};
 use std::io::{Read, Write};

@@ -13,6 +13,7 @@ mod support;
 
 use coexist::config::Durability;
 use coexist::keys::Keys;
+use coexist::queue::QueueBackend;
 use coexist::queue::{Enqueued, NewEvent, Queue, QueueError, RedisQueue};
 use fakes::FakeServer;
 use recorder::{Call, Recorder};

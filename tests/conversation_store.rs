@@ -10,6 +10,7 @@ use coexist::conversation::{
 };
 use coexist::event::{Contact, Event, EventType, Message};
 use coexist::keys::Keys;
+use coexist::queue::QueueBackend;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -20,6 +20,7 @@ use coexist::conversation::window::{leads_from_minutes, timers_for};
 use coexist::conversation::ConversationState;
 use coexist::event::{Event, EventType};
 use coexist::queue::timer_member;
+use coexist::queue::QueueBackend;
 use coexist::routing::partition_of;
 use fakes::{Answer, Recorded};
 use serde_json::{json, Value};

@@ -22,6 +22,7 @@ mod support;
 use deploy::*;
 
 use coexist::event::Event;
+use coexist::queue::QueueBackend;
 use coexist::routing::partition_of;
 use fakes::Recorded;
 use serde_json::{json, Value};

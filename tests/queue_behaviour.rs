@@ -4,6 +4,7 @@
 mod support;
 
 use coexist::keys::Keys;
+use coexist::queue::QueueBackend;
 use coexist::queue::{
     timer_member, Enqueued, Entry, Lease, MemoryQueue, NewEvent, Queue, QueueError, RedisQueue,
 };

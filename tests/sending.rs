@@ -16,6 +16,7 @@ mod support;
 use deploy::*;
 
 use coexist::event::Event;
+use coexist::queue::QueueBackend;
 use coexist::routing::partition_of;
 use fakes::{Answer, Recorded};
 use recorder::Script;

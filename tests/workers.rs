@@ -7,6 +7,7 @@ mod support;
 use coexist::channel::ChannelKind;
 use coexist::event::{Contact, Event, EventType, Message};
 use coexist::keys::Keys;
+use coexist::queue::QueueBackend;
 use coexist::queue::{NewEvent, Queue, RedisQueue};
 use coexist::redis_conn::Endpoint;
 use coexist::routing::partition_of;

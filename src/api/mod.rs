@@ -22,6 +22,7 @@ use crate::outbound::{
     Idempotency, OutQueue, OutRecord, OutgoingMessage, QueuedMessage, Submitted,
 };
 use crate::queue::Queue;
+use crate::queue::QueueBackend;
 use request::{FieldError, MessageRequest};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

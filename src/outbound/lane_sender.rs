@@ -25,6 +25,7 @@ use crate::conversation::window;
 use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Event, EventType, OutboundFailure};
 use crate::metrics::{Metric, Metrics};
+use crate::queue::QueueBackend;
 use crate::queue::{NewEvent, Queue};
 use crate::worker::{Clock, SendObserver};
 use std::collections::HashMap;

@@ -4,7 +4,9 @@
 //!
 //! One `std::sync::Mutex` guards the whole state; it is never held across an `.await`.
 
-use super::{DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueError};
+use super::{
+    DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueBackend, QueueError,
+};
 use crate::routing::partition_of;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -227,20 +229,6 @@ impl MemoryQueue {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a batch with the semantics of enqueue.lua, atomically per event.
-    pub async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
-        let now = Instant::now();
-        let mut st = self.state();
-        st.expire_seen(now);
-        let mut out = Vec::with_capacity(batch.len());
-        for ev in batch {
-            out.push(self.enqueue_one(&mut st, ev, now));
-        }
-        drop(st);
-        self.inner.appended.notify_waiters();
-        Ok(out)
-    }
-
     fn enqueue_one(&self, st: &mut State, ev: &NewEvent, now: Instant) -> Enqueued {
         let seen_key = seen_key(&ev.channel, &ev.id);
         if st.seen.get(&seen_key).is_some_and(|expires| *expires > now) {
@@ -307,35 +295,6 @@ impl MemoryQueue {
 
 /// Consumer side: the same semantics as the Redis scripts (see `src/lua/*.lua`).
 impl MemoryQueue {
-    pub async fn acquire_lease(
-        &self,
-        channel: &str,
-        partition: u32,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> Result<Option<Lease>, QueueError> {
-        let now = Instant::now();
-        let mut st = self.state();
-        if st.lease_value(channel, partition, now).is_some() {
-            return Ok(None);
-        }
-        let key = (channel.to_string(), partition);
-        let token = {
-            let fence = st.fences.entry(key.clone()).or_default();
-            *fence += 1;
-            *fence
-        };
-        let lease = Lease {
-            channel: channel.to_string(),
-            partition,
-            owner: owner.to_string(),
-            token,
-        };
-        let expires = now + Duration::from_millis(ttl_ms.max(1));
-        st.leases.insert(key, (lease.value(), expires));
-        Ok(Some(lease))
-    }
-
     /// The value (`<owner>:<token>`) of the live lease on a partition, if any: what the Redis
     /// lease key would hold (the memory conversation store fences saves with it).
     pub fn lease_holder(&self, channel: &str, partition: u32) -> Option<String> {
@@ -344,21 +303,8 @@ impl MemoryQueue {
             .map(str::to_string)
     }
 
-    pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
-        let mut st = self.state();
-        if !st.holds(lease) {
-            return Ok(false);
-        }
-        let expires = Instant::now() + Duration::from_millis(ttl_ms.max(1));
-        st.leases.insert(
-            (lease.channel.clone(), lease.partition),
-            (lease.value(), expires),
-        );
-        Ok(true)
-    }
-
     /// Marks `worker` live for `ttl_ms` (or removes it) and returns how many workers are live.
-    pub async fn heartbeat(
+    pub(crate) async fn beat(
         &self,
         worker: &str,
         ttl_ms: u64,
@@ -376,44 +322,6 @@ impl MemoryQueue {
         }
         st.workers.retain(|_, expires| *expires > now);
         Ok(st.workers.len())
-    }
-
-    pub async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
-        let mut st = self.state();
-        if !st.holds(lease) {
-            return Ok(false);
-        }
-        st.leases.remove(&(lease.channel.clone(), lease.partition));
-        Ok(true)
-    }
-
-    pub async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
-        let mut st = self.state();
-        let stream = st.stream(channel, partition);
-        stream.group.get_or_insert_with(Group::default);
-        Ok(())
-    }
-
-    pub async fn read(
-        &self,
-        lease: &Lease,
-        consumer: &str,
-        count: usize,
-        block_ms: u64,
-    ) -> Result<Vec<Entry>, QueueError> {
-        let deadline = Instant::now() + Duration::from_millis(block_ms);
-        loop {
-            // Register for wake-ups before looking, so an append in between is not missed.
-            let appended = self.inner.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
-            let entries = self.read_now(lease, consumer, count.max(1))?;
-            let now = Instant::now();
-            if !entries.is_empty() || now >= deadline {
-                return Ok(entries);
-            }
-            let _ = tokio::time::timeout(deadline - now, appended).await;
-        }
     }
 
     /// Claim pending entries (any consumer's) in id order, else deliver new ones.
@@ -486,12 +394,159 @@ impl MemoryQueue {
         acked
     }
 
-    pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
+    /// The canonical conversation of a customer id, now (see
+    /// [`QueueBackend::conversation_of`]).
+    pub fn conversation_now(&self, channel: &str, contact: &str) -> Option<String> {
+        self.state()
+            .aliases
+            .get(channel)
+            .and_then(|a| a.get(contact))
+            .map(|(_, c)| c.clone())
+    }
+
+    /// [`MemoryQueue::replace_timers`] without the async wrapper, for the worker's commit.
+    pub(crate) fn replace_timers_now(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) {
+        let mut st = self.state();
+        let timers = st
+            .timers
+            .entry((channel.to_string(), partition))
+            .or_default();
+        for member in cancel {
+            timers.remove(member);
+        }
+        for (member, due) in arm {
+            timers.insert(member.clone(), *due);
+        }
+    }
+}
+
+/// Payload and conversation of a timer member (see `super::timer_member`); a member that is
+/// not such an object is the payload itself, like promote_timers.lua does.
+fn decode_timer_member(member: &str) -> (String, String) {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(member).ok();
+    match parsed
+        .as_ref()
+        .and_then(|v| v.get("e"))
+        .and_then(|e| e.as_str())
+    {
+        Some(e) => {
+            let c = parsed
+                .as_ref()
+                .and_then(|v| v.get("c"))
+                .and_then(|c| c.as_str());
+            (e.to_string(), c.unwrap_or("").to_string())
+        }
+        None => (member.to_string(), String::new()),
+    }
+}
+
+impl QueueBackend for MemoryQueue {
+    /// Enqueues a batch with the semantics of enqueue.lua, atomically per event.
+    async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        st.expire_seen(now);
+        let mut out = Vec::with_capacity(batch.len());
+        for ev in batch {
+            out.push(self.enqueue_one(&mut st, ev, now));
+        }
+        drop(st);
+        self.inner.appended.notify_waiters();
+        Ok(out)
+    }
+
+    async fn acquire_lease(
+        &self,
+        channel: &str,
+        partition: u32,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, QueueError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        if st.lease_value(channel, partition, now).is_some() {
+            return Ok(None);
+        }
+        let key = (channel.to_string(), partition);
+        let token = {
+            let fence = st.fences.entry(key.clone()).or_default();
+            *fence += 1;
+            *fence
+        };
+        let lease = Lease {
+            channel: channel.to_string(),
+            partition,
+            owner: owner.to_string(),
+            token,
+        };
+        let expires = now + Duration::from_millis(ttl_ms.max(1));
+        st.leases.insert(key, (lease.value(), expires));
+        Ok(Some(lease))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
+        let mut st = self.state();
+        if !st.holds(lease) {
+            return Ok(false);
+        }
+        let expires = Instant::now() + Duration::from_millis(ttl_ms.max(1));
+        st.leases.insert(
+            (lease.channel.clone(), lease.partition),
+            (lease.value(), expires),
+        );
+        Ok(true)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let mut st = self.state();
+        if !st.holds(lease) {
+            return Ok(false);
+        }
+        st.leases.remove(&(lease.channel.clone(), lease.partition));
+        Ok(true)
+    }
+
+    async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
+        let mut st = self.state();
+        let stream = st.stream(channel, partition);
+        stream.group.get_or_insert_with(Group::default);
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let deadline = Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            // Register for wake-ups before looking, so an append in between is not missed.
+            let appended = self.inner.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let entries = self.read_now(lease, consumer, count.max(1))?;
+            let now = Instant::now();
+            if !entries.is_empty() || now >= deadline {
+                return Ok(entries);
+            }
+            let _ = tokio::time::timeout(deadline - now, appended).await;
+        }
+    }
+
+    async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
         Ok(Self::ack_locked(&mut self.state(), lease, entry_id))
     }
 
     /// Acks several entries at once; `None` when the lease is not ours.
-    pub async fn ack_many(
+    async fn ack_many(
         &self,
         lease: &Lease,
         entry_ids: &[&str],
@@ -508,7 +563,7 @@ impl MemoryQueue {
         ))
     }
 
-    pub async fn dead_letter(
+    async fn dead_letter(
         &self,
         lease: &Lease,
         entry: &Entry,
@@ -534,17 +589,8 @@ impl MemoryQueue {
         Ok(true)
     }
 
-    /// The canonical conversation of a customer id (see [`super::Queue::conversation_of`]).
-    pub fn conversation_of(&self, channel: &str, contact: &str) -> Option<String> {
-        self.state()
-            .aliases
-            .get(channel)
-            .and_then(|a| a.get(contact))
-            .map(|(_, c)| c.clone())
-    }
-
     /// Disarms `cancel` and arms `arm` (member, due ms) at once.
-    pub async fn replace_timers(
+    async fn replace_timers(
         &self,
         channel: &str,
         partition: u32,
@@ -555,28 +601,7 @@ impl MemoryQueue {
         Ok(())
     }
 
-    /// [`MemoryQueue::replace_timers`] without the async wrapper, for the worker's commit.
-    pub(crate) fn replace_timers_now(
-        &self,
-        channel: &str,
-        partition: u32,
-        cancel: &[String],
-        arm: &[(String, u64)],
-    ) {
-        let mut st = self.state();
-        let timers = st
-            .timers
-            .entry((channel.to_string(), partition))
-            .or_default();
-        for member in cancel {
-            timers.remove(member);
-        }
-        for (member, due) in arm {
-            timers.insert(member.clone(), *due);
-        }
-    }
-
-    pub async fn promote_due_timers(
+    async fn promote_due_timers(
         &self,
         lease: &Lease,
         now_ms: u64,
@@ -621,7 +646,7 @@ impl MemoryQueue {
         Ok(due.len())
     }
 
-    pub async fn partition_stats(
+    async fn partition_stats(
         &self,
         channel: &str,
         partition: u32,
@@ -661,7 +686,7 @@ impl MemoryQueue {
         })
     }
 
-    pub async fn dead_letters(
+    async fn dead_letters(
         &self,
         channel: &str,
         count: usize,
@@ -685,7 +710,7 @@ impl MemoryQueue {
             .collect())
     }
 
-    pub async fn replay_dead_letter(
+    async fn replay_dead_letter(
         &self,
         channel: &str,
         id: &str,
@@ -712,25 +737,32 @@ impl MemoryQueue {
         self.inner.appended.notify_waiters();
         Ok(Some(new_id.to_string()))
     }
-}
 
-/// Payload and conversation of a timer member (see `super::timer_member`); a member that is
-/// not such an object is the payload itself, like promote_timers.lua does.
-fn decode_timer_member(member: &str) -> (String, String) {
-    let parsed: Option<serde_json::Value> = serde_json::from_str(member).ok();
-    match parsed
-        .as_ref()
-        .and_then(|v| v.get("e"))
-        .and_then(|e| e.as_str())
-    {
-        Some(e) => {
-            let c = parsed
-                .as_ref()
-                .and_then(|v| v.get("c"))
-                .and_then(|c| c.as_str());
-            (e.to_string(), c.unwrap_or("").to_string())
-        }
-        None => (member.to_string(), String::new()),
+    async fn confirm_durable(&self, _channel: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: &str, ttl_ms: u64) -> Result<usize, QueueError> {
+        self.beat(worker, ttl_ms, true).await
+    }
+
+    async fn leave(&self, worker: &str) -> Result<(), QueueError> {
+        self.beat(worker, 60_000, false).await.map(|_| ())
+    }
+
+    async fn conversations_of(
+        &self,
+        channel: &str,
+        contacts: &[String],
+    ) -> Result<Vec<Option<String>>, QueueError> {
+        Ok(contacts
+            .iter()
+            .map(|c| self.conversation_now(channel, c))
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
     }
 }
 

@@ -1,14 +1,16 @@
 //! The queue behind the ingress and the workers: Redis Streams, or an in-memory twin that
 //! behaves the same for one process (`coexist run` without `[redis]`, and bot unit tests).
 //!
-//! [`Queue`] is an enum rather than a trait object: two backends, known at compile time,
-//! and async methods without boxing.
+//! The contract is the [`QueueBackend`] trait (docs there), one file per backend; [`Queue`] is
+//! an enum over the two, dispatched by `enum_dispatch`: two backends known at compile time,
+//! async methods without boxing (svix's cache backends are the model).
 
 pub mod memory;
 pub mod redis;
 
 pub use self::memory::MemoryQueue;
 pub use self::redis::RedisQueue;
+use enum_dispatch::enum_dispatch;
 
 /// One event to enqueue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +82,7 @@ impl Lease {
 /// One entry handed to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Stream entry id (`<ms>-<seq>`), what [`Queue::ack`] takes.
+    /// Stream entry id (`<ms>-<seq>`), what [`QueueBackend::ack`] takes.
     pub id: String,
     /// The normalized event JSON as enqueued (or a promoted timer's payload).
     pub payload: String,
@@ -110,7 +112,7 @@ pub struct PartitionStats {
 /// One entry of a channel's dead-letter stream.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
-    /// Id in the dead-letter stream (what [`Queue::replay_dead_letter`] takes).
+    /// Id in the dead-letter stream (what [`QueueBackend::replay_dead_letter`] takes).
     pub id: String,
     pub payload: String,
     pub conversation: String,
@@ -127,212 +129,135 @@ pub fn timer_member(payload: &str, conversation: &str) -> String {
     serde_json::json!({ "c": conversation, "e": payload }).to_string()
 }
 
-/// The queue, Redis-backed or in memory.
-#[derive(Clone)]
-pub enum Queue {
-    Redis(RedisQueue),
-    Memory(MemoryQueue),
-}
-
-impl Queue {
+/// What a queue does, on either backend: one behaviour suite (`tests/queue_behaviour.rs`) runs
+/// on both. Native `async fn`: every caller holds a concrete [`Queue`], so the futures stay
+/// `Send` where the backend's are.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait QueueBackend {
     /// Enqueues every event of one webhook, each atomically deduplicated, in one round trip.
     /// Returns one outcome per input, in order; an error means nothing can be assumed durable.
-    pub async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.enqueue(batch).await,
-            Queue::Memory(q) => q.enqueue(batch).await,
-        }
-    }
+    async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError>;
 
     /// `durability = "replicated"`: waits until a replica has every write made so far to the
     /// node holding `channel`'s keys (`WAIT`); `NotReplicated` if none did in time. Nothing to
     /// wait for with `durability = "local"` or the embedded queue.
-    pub async fn confirm_durable(&self, channel: &str) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.confirm_durable([channel]).await,
-            Queue::Memory(_) => Ok(()),
-        }
-    }
+    async fn confirm_durable(&self, channel: &str) -> Result<(), QueueError>;
 
     /// Takes the partition's lease if it is free, with a new fencing token.
-    pub async fn acquire_lease(
+    async fn acquire_lease(
         &self,
         channel: &str,
         partition: u32,
         owner: &str,
         ttl_ms: u64,
-    ) -> Result<Option<Lease>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.acquire_lease(channel, partition, owner, ttl_ms).await,
-            Queue::Memory(q) => q.acquire_lease(channel, partition, owner, ttl_ms).await,
-        }
-    }
+    ) -> Result<Option<Lease>, QueueError>;
 
     /// Extends the lease; `false` when it is no longer ours (stop handling the partition).
-    pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
-        match self {
-            Queue::Redis(q) => q.renew_lease(lease, ttl_ms).await,
-            Queue::Memory(q) => q.renew_lease(lease, ttl_ms).await,
-        }
-    }
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError>;
 
     /// Marks a worker process live for `ttl_ms` and returns how many are live: each worker
     /// takes its fair share (partitions / live workers), so joining or leaving rebalances.
-    pub async fn heartbeat(&self, worker: &str, ttl_ms: u64) -> Result<usize, QueueError> {
-        match self {
-            Queue::Redis(q) => q.heartbeat(worker, ttl_ms, true).await,
-            Queue::Memory(q) => q.heartbeat(worker, ttl_ms, true).await,
-        }
-    }
+    async fn heartbeat(&self, worker: &str, ttl_ms: u64) -> Result<usize, QueueError>;
 
     /// A worker leaves: the others' shares grow at their next round.
-    pub async fn leave(&self, worker: &str) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.heartbeat(worker, 60_000, false).await.map(|_| ()),
-            Queue::Memory(q) => q.heartbeat(worker, 60_000, false).await.map(|_| ()),
-        }
-    }
+    async fn leave(&self, worker: &str) -> Result<(), QueueError>;
 
     /// Gives the lease up (only if still ours); `true` when released.
-    pub async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
-        match self {
-            Queue::Redis(q) => q.release_lease(lease).await,
-            Queue::Memory(q) => q.release_lease(lease).await,
-        }
-    }
+    async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError>;
 
     /// Creates the partition's consumer group (and stream) if missing.
-    pub async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.ensure_group(channel, partition).await,
-            Queue::Memory(q) => q.ensure_group(channel, partition).await,
-        }
-    }
+    async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError>;
 
     /// Next entries of the leased partition, in order: first every entry handed out before and
     /// not acknowledged (any previous owner's, or ours), then new ones, waiting up to
     /// `block_ms` for them (0 = do not wait). Call it again only after acking or
     /// dead-lettering what the previous call returned, or those entries come back first.
     /// `Err(LeaseLost)` when the lease is not ours.
-    pub async fn read(
+    async fn read(
         &self,
         lease: &Lease,
         consumer: &str,
         count: usize,
         block_ms: u64,
-    ) -> Result<Vec<Entry>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.read(lease, consumer, count, block_ms).await,
-            Queue::Memory(q) => q.read(lease, consumer, count, block_ms).await,
-        }
-    }
+    ) -> Result<Vec<Entry>, QueueError>;
 
     /// Acknowledges (and deletes) one entry, fenced: `false` when the lease is not ours (the
     /// new owner handles the entry again) or the entry was not pending.
-    pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
-        match self {
-            Queue::Redis(q) => q.ack(lease, entry_id).await,
-            Queue::Memory(q) => q.ack(lease, entry_id).await,
-        }
-    }
+    async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError>;
 
     /// Acknowledges (and deletes) handled entries in one round trip, fenced: `None` when the
     /// lease is not ours (the new owner handles them again), else how many were pending.
-    pub async fn ack_many(
+    async fn ack_many(
         &self,
         lease: &Lease,
         entry_ids: &[&str],
-    ) -> Result<Option<usize>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.ack_many(lease, entry_ids).await,
-            Queue::Memory(q) => q.ack_many(lease, entry_ids).await,
-        }
-    }
+    ) -> Result<Option<usize>, QueueError>;
 
     /// Moves one entry to the channel's dead-letter stream with the error, then acks it;
-    /// fenced like [`Queue::ack`].
-    pub async fn dead_letter(
+    /// fenced like [`QueueBackend::ack`].
+    async fn dead_letter(
         &self,
         lease: &Lease,
         entry: &Entry,
         error: &str,
-    ) -> Result<bool, QueueError> {
-        match self {
-            Queue::Redis(q) => q.dead_letter(lease, entry, error).await,
-            Queue::Memory(q) => q.dead_letter(lease, entry, error).await,
-        }
-    }
+    ) -> Result<bool, QueueError>;
 
     /// Disarms `cancel` and arms `arm` (member from [`timer_member`], due ms) in one atomic
     /// step, unfenced: for tools and tests. Workers never call it: a handled event's timers
     /// change inside its fenced commit, together with the state they follow from.
-    pub async fn replace_timers(
+    async fn replace_timers(
         &self,
         channel: &str,
         partition: u32,
         cancel: &[String],
         arm: &[(String, u64)],
-    ) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.replace_timers(channel, partition, cancel, arm).await,
-            Queue::Memory(q) => q.replace_timers(channel, partition, cancel, arm).await,
-        }
-    }
+    ) -> Result<(), QueueError>;
 
     /// Moves up to `limit` timers due at `now_ms` into the partition stream (earliest first),
     /// atomically and fenced. Returns how many moved; `Err(LeaseLost)` when not ours.
-    pub async fn promote_due_timers(
+    async fn promote_due_timers(
         &self,
         lease: &Lease,
         now_ms: u64,
         limit: usize,
-    ) -> Result<usize, QueueError> {
-        match self {
-            Queue::Redis(q) => q.promote_due_timers(lease, now_ms, limit).await,
-            Queue::Memory(q) => q.promote_due_timers(lease, now_ms, limit).await,
-        }
-    }
+    ) -> Result<usize, QueueError>;
 
     /// Length, pending, lag, dead letters, lease owner and timers of one partition.
-    pub async fn partition_stats(
+    async fn partition_stats(
         &self,
         channel: &str,
         partition: u32,
-    ) -> Result<PartitionStats, QueueError> {
-        match self {
-            Queue::Redis(q) => q.partition_stats(channel, partition).await,
-            Queue::Memory(q) => q.partition_stats(channel, partition).await,
-        }
-    }
+    ) -> Result<PartitionStats, QueueError>;
 
     /// The oldest `count` dead letters of a channel.
-    pub async fn dead_letters(
+    async fn dead_letters(
         &self,
         channel: &str,
         count: usize,
-    ) -> Result<Vec<DeadLetter>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.dead_letters(channel, count).await,
-            Queue::Memory(q) => q.dead_letters(channel, count).await,
-        }
-    }
+    ) -> Result<Vec<DeadLetter>, QueueError>;
 
     /// Puts a dead letter back at the tail of its partition stream and removes it from the
     /// dead-letter stream. Returns the new entry id, `None` when no such dead letter.
-    pub async fn replay_dead_letter(
+    async fn replay_dead_letter(
         &self,
         channel: &str,
         id: &str,
-    ) -> Result<Option<String>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.replay_dead_letter(channel, id).await,
-            Queue::Memory(q) => q.replay_dead_letter(channel, id).await,
-        }
-    }
+    ) -> Result<Option<String>, QueueError>;
+
+    /// [`QueueBackend::conversation_of`] for many ids in one round trip, in order.
+    async fn conversations_of(
+        &self,
+        channel: &str,
+        contacts: &[String],
+    ) -> Result<Vec<Option<String>>, QueueError>;
+
+    /// Readiness: is the backing store reachable?
+    async fn ping(&self) -> Result<(), QueueError>;
 
     /// The canonical conversation an id of a customer belongs to on a channel (the alias map
     /// ingress keeps: one person, one conversation), `None` when the id was never seen.
-    pub async fn conversation_of(
+    async fn conversation_of(
         &self,
         channel: &str,
         contact: &str,
@@ -342,27 +267,13 @@ impl Queue {
             .await?;
         Ok(one.pop().flatten())
     }
+}
 
-    /// [`Queue::conversation_of`] for many ids in one round trip, in order.
-    pub async fn conversations_of(
-        &self,
-        channel: &str,
-        contacts: &[String],
-    ) -> Result<Vec<Option<String>>, QueueError> {
-        match self {
-            Queue::Redis(q) => q.conversations_of(channel, contacts).await,
-            Queue::Memory(q) => Ok(contacts
-                .iter()
-                .map(|c| q.conversation_of(channel, c))
-                .collect()),
-        }
-    }
-
-    /// Readiness: is the backing store reachable?
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        match self {
-            Queue::Redis(q) => q.ping().await,
-            Queue::Memory(_) => Ok(()),
-        }
-    }
+/// The queue, Redis-backed or in memory; every [`QueueBackend`] method dispatches to the
+/// backend (`enum_dispatch`: no boxing, no forwarding written by hand).
+#[enum_dispatch(QueueBackend)]
+#[derive(Clone)]
+pub enum Queue {
+    Redis(RedisQueue),
+    Memory(MemoryQueue),
 }

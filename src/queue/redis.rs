@@ -1,7 +1,9 @@
 //! Redis Streams queue: one stream per channel partition, dedupe and alias resolution in one
 //! Lua script per event, a whole webhook's events in one pipeline.
 
-use super::{DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueError};
+use super::{
+    DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueBackend, QueueError,
+};
 use crate::config::Durability;
 use crate::keys::{Keys, GROUP};
 use crate::redis_conn::{ConnectOptions, Endpoint, RedisConn};
@@ -141,8 +143,8 @@ impl RedisQueue {
         &self.inner.keys
     }
 
-    /// `[redis] durability`: with `Replicated`, [`RedisQueue::enqueue`] and
-    /// [`RedisQueue::confirm_durable`] wait for one replica (`WAIT 1 timeout_ms`). Call before
+    /// `[redis] durability`: with `Replicated`, [`QueueBackend::enqueue`] and
+    /// [`RedisQueue::confirm_durable_channels`] wait for one replica (`WAIT 1 timeout_ms`). Call before
     /// the queue is cloned.
     pub fn with_durability(mut self, durability: Durability, timeout_ms: u64) -> Self {
         let inner = Arc::get_mut(&mut self.inner).expect("with_durability before any clone");
@@ -154,7 +156,7 @@ impl RedisQueue {
     /// Waits for one replica of each node holding one of `channels` to have every write made
     /// so far on this connection (the WAIT runs on the connection that carried the writes, so
     /// it covers them). Nothing to do with `durability = "local"`.
-    pub async fn confirm_durable<'a>(
+    pub async fn confirm_durable_channels<'a>(
         &self,
         channels: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), QueueError> {
@@ -191,62 +193,6 @@ impl RedisQueue {
         self.inner.conn.clone()
     }
 
-    /// Enqueues a webhook's events: one EVALSHA each, all in one pipeline. Returns one outcome
-    /// per input, in order. Any error means some events may not be durable: the caller must not
-    /// acknowledge the webhook (a retry is safe, dedupe makes it land once).
-    pub async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn();
-        let mut results: Vec<Option<Enqueued>> = vec![None; batch.len()];
-        let mut todo: Vec<usize> = (0..batch.len()).collect();
-        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
-        // script, then re-send just the events that were refused; the others already ran.
-        for round in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &todo {
-                self.push_enqueue(&mut pipe, &batch[i]);
-            }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            if replies.len() != todo.len() {
-                return Err(QueueError::Other(format!(
-                    "pipeline returned {} replies for {} events",
-                    replies.len(),
-                    todo.len()
-                )));
-            }
-            let mut again = Vec::new();
-            for (&i, reply) in todo.iter().zip(replies) {
-                match reply {
-                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                        again.push(i)
-                    }
-                    Value::ServerError(e) => return Err(RedisError::from(e).into()),
-                    v => results[i] = Some(parse_enqueued(v)?),
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            if round == 1 {
-                return Err(QueueError::Other(
-                    "enqueue script missing even after SCRIPT LOAD".into(),
-                ));
-            }
-            ENQUEUE.load_async(&mut conn).await?;
-            todo = again;
-        }
-        // Duplicates too: their first copy may be the write a replica has not acknowledged.
-        self.confirm_durable(batch.iter().map(|e| e.channel.as_str()))
-            .await?;
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every event answered"))
-            .collect())
-    }
-
     fn push_enqueue(&self, pipe: &mut redis::Pipeline, ev: &NewEvent) {
         let keys = &self.inner.keys;
         let partitions = ev.partitions.max(1);
@@ -266,72 +212,12 @@ impl RedisQueue {
             cmd.arg(id).arg(partition_of(id, partitions));
         }
     }
-
-    /// Readiness probe.
-    pub async fn conversations_of(
-        &self,
-        channel: &str,
-        contacts: &[String],
-    ) -> Result<Vec<Option<String>>, QueueError> {
-        if contacts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.inner.keys.aliases(channel))
-            .arg(contacts)
-            .query_async(&mut self.conn())
-            .await?;
-        // `<partition>:<canonical conversation>`
-        Ok(values
-            .into_iter()
-            .map(|v| v.and_then(|v| v.split_once(':').map(|(_, c)| c.to_string())))
-            .collect())
-    }
-
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
 }
 
 /// Consumer side: leases, reads, acks, dead letters, timers, stats.
 impl RedisQueue {
-    pub async fn acquire_lease(
-        &self,
-        channel: &str,
-        partition: u32,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> Result<Option<Lease>, QueueError> {
-        let keys = &self.inner.keys;
-        let token: Option<u64> = LEASE_ACQUIRE
-            .key(keys.lease(channel, partition))
-            .key(keys.fence(channel, partition))
-            .arg(owner)
-            .arg(ttl_ms.max(1))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(token.map(|token| Lease {
-            channel: channel.to_string(),
-            partition,
-            owner: owner.to_string(),
-            token,
-        }))
-    }
-
-    pub async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
-        let renewed: i64 = LEASE_RENEW
-            .key(self.inner.keys.lease(&lease.channel, lease.partition))
-            .arg(lease.value())
-            .arg(ttl_ms.max(1))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(renewed == 1)
-    }
-
     /// Marks `worker` live for `ttl_ms` and returns how many workers are live.
-    pub async fn heartbeat(
+    pub(crate) async fn beat(
         &self,
         worker: &str,
         ttl_ms: u64,
@@ -345,60 +231,6 @@ impl RedisQueue {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(n.max(0) as usize)
-    }
-
-    pub async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
-        let released: i64 = LEASE_RELEASE
-            .key(self.inner.keys.lease(&lease.channel, lease.partition))
-            .arg(lease.value())
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(released == 1)
-    }
-
-    pub async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
-        let stream = self.inner.keys.stream(channel, partition);
-        let created: Result<(), RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn())
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn read(
-        &self,
-        lease: &Lease,
-        consumer: &str,
-        count: usize,
-        block_ms: u64,
-    ) -> Result<Vec<Entry>, QueueError> {
-        let count = count.max(1);
-        // Recreating the group once covers a Redis restart without persistence.
-        let claimed = match self.claim(lease, consumer, count).await {
-            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
-                self.ensure_group(&lease.channel, lease.partition).await?;
-                self.claim(lease, consumer, count).await?
-            }
-            other => other?,
-        };
-        if !claimed.is_empty() {
-            return Ok(claimed);
-        }
-        match self.read_new(lease, consumer, count, block_ms).await {
-            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
-                self.ensure_group(&lease.channel, lease.partition).await?;
-                self.read_new(lease, consumer, count, block_ms).await
-            }
-            other => other,
-        }
     }
 
     /// Fenced XAUTOCLAIM of every pending entry (claim.lua).
@@ -545,203 +377,6 @@ impl RedisQueue {
             }
         }
     }
-
-    pub async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
-        Ok(self.ack_many(lease, &[entry_id]).await? == Some(1))
-    }
-
-    /// Acks several entries in one round trip; `None` when the lease is not ours.
-    pub async fn ack_many(
-        &self,
-        lease: &Lease,
-        entry_ids: &[&str],
-    ) -> Result<Option<usize>, QueueError> {
-        if entry_ids.is_empty() {
-            return Ok(Some(0));
-        }
-        let keys = &self.inner.keys;
-        let mut invocation = ACK.key(keys.lease(&lease.channel, lease.partition));
-        invocation
-            .key(keys.stream(&lease.channel, lease.partition))
-            .arg(lease.value())
-            .arg(GROUP);
-        for id in entry_ids {
-            invocation.arg(*id);
-        }
-        let acked: i64 = invocation.invoke_async(&mut self.conn()).await?;
-        Ok((acked >= 0).then_some(acked as usize))
-    }
-
-    pub async fn dead_letter(
-        &self,
-        lease: &Lease,
-        entry: &Entry,
-        error: &str,
-    ) -> Result<bool, QueueError> {
-        let keys = &self.inner.keys;
-        let moved: i64 = DEAD_LETTER
-            .key(keys.lease(&lease.channel, lease.partition))
-            .key(keys.stream(&lease.channel, lease.partition))
-            .key(keys.dead_letters(&lease.channel))
-            .arg(lease.value())
-            .arg(GROUP)
-            .arg(&entry.id)
-            .arg(&entry.payload)
-            .arg(&entry.conversation)
-            .arg(error)
-            .arg(lease.partition)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(moved == 1)
-    }
-
-    /// Disarms `cancel` and arms `arm` (member, due ms) in one atomic round trip.
-    pub async fn replace_timers(
-        &self,
-        channel: &str,
-        partition: u32,
-        cancel: &[String],
-        arm: &[(String, u64)],
-    ) -> Result<(), QueueError> {
-        let key = self.inner.keys.timers(channel, partition);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if !cancel.is_empty() {
-            pipe.cmd("ZREM").arg(&key).arg(cancel).ignore();
-        }
-        if !arm.is_empty() {
-            let cmd = pipe.cmd("ZADD").arg(&key);
-            for (member, due) in arm {
-                cmd.arg(*due).arg(member);
-            }
-            cmd.ignore();
-        }
-        if cancel.is_empty() && arm.is_empty() {
-            return Ok(());
-        }
-        let () = pipe.query_async(&mut self.conn()).await?;
-        Ok(())
-    }
-
-    pub async fn promote_due_timers(
-        &self,
-        lease: &Lease,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<usize, QueueError> {
-        let keys = &self.inner.keys;
-        let moved: Result<usize, RedisError> = PROMOTE_TIMERS
-            .key(keys.lease(&lease.channel, lease.partition))
-            .key(keys.timers(&lease.channel, lease.partition))
-            .key(keys.stream(&lease.channel, lease.partition))
-            .arg(lease.value())
-            .arg(now_ms)
-            .arg(limit)
-            .arg(self.inner.stream_maxlen)
-            .invoke_async(&mut self.conn())
-            .await;
-        match moved {
-            Err(e) if is_lease_lost(&e) => Err(lease_lost(lease)),
-            other => Ok(other?),
-        }
-    }
-
-    pub async fn partition_stats(
-        &self,
-        channel: &str,
-        partition: u32,
-    ) -> Result<PartitionStats, QueueError> {
-        let keys = &self.inner.keys;
-        let stream = keys.stream(channel, partition);
-        let mut conn = self.conn();
-        let (length, dead, lease, timers): (u64, u64, Option<String>, u64) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&stream)
-            .cmd("XLEN")
-            .arg(keys.dead_letters(channel))
-            .cmd("GET")
-            .arg(keys.lease(channel, partition))
-            .cmd("ZCARD")
-            .arg(keys.timers(channel, partition))
-            .query_async(&mut conn)
-            .await?;
-        let groups: Result<StreamInfoGroupsReply, RedisError> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await;
-        let group = match groups {
-            Ok(reply) => reply.groups.into_iter().find(|g| g.name == GROUP),
-            // No stream yet: nothing pending, nothing to deliver.
-            Err(e) if e.to_string().contains("no such key") => None,
-            Err(e) => return Err(e.into()),
-        };
-        let (pending, lag) = match group {
-            // Acked entries are deleted, so the stream holds exactly pending + undelivered:
-            // when Redis cannot tell the lag, that difference is it.
-            Some(g) => {
-                let pending = g.pending as u64;
-                (
-                    pending,
-                    g.lag
-                        .map(|l| l as u64)
-                        .unwrap_or(length.saturating_sub(pending)),
-                )
-            }
-            None => (0, length),
-        };
-        Ok(PartitionStats {
-            length,
-            pending,
-            lag,
-            dead,
-            lease_owner: lease.as_deref().map(owner_of),
-            timers,
-        })
-    }
-
-    pub async fn dead_letters(
-        &self,
-        channel: &str,
-        count: usize,
-    ) -> Result<Vec<DeadLetter>, QueueError> {
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.inner.keys.dead_letters(channel))
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(reply.ids.iter().map(dead_letter_of).collect())
-    }
-
-    pub async fn replay_dead_letter(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<Option<String>, QueueError> {
-        let keys = &self.inner.keys;
-        let dlq = keys.dead_letters(channel);
-        // The partition (and so the stream key the script must declare) is in the entry.
-        let found: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&dlq)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut self.conn())
-            .await?;
-        let Some(dl) = found.ids.first().map(dead_letter_of) else {
-            return Ok(None);
-        };
-        let new_id: Option<String> = REPLAY_DEAD_LETTER
-            .key(&dlq)
-            .key(keys.stream(channel, dl.partition))
-            .arg(id)
-            .arg(dl.partition)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(new_id)
-    }
 }
 
 fn dead_letter_of(sid: &StreamId) -> DeadLetter {
@@ -803,6 +438,387 @@ fn owner_of(value: &str) -> String {
     match value.rsplit_once(':') {
         Some((owner, _)) => owner.to_string(),
         None => value.to_string(),
+    }
+}
+
+impl QueueBackend for RedisQueue {
+    /// Enqueues a webhook's events: one EVALSHA each, all in one pipeline. Returns one outcome
+    /// per input, in order. Any error means some events may not be durable: the caller must not
+    /// acknowledge the webhook (a retry is safe, dedupe makes it land once).
+    async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let mut results: Vec<Option<Enqueued>> = vec![None; batch.len()];
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
+        // script, then re-send just the events that were refused; the others already ran.
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &todo {
+                self.push_enqueue(&mut pipe, &batch[i]);
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            if replies.len() != todo.len() {
+                return Err(QueueError::Other(format!(
+                    "pipeline returned {} replies for {} events",
+                    replies.len(),
+                    todo.len()
+                )));
+            }
+            let mut again = Vec::new();
+            for (&i, reply) in todo.iter().zip(replies) {
+                match reply {
+                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        again.push(i)
+                    }
+                    Value::ServerError(e) => return Err(RedisError::from(e).into()),
+                    v => results[i] = Some(parse_enqueued(v)?),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if round == 1 {
+                return Err(QueueError::Other(
+                    "enqueue script missing even after SCRIPT LOAD".into(),
+                ));
+            }
+            ENQUEUE.load_async(&mut conn).await?;
+            todo = again;
+        }
+        // Duplicates too: their first copy may be the write a replica has not acknowledged.
+        self.confirm_durable_channels(batch.iter().map(|e| e.channel.as_str()))
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every event answered"))
+            .collect())
+    }
+
+    async fn acquire_lease(
+        &self,
+        channel: &str,
+        partition: u32,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>, QueueError> {
+        let keys = &self.inner.keys;
+        let token: Option<u64> = LEASE_ACQUIRE
+            .key(keys.lease(channel, partition))
+            .key(keys.fence(channel, partition))
+            .arg(owner)
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(token.map(|token| Lease {
+            channel: channel.to_string(),
+            partition,
+            owner: owner.to_string(),
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, QueueError> {
+        let renewed: i64 = LEASE_RENEW
+            .key(self.inner.keys.lease(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let released: i64 = LEASE_RELEASE
+            .key(self.inner.keys.lease(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(released == 1)
+    }
+
+    async fn ensure_group(&self, channel: &str, partition: u32) -> Result<(), QueueError> {
+        let stream = self.inner.keys.stream(channel, partition);
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read(
+        &self,
+        lease: &Lease,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let count = count.max(1);
+        // Recreating the group once covers a Redis restart without persistence.
+        let claimed = match self.claim(lease, consumer, count).await {
+            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                self.ensure_group(&lease.channel, lease.partition).await?;
+                self.claim(lease, consumer, count).await?
+            }
+            other => other?,
+        };
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
+        match self.read_new(lease, consumer, count, block_ms).await {
+            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                self.ensure_group(&lease.channel, lease.partition).await?;
+                self.read_new(lease, consumer, count, block_ms).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, lease: &Lease, entry_id: &str) -> Result<bool, QueueError> {
+        Ok(self.ack_many(lease, &[entry_id]).await? == Some(1))
+    }
+
+    /// Acks several entries in one round trip; `None` when the lease is not ours.
+    async fn ack_many(
+        &self,
+        lease: &Lease,
+        entry_ids: &[&str],
+    ) -> Result<Option<usize>, QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(Some(0));
+        }
+        let keys = &self.inner.keys;
+        let mut invocation = ACK.key(keys.lease(&lease.channel, lease.partition));
+        invocation
+            .key(keys.stream(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(GROUP);
+        for id in entry_ids {
+            invocation.arg(*id);
+        }
+        let acked: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok((acked >= 0).then_some(acked as usize))
+    }
+
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        entry: &Entry,
+        error: &str,
+    ) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let moved: i64 = DEAD_LETTER
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .key(keys.dead_letters(&lease.channel))
+            .arg(lease.value())
+            .arg(GROUP)
+            .arg(&entry.id)
+            .arg(&entry.payload)
+            .arg(&entry.conversation)
+            .arg(error)
+            .arg(lease.partition)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Disarms `cancel` and arms `arm` (member, due ms) in one atomic round trip.
+    async fn replace_timers(
+        &self,
+        channel: &str,
+        partition: u32,
+        cancel: &[String],
+        arm: &[(String, u64)],
+    ) -> Result<(), QueueError> {
+        let key = self.inner.keys.timers(channel, partition);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !cancel.is_empty() {
+            pipe.cmd("ZREM").arg(&key).arg(cancel).ignore();
+        }
+        if !arm.is_empty() {
+            let cmd = pipe.cmd("ZADD").arg(&key);
+            for (member, due) in arm {
+                cmd.arg(*due).arg(member);
+            }
+            cmd.ignore();
+        }
+        if cancel.is_empty() && arm.is_empty() {
+            return Ok(());
+        }
+        let () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn promote_due_timers(
+        &self,
+        lease: &Lease,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let keys = &self.inner.keys;
+        let moved: Result<usize, RedisError> = PROMOTE_TIMERS
+            .key(keys.lease(&lease.channel, lease.partition))
+            .key(keys.timers(&lease.channel, lease.partition))
+            .key(keys.stream(&lease.channel, lease.partition))
+            .arg(lease.value())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.inner.stream_maxlen)
+            .invoke_async(&mut self.conn())
+            .await;
+        match moved {
+            Err(e) if is_lease_lost(&e) => Err(lease_lost(lease)),
+            other => Ok(other?),
+        }
+    }
+
+    async fn partition_stats(
+        &self,
+        channel: &str,
+        partition: u32,
+    ) -> Result<PartitionStats, QueueError> {
+        let keys = &self.inner.keys;
+        let stream = keys.stream(channel, partition);
+        let mut conn = self.conn();
+        let (length, dead, lease, timers): (u64, u64, Option<String>, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("XLEN")
+            .arg(keys.dead_letters(channel))
+            .cmd("GET")
+            .arg(keys.lease(channel, partition))
+            .cmd("ZCARD")
+            .arg(keys.timers(channel, partition))
+            .query_async(&mut conn)
+            .await?;
+        let groups: Result<StreamInfoGroupsReply, RedisError> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await;
+        let group = match groups {
+            Ok(reply) => reply.groups.into_iter().find(|g| g.name == GROUP),
+            // No stream yet: nothing pending, nothing to deliver.
+            Err(e) if e.to_string().contains("no such key") => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (pending, lag) = match group {
+            // Acked entries are deleted, so the stream holds exactly pending + undelivered:
+            // when Redis cannot tell the lag, that difference is it.
+            Some(g) => {
+                let pending = g.pending as u64;
+                (
+                    pending,
+                    g.lag
+                        .map(|l| l as u64)
+                        .unwrap_or(length.saturating_sub(pending)),
+                )
+            }
+            None => (0, length),
+        };
+        Ok(PartitionStats {
+            length,
+            pending,
+            lag,
+            dead,
+            lease_owner: lease.as_deref().map(owner_of),
+            timers,
+        })
+    }
+
+    async fn dead_letters(
+        &self,
+        channel: &str,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.inner.keys.dead_letters(channel))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(reply.ids.iter().map(dead_letter_of).collect())
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        channel: &str,
+        id: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let keys = &self.inner.keys;
+        let dlq = keys.dead_letters(channel);
+        // The partition (and so the stream key the script must declare) is in the entry.
+        let found: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&dlq)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some(dl) = found.ids.first().map(dead_letter_of) else {
+            return Ok(None);
+        };
+        let new_id: Option<String> = REPLAY_DEAD_LETTER
+            .key(&dlq)
+            .key(keys.stream(channel, dl.partition))
+            .arg(id)
+            .arg(dl.partition)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(new_id)
+    }
+
+    async fn conversations_of(
+        &self,
+        channel: &str,
+        contacts: &[String],
+    ) -> Result<Vec<Option<String>>, QueueError> {
+        if contacts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.inner.keys.aliases(channel))
+            .arg(contacts)
+            .query_async(&mut self.conn())
+            .await?;
+        // `<partition>:<canonical conversation>`
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.split_once(':').map(|(_, c)| c.to_string())))
+            .collect())
+    }
+
+    /// Readiness probe.
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn confirm_durable(&self, channel: &str) -> Result<(), QueueError> {
+        self.confirm_durable_channels([channel]).await
+    }
+
+    async fn heartbeat(&self, worker: &str, ttl_ms: u64) -> Result<usize, QueueError> {
+        self.beat(worker, ttl_ms, true).await
+    }
+
+    async fn leave(&self, worker: &str) -> Result<(), QueueError> {
+        self.beat(worker, 60_000, false).await.map(|_| ())
     }
 }
 

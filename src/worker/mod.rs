@@ -22,6 +22,7 @@ use crate::outbound::queue::{MemoryOutQueue, RedisOutQueue};
 use crate::outbound::{
     LaneSender, LaneSettings, OutQueue, OutQueueOptions, Outbound, OutgoingMessage, SendError, Sent,
 };
+use crate::queue::QueueBackend;
 use crate::queue::{Lease, Queue, QueueError};
 use commit::Committer;
 use rand::seq::SliceRandom;

@@ -9,6 +9,7 @@ use crate::support::{self, Proc};
 use coexist::channel::ChannelKind;
 use coexist::event::{Contact, Event, EventType, Message, Status};
 use coexist::keys::Keys;
+use coexist::queue::QueueBackend;
 use coexist::queue::{NewEvent, Queue, RedisQueue};
 use coexist::routing::partition_of;
 use serde_json::{json, Value};
