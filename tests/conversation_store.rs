@@ -4,13 +4,14 @@
 mod support;
 
 use coexist::channel::ChannelKind;
+use coexist::conversation::ConversationBackend;
 use coexist::conversation::{
-    apply_event, window, ConversationState, ConversationStore, Fence, MemoryConversationStore,
+    apply_event, window, ConversationState, ConversationStore, MemoryConversationStore,
     MemoryLeases, RedisConversationStore, SaveOutcome, StoreError, Window, WindowRules,
 };
 use coexist::event::{Contact, Event, EventType, Message};
 use coexist::keys::Keys;
-use coexist::queue::QueueBackend;
+use coexist::queue::{Lease, QueueBackend};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -82,18 +83,18 @@ impl Fixture {
         Fixture::memory_with_ttl(Duration::from_secs(REDIS_TTL_SECS))
     }
 
-    /// Hands the partition's lease to `fence`, as the queue's lease code would.
-    async fn grant(&mut self, fence: &Fence) {
+    /// Hands the partition's lease to `lease`, as the queue's lease code would.
+    async fn grant(&mut self, lease: &Lease) {
         match &mut self.leases {
             Leases::Redis { con, keys } => {
                 let _: () = redis::cmd("SET")
-                    .arg(keys.lease(&fence.channel, fence.partition))
-                    .arg(fence.lease_value())
+                    .arg(keys.lease(&lease.channel, lease.partition))
+                    .arg(lease.value())
                     .query_async(con)
                     .await
                     .unwrap();
             }
-            Leases::Memory(leases) => leases.grant(fence),
+            Leases::Memory(leases) => leases.grant(lease),
         }
     }
 
@@ -115,16 +116,17 @@ impl Fixture {
         self.store.load(channel, contact).await.unwrap()
     }
 
-    async fn save(&self, fence: &Fence, contact: &str, state: &ConversationState) -> SaveOutcome {
+    async fn save(&self, lease: &Lease, contact: &str, state: &ConversationState) -> SaveOutcome {
         self.store
-            .save(fence, &fence.channel, contact, state)
+            .save(lease, &lease.channel, contact, state)
             .await
             .unwrap()
     }
 }
 
-fn fence(channel: &str, owner: &str, token: u64) -> Fence {
-    Fence {
+/// A lease on partition 2 of `channel`: the fencing token a save names.
+fn fence(channel: &str, owner: &str, token: u64) -> Lease {
+    Lease {
         channel: channel.into(),
         partition: 2,
         owner: owner.into(),
@@ -271,7 +273,7 @@ async fn fenced_save_refused_after_the_lease_moved(mut f: Fixture) {
         SaveOutcome::Fenced
     );
     // A different partition's lease does not count either.
-    let other_partition = Fence {
+    let other_partition = Lease {
         partition: 3,
         ..new.clone()
     };
@@ -534,43 +536,36 @@ async fn memory_store_on_the_queue_leases_fences_expired_and_released_leases() {
         MemoryLeases::of_queue(queue.clone()),
         Duration::from_secs(600),
     );
-    let as_fence = |l: &coexist::queue::Lease| Fence {
-        channel: l.channel.clone(),
-        partition: l.partition,
-        owner: l.owner.clone(),
-        token: l.token,
-    };
-    let save = |fence: &Fence, version: u64| {
+    let save = |lease: &Lease, version: u64| {
         let mut state = a_state();
         state.version = version;
-        store.save(fence, "shop-waba", "1555", &state)
+        let (store, lease) = (store.clone(), lease.clone());
+        async move { store.save(&lease, "shop-waba", "1555", &state).await }
     };
     let lease = queue
         .acquire_lease("shop-waba", 0, "w1", 60)
         .await
         .unwrap()
         .unwrap();
-    let fence = as_fence(&lease);
     assert!(matches!(
-        save(&fence, 0),
+        save(&lease, 0).await,
         Ok(SaveOutcome::Saved { version: 1 })
     ));
     // The lease runs out (no renewal): the same task may no longer save.
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(matches!(save(&fence, 1), Ok(SaveOutcome::Fenced)));
+    assert!(matches!(save(&lease, 1).await, Ok(SaveOutcome::Fenced)));
     // Another worker takes the partition over: its fence saves, the old one still cannot.
     let next = queue
         .acquire_lease("shop-waba", 0, "w2", 60_000)
         .await
         .unwrap()
         .unwrap();
-    let next_fence = as_fence(&next);
     assert!(matches!(
-        save(&next_fence, 1),
+        save(&next, 1).await,
         Ok(SaveOutcome::Saved { version: 2 })
     ));
-    assert!(matches!(save(&fence, 2), Ok(SaveOutcome::Fenced)));
+    assert!(matches!(save(&lease, 2).await, Ok(SaveOutcome::Fenced)));
     // Released: nobody holds it.
     assert!(queue.release_lease(&next).await.unwrap());
-    assert!(matches!(save(&next_fence, 2), Ok(SaveOutcome::Fenced)));
+    assert!(matches!(save(&next, 2).await, Ok(SaveOutcome::Fenced)));
 }

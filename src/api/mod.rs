@@ -15,6 +15,7 @@ pub mod request;
 use crate::channel::ChannelKind;
 use crate::config::{ApiConfig, ChannelConfig, Config, Secret};
 use crate::conversation::window::{self, Window};
+use crate::conversation::ConversationBackend;
 use crate::conversation::ConversationStore;
 use crate::outbound::queue::{BroadcastRecord, NewBroadcast};
 use crate::outbound::rules::{self, RuleError};

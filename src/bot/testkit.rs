@@ -23,6 +23,7 @@ use super::Bot;
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::conversation::window::{self, Window};
+use crate::conversation::ConversationBackend;
 use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Contact, Event, EventType, Message};
 use crate::ingest::to_new_event;

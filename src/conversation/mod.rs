@@ -15,8 +15,8 @@ pub mod window;
 
 pub use state::{ConversationState, DeliveryStatus, StatusLog};
 pub use store::{
-    ConversationStore, Fence, MemoryConversationStore, MemoryLeases, RedisConversationStore,
-    SaveOutcome, StoreError,
+    ConversationBackend, ConversationStore, MemoryConversationStore, MemoryLeases,
+    RedisConversationStore, SaveOutcome, StoreError,
 };
 pub use window::{
     apply_event, end_handover, free_entry_point, handover_active, is_timer_current,

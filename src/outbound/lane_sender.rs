@@ -22,6 +22,7 @@ use crate::api::broadcast::personalize;
 use crate::api::request::conversation_id;
 use crate::config::ChannelConfig;
 use crate::conversation::window;
+use crate::conversation::ConversationBackend;
 use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Event, EventType, OutboundFailure};
 use crate::metrics::{Metric, Metrics};

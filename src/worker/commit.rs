@@ -4,19 +4,19 @@
 //! is one Lua script (`lua/commit.lua`); in memory one locked step. Either all of it happens or
 //! none, so a crash or a Redis error between "state saved" and "timers armed" cannot exist.
 
-use crate::conversation::store::{Fence, MemoryConversationStore, SaveOutcome, StoreError};
+use crate::conversation::store::{MemoryConversationStore, SaveOutcome, StoreError};
 use crate::conversation::ConversationState;
 use crate::keys::Keys;
 use crate::outbound::queue::redis::{COMMIT, COMMIT_LEAN};
 use crate::outbound::queue::MemoryOutQueue;
 use crate::outbound::QueuedMessage;
-use crate::queue::MemoryQueue;
+use crate::queue::{Lease, MemoryQueue};
 use crate::redis_conn::RedisConn;
 
 /// What one handled event changes.
 #[derive(Debug)]
 pub(crate) struct Commit<'a> {
-    pub fence: &'a Fence,
+    pub lease: &'a Lease,
     pub conversation: &'a str,
     /// The new state, to save at `version`; `None` when the state did not change.
     pub state: Option<&'a ConversationState>,
@@ -74,7 +74,7 @@ impl Committer {
                 record_ttl_ms,
             } => commit_redis(con, keys, *state_ttl_ms, *record_ttl_ms, c).await,
             Committer::Memory { store, queue, out } => {
-                let f = c.fence;
+                let f = c.lease;
                 Ok(
                     store.save_with(f, &f.channel, c.conversation, c.state, c.version, || {
                         queue.replace_timers_now(
@@ -98,7 +98,7 @@ async fn commit_redis(
     record_ttl_ms: u64,
     c: &Commit<'_>,
 ) -> Result<SaveOutcome, CommitError> {
-    let f = c.fence;
+    let f = c.lease;
     let ch = f.channel.as_str();
     let state_json = match c.state {
         Some(state) => {
@@ -127,7 +127,7 @@ async fn commit_redis(
     for r in &c.replies {
         inv.key(keys.out_record(ch, &r.msg.outbox_key));
     }
-    inv.arg(f.lease_value())
+    inv.arg(f.value())
         .arg(c.version)
         .arg(state_json)
         .arg(state_ttl_ms)

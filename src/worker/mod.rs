@@ -341,7 +341,6 @@ impl Worker {
             else {
                 continue;
             };
-            shared.store.grant(&partition::fence(&lease));
             let result = partition::drain(shared, &lease, &config).await;
             let _ = shared.queue.release_lease(&lease).await;
             let drained = result?;
@@ -517,7 +516,6 @@ async fn balance(
                 .await?
             {
                 tracing::info!(worker = %shared.id, channel = %channel, partition, token = lease.token, "partition acquired");
-                shared.store.grant(&partition::fence(&lease));
                 let (stop, stop_rx) = watch::channel(false);
                 let task = tokio::spawn(partition::run(shared.clone(), lease.clone(), stop_rx));
                 held.insert((channel.clone(), *partition), Held { lease, stop, task });

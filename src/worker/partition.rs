@@ -12,8 +12,9 @@ use super::{Drained, Shared};
 use crate::bot::{Context, HandlerError};
 use crate::channel::ChannelKind;
 use crate::config::ChannelConfig;
-use crate::conversation::store::{Fence, SaveOutcome};
+use crate::conversation::store::SaveOutcome;
 use crate::conversation::window::{self, timers_for, PlannedTimer};
+use crate::conversation::ConversationBackend;
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
 use crate::metrics::Metric;
@@ -24,15 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-pub(crate) fn fence(lease: &Lease) -> Fence {
-    Fence {
-        channel: lease.channel.clone(),
-        partition: lease.partition,
-        owner: lease.owner.clone(),
-        token: lease.token,
-    }
-}
 
 /// How one attempt at an entry ended.
 enum Handled {
@@ -501,9 +493,8 @@ impl<'a> PartitionTask<'a> {
     ) -> Handled {
         let (cancel_timers, arm_timers) = self.plan_timers(event, before, state, now);
         let has_replies = !replies.is_empty();
-        let fence = fence(self.lease);
         let commit = Commit {
-            fence: &fence,
+            lease: self.lease,
             conversation: &event.conversation,
             state: (state != before || loaded.is_none() && has_replies).then_some(state),
             version: before.version,
