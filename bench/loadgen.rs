@@ -784,405 +784,697 @@ fn parse_url(url: &str) -> Result<(String, String)> {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.duration <= 0.0 || args.connections == 0 {
-        bail!("--duration and --connections must be positive");
-    }
-    if let Some(r) = args.rate {
-        if r.is_nan() || r <= 0.0 {
-            bail!("--rate must be positive");
-        }
-    }
-    let (addr, path) = parse_url(&args.url)?;
-    let total_secs = args.duration + args.warmup;
-    let n = args.max_requests.unwrap_or(match args.rate {
-        Some(r) => (r * total_secs).ceil() as usize,
-        None => (70_000.0 * total_secs).ceil() as usize,
-    });
-    if n == 0 || n > u32::MAX as usize {
-        bail!("request count out of range: {n}");
-    }
+    let setup = Setup::from_args(Args::parse())?;
+    let args = &setup.args;
+    let pool = setup.build_pool();
+    let runtime = setup.runtime()?;
+    let redis_before = setup.redis_entries(&runtime, "before")?;
 
-    let t = Instant::now();
-    let pool = build_pool(&args, &addr, &path, n);
-    let gen_secs = t.elapsed().as_secs_f64();
-    let events_total: u64 = pool.index.iter().map(|r| u64::from(r.4)).sum();
-    let originals = pool
-        .index
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| r.3 as usize == *i)
-        .count();
-    eprintln!(
-        "loadgen: {} requests pre-generated and signed in {:.1}s ({} distinct, {} events, avg body {} B, {} contacts)",
-        pool.index.len(),
-        gen_secs,
-        originals,
-        events_total,
-        pool.body_bytes / pool.index.len() as u64,
-        args.contacts
-    );
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
-
-    let redis_before = match &args.check_redis {
-        Some(url) => Some(
-            runtime
-                .block_on(stream_entries(url, &args.prefix, &args.channel))
-                .context("--check-redis before the run")?,
-        ),
-        None => None,
-    };
-
-    // RSS sampler.
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak_rss = Arc::new(AtomicU64::new(0));
-    let sampler = args.server_pid.map(|pid| {
-        let stop = stop.clone();
-        let peak = peak_rss.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(kb) = proc_status_kb(pid, "VmRSS:") {
-                    peak.fetch_max(kb, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    });
-    let rss_before = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
-    let machine_before = machine_jiffies();
-    let cpu_before = (
-        args.server_pid.and_then(proc_cpu_secs),
-        args.redis_pid.and_then(proc_cpu_secs),
-        proc_cpu_secs(self_pid()),
-    );
-
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let start = Instant::now() + Duration::from_millis(20);
-    let shared = Arc::new(Shared {
-        pool,
-        addr: addr.clone(),
-        next: AtomicUsize::new(0),
-        start,
-        measure_from: start + Duration::from_secs_f64(args.warmup),
-        end: start + Duration::from_secs_f64(total_secs),
-        due: tokio::sync::Mutex::new(rx),
-        closed_loop: args.rate.is_none(),
-        exhausted: AtomicBool::new(false),
-        late_schedule_us: AtomicU64::new(0),
-    });
-
-    let pacer_thread = args.rate.map(|rate| {
-        let shared = shared.clone();
-        let total = shared.pool.index.len();
-        std::thread::spawn(move || pacer(tx, shared.start, rate, total, &shared.late_schedule_us))
-    });
-    // Closed loop: `tx` was moved into the unused closure and dropped; nothing reads `rx`.
-
-    let results: Arc<Mutex<Vec<Stats>>> = Arc::new(Mutex::new(Vec::new()));
-    let wall = runtime.block_on(async {
-        // Open the connections before the clock starts.
-        let mut conns = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            conns.push(connect(&shared.addr).await);
-        }
-        let mut failed = 0;
-        let mut tasks = Vec::new();
-        for c in conns {
-            let shared = shared.clone();
-            let results = results.clone();
-            match c {
-                Ok(_) => {}
-                Err(_) => failed += 1,
-            }
-            // A task whose socket failed (or is closed later) reconnects by itself.
-            let stream = c.ok();
-            tasks.push(tokio::spawn(async move {
-                let st = connection(shared, stream).await;
-                results.lock().expect("results").push(st);
-            }));
-        }
-        if failed == args.connections {
-            return Err(anyhow::anyhow!("cannot connect to {}", shared.addr));
-        }
-        tokio::time::sleep_until(tokio::time::Instant::from_std(shared.start)).await;
-        // Bounded: tasks still waiting for a response this long after the end are abandoned.
-        let deadline = shared.end + Duration::from_secs(10);
-        for t in tasks {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, t).await.is_err() {
-                break;
-            }
-        }
-        Ok(shared.end.min(Instant::now()).max(shared.measure_from) - shared.measure_from)
-    })?;
+    let sampler = RssSampler::start(args.server_pid);
+    let before = Snapshot::before(args);
+    let mut load = Load::start(&setup, pool);
+    let wall = load.drive(&runtime, args.connections)?;
     let finished = Instant::now();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(s) = sampler {
-        let _ = s.join();
+    let peak_rss_kb = sampler.stop();
+    load.join_pacer();
+    let after = Snapshot::after(args);
+
+    let totals = Totals::merge(load.take_stats(), &load.shared.pool);
+    let redis_after = setup.redis_entries_after(&runtime)?;
+    let report = Report {
+        args,
+        shared: &load.shared,
+        secs: wall.as_secs_f64().max(1e-9),
+        rss: Rss::new(&before, peak_rss_kb, &after),
+        cpu: CpuUse::between(&before, &after, finished.duration_since(load.shared.start)),
+        redis: RedisCheck::new(redis_before, redis_after, totals.expected_events),
+        totals,
+    };
+    report.print();
+    if report.redis.as_ref().is_some_and(|r| !r.ok()) {
+        std::process::exit(4);
     }
-    if let Some(p) = pacer_thread {
-        let _ = p.join();
+    Ok(())
+}
+
+/// The checked flags and what follows from them, fixed before any request is built.
+struct Setup {
+    args: Args,
+    /// `host:port` of `--url`.
+    addr: String,
+    path: String,
+    /// Requests to pre-generate.
+    requests: usize,
+}
+
+impl Setup {
+    /// Refuses flags that would give an empty, unpaced or unindexable run.
+    fn from_args(args: Args) -> Result<Self> {
+        if args.duration <= 0.0 || args.connections == 0 {
+            bail!("--duration and --connections must be positive");
+        }
+        if let Some(r) = args.rate {
+            if r.is_nan() || r <= 0.0 {
+                bail!("--rate must be positive");
+            }
+        }
+        let (addr, path) = parse_url(&args.url)?;
+        let total_secs = args.duration + args.warmup;
+        let requests = args.max_requests.unwrap_or(match args.rate {
+            Some(r) => (r * total_secs).ceil() as usize,
+            None => (70_000.0 * total_secs).ceil() as usize,
+        });
+        // The pool indexes requests with u32.
+        if requests == 0 || requests > u32::MAX as usize {
+            bail!("request count out of range: {requests}");
+        }
+        Ok(Self {
+            args,
+            addr,
+            path,
+            requests,
+        })
     }
 
-    let machine_after = machine_jiffies();
-    let cpu_after = (
+    /// Builds and signs every request up front (so the timed loop only writes bytes) and says
+    /// what was built.
+    fn build_pool(&self) -> Pool {
+        let t = Instant::now();
+        let pool = build_pool(&self.args, &self.addr, &self.path, self.requests);
+        let gen_secs = t.elapsed().as_secs_f64();
+        let events_total: u64 = pool.index.iter().map(|r| u64::from(r.4)).sum();
+        let originals = pool
+            .index
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.3 as usize == *i)
+            .count();
+        eprintln!(
+            "loadgen: {} requests pre-generated and signed in {:.1}s ({} distinct, {} events, avg body {} B, {} contacts)",
+            pool.index.len(),
+            gen_secs,
+            originals,
+            events_total,
+            pool.body_bytes / pool.index.len() as u64,
+            self.args.contacts
+        );
+        pool
+    }
+
+    fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.args.threads.max(1))
+            .enable_all()
+            .build()?)
+    }
+
+    /// `--check-redis`: (stream entries, streams) now; `when` names the moment in errors.
+    fn redis_entries(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        when: &str,
+    ) -> Result<Option<(u64, usize)>> {
+        let Some(url) = &self.args.check_redis else {
+            return Ok(None);
+        };
+        runtime
+            .block_on(stream_entries(url, &self.args.prefix, &self.args.channel))
+            .with_context(|| format!("--check-redis {when} the run"))
+            .map(Some)
+    }
+
+    /// Like `redis_entries`, after a pause that lets in-flight pipelines land (only matters if
+    /// requests were abandoned).
+    fn redis_entries_after(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Option<(u64, usize)>> {
+        if self.args.check_redis.is_some() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.redis_entries(runtime, "after")
+    }
+}
+
+/// The timed phase: the state the connections share, the pacer thread, their results.
+struct Load {
+    shared: Arc<Shared>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+    results: Arc<Mutex<Vec<Stats>>>,
+}
+
+impl Load {
+    /// Fixes the start 20 ms ahead (time to open the connections) and, in fixed-rate mode,
+    /// starts the pacer.
+    fn start(setup: &Setup, pool: Pool) -> Self {
+        let args = &setup.args;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now() + Duration::from_millis(20);
+        let shared = Arc::new(Shared {
+            pool,
+            addr: setup.addr.clone(),
+            next: AtomicUsize::new(0),
+            start,
+            measure_from: start + Duration::from_secs_f64(args.warmup),
+            end: start + Duration::from_secs_f64(args.duration + args.warmup),
+            due: tokio::sync::Mutex::new(rx),
+            closed_loop: args.rate.is_none(),
+            exhausted: AtomicBool::new(false),
+            late_schedule_us: AtomicU64::new(0),
+        });
+        // Closed loop: `tx` is dropped here; nothing reads `rx`.
+        let pacer = args.rate.map(|rate| {
+            let shared = shared.clone();
+            let total = shared.pool.index.len();
+            std::thread::spawn(move || {
+                pacer(tx, shared.start, rate, total, &shared.late_schedule_us)
+            })
+        });
+        Self {
+            shared,
+            pacer,
+            results: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Opens the connections before the clock starts, runs one task per connection and waits
+    /// for them (at most 10 s past the end); returns the length of the measured window.
+    fn drive(&self, runtime: &tokio::runtime::Runtime, connections: usize) -> Result<Duration> {
+        let shared = &self.shared;
+        runtime.block_on(async {
+            let mut conns = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                conns.push(connect(&shared.addr).await);
+            }
+            let failed = conns.iter().filter(|c| c.is_err()).count();
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|c| {
+                    let shared = shared.clone();
+                    let results = self.results.clone();
+                    // A task whose socket failed (or is closed later) reconnects by itself.
+                    tokio::spawn(async move {
+                        let st = connection(shared, c.ok()).await;
+                        results.lock().expect("results").push(st);
+                    })
+                })
+                .collect();
+            if failed == connections {
+                bail!("cannot connect to {}", shared.addr);
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(shared.start)).await;
+            // Bounded: tasks still waiting for a response this long after the end are abandoned.
+            let deadline = shared.end + Duration::from_secs(10);
+            for t in tasks {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, t).await.is_err() {
+                    break;
+                }
+            }
+            Ok(shared.end.min(Instant::now()).max(shared.measure_from) - shared.measure_from)
+        })
+    }
+
+    fn join_pacer(&mut self) {
+        if let Some(p) = self.pacer.take() {
+            let _ = p.join();
+        }
+    }
+
+    /// The stats of the connections that finished (abandoned ones are missing).
+    fn take_stats(&self) -> Vec<Stats> {
+        std::mem::take(&mut *self.results.lock().expect("results"))
+    }
+}
+
+// ------------------------------------------------------------------ measurement
+
+/// Samples the server's VmRSS every 100 ms: VmHWM also counts what happened before the run.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak_kb: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: Option<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak_kb = Arc::new(AtomicU64::new(0));
+        let thread = pid.map(|pid| {
+            let stop = stop.clone();
+            let peak = peak_kb.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kb) = proc_status_kb(pid, "VmRSS:") {
+                        peak.fetch_max(kb, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        });
+        Self {
+            stop,
+            peak_kb,
+            thread,
+        }
+    }
+
+    /// Stops sampling; returns the peak (0 without `--server-pid`).
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread {
+            let _ = t.join();
+        }
+        self.peak_kb.load(Ordering::Relaxed)
+    }
+}
+
+/// /proc readings taken just before and just after the timed phase.
+struct Snapshot {
+    rss_kb: Option<u64>,
+    /// Only read after the run.
+    hwm_kb: Option<u64>,
+    machine: Option<(u64, u64)>,
+    cpu: CpuSecs,
+}
+
+/// CPU seconds used so far by (server, redis, this process).
+type CpuSecs = (Option<f64>, Option<f64>, Option<f64>);
+
+impl Snapshot {
+    fn before(args: &Args) -> Self {
+        let rss_kb = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
+        let machine = machine_jiffies();
+        let cpu = cpu_secs(args);
+        Self {
+            rss_kb,
+            hwm_kb: None,
+            machine,
+            cpu,
+        }
+    }
+
+    /// CPU counters first, so they end as close to the run's end as possible.
+    fn after(args: &Args) -> Self {
+        let machine = machine_jiffies();
+        let cpu = cpu_secs(args);
+        let hwm_kb = args.server_pid.and_then(|p| proc_status_kb(p, "VmHWM:"));
+        let rss_kb = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
+        Self {
+            rss_kb,
+            hwm_kb,
+            machine,
+            cpu,
+        }
+    }
+}
+
+fn cpu_secs(args: &Args) -> CpuSecs {
+    (
         args.server_pid.and_then(proc_cpu_secs),
         args.redis_pid.and_then(proc_cpu_secs),
         proc_cpu_secs(self_pid()),
-    );
-    let hwm = args.server_pid.and_then(|p| proc_status_kb(p, "VmHWM:"));
-    let rss_after = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
+    )
+}
 
-    // Merge.
-    let stats = std::mem::take(&mut *results.lock().expect("results"));
-    let finished_tasks = stats.len();
-    let mut lat: Vec<u32> = Vec::new();
-    let mut svc: Vec<u32> = Vec::new();
-    let mut status: BTreeMap<u16, u64> = BTreeMap::new();
-    let (mut errors, mut measured, mut measured_ok, mut sent, mut unanswered) = (0, 0, 0, 0, 0);
-    let mut connects = 0u64;
-    let mut worst: Vec<(u64, u32)> = Vec::new();
-    let mut accepted = vec![false; shared.pool.index.len()];
-    for st in stats {
-        lat.extend(st.latency_us);
-        svc.extend(st.service_us);
-        for (k, v) in st.status {
-            *status.entry(k).or_default() += v;
-        }
-        errors += st.errors;
-        measured += st.measured;
-        measured_ok += st.measured_ok;
-        sent += st.sent;
-        unanswered += st.unanswered;
-        connects += st.connects;
-        worst.extend(st.worst);
-        for i in st.answered_200 {
-            let orig = shared.pool.index[i as usize].3 as usize;
-            accepted[orig] = true;
-        }
-    }
-    status.retain(|_, v| *v > 0);
-    let expected_events: u64 = accepted
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| **a)
-        .map(|(i, _)| u64::from(shared.pool.index[i].4))
-        .sum();
-    lat.sort_unstable();
-    worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.1));
-    worst.truncate(5);
-    svc.sort_unstable();
-    let secs = wall.as_secs_f64().max(1e-9);
-    let mode = match args.rate {
-        Some(r) => format!("fixed-rate {r}/s"),
-        None => "closed-loop".to_string(),
-    };
+/// Cores busy on average over the run; "other" is what the machine did beside the three
+/// processes, so a busy machine can be told from a slow server.
+struct CpuUse {
+    server: Option<f64>,
+    redis: Option<f64>,
+    loadgen: Option<f64>,
+    machine: Option<f64>,
+    other: Option<f64>,
+    ncpu: f64,
+}
 
-    let redis_after = match &args.check_redis {
-        Some(url) => {
-            // Give in-flight pipelines a moment (only matters if requests were abandoned).
-            std::thread::sleep(Duration::from_millis(200));
-            Some(
-                runtime
-                    .block_on(stream_entries(url, &args.prefix, &args.channel))
-                    .context("--check-redis after the run")?,
-            )
-        }
-        None => None,
-    };
-
-    let cpu = |b: Option<f64>, a: Option<f64>| match (b, a) {
-        (Some(b), Some(a)) => Some((a - b) / finished.duration_since(start).as_secs_f64()),
-        _ => None,
-    };
-    let server_cpu = cpu(cpu_before.0, cpu_after.0);
-    let redis_cpu = cpu(cpu_before.1, cpu_after.1);
-    let loadgen_cpu = cpu(cpu_before.2, cpu_after.2);
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let machine_cpu = match (machine_before, machine_after) {
-        (Some(b), Some(a)) if a.1 > b.1 => Some((a.0 - b.0) as f64 / (a.1 - b.1) as f64 * ncpu),
-        _ => None,
-    };
-    let other_cpu = machine_cpu.map(|m| {
-        (m - server_cpu.unwrap_or(0.0) - redis_cpu.unwrap_or(0.0) - loadgen_cpu.unwrap_or(0.0))
-            .max(0.0)
-    });
-
-    let pcts = [50.0, 90.0, 99.0, 99.9];
-    let ms = |v: &[u32]| -> Vec<f64> {
-        let mut out: Vec<f64> = pcts.iter().map(|&p| percentile(v, p)).collect();
-        out.push(v.last().map_or(0.0, |&m| f64::from(m) / 1000.0));
-        out
-    };
-    let l = ms(&lat);
-    let s = ms(&svc);
-
-    // Human report.
-    let mut h = String::new();
-    let _ = writeln!(
-        h,
-        "== {}{} | {} connections, {:.1}s measured (+{:.1}s warmup) -> {}",
-        if args.label.is_empty() {
-            String::new()
-        } else {
-            format!("[{}] ", args.label)
-        },
-        mode,
-        args.connections,
-        secs,
-        args.warmup,
-        args.url
-    );
-    let _ = writeln!(
-        h,
-        "requests: {} sent in total, {} in the measured window ({} answered 200) | {:.0} req/s, {:.0} OK req/s",
-        sent,
-        measured,
-        measured_ok,
-        measured as f64 / secs,
-        measured_ok as f64 / secs
-    );
-    let codes: Vec<String> = status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    let _ = writeln!(
-        h,
-        "responses by status: {{{}}}, transport errors: {}, unanswered: {}",
-        codes.join(", "),
-        errors,
-        unanswered
-    );
-    if connects > 0 {
-        let _ = writeln!(h, "connections reopened during the run: {connects}");
-    }
-    let slowest: Vec<String> = worst
-        .iter()
-        .map(|(at, l)| {
-            format!(
-                "{:.1} ms at t={:.3}s",
-                f64::from(*l) / 1000.0,
-                *at as f64 / 1e6
-            )
-        })
-        .collect();
-    let _ = writeln!(h, "slowest: {}", slowest.join(", "));
-    let name = if args.rate.is_some() {
-        "latency from scheduled send"
-    } else {
-        "latency"
-    };
-    let _ = writeln!(
-        h,
-        "{name} ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-        l[0], l[1], l[2], l[3], l[4]
-    );
-    if args.rate.is_some() {
-        let _ = writeln!(
-            h,
-            "service time (send -> response) ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            s[0], s[1], s[2], s[3], s[4]
-        );
-        let _ = writeln!(
-            h,
-            "pacer: worst lateness {} us",
-            shared.late_schedule_us.load(Ordering::Relaxed)
-        );
-    }
-    if shared.exhausted.load(Ordering::Relaxed) {
-        let _ = writeln!(
-            h,
-            "NOTE: all {} pre-generated requests were used before the time was up (raise --max-requests)",
-            shared.pool.index.len()
-        );
-    }
-    if finished_tasks < args.connections {
-        let _ = writeln!(
-            h,
-            "NOTE: {} connections still waited for a response 10 s after the end (abandoned)",
-            args.connections - finished_tasks
-        );
-    }
-    if let Some(pid) = args.server_pid {
-        let _ = writeln!(
-            h,
-            "server pid {pid}: VmRSS before {} MB, peak sampled {} MB, after {} MB, VmHWM {} MB",
-            mb(rss_before),
-            mb(Some(peak_rss.load(Ordering::Relaxed))),
-            mb(rss_after),
-            mb(hwm)
-        );
-    }
-    let cores = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{c:.2}"));
-    let _ = writeln!(
-        h,
-        "CPU (cores busy, avg over the run): server {}, redis {}, loadgen {}; whole machine {} of {ncpu} (without softirq), other processes {}",
-        cores(server_cpu),
-        cores(redis_cpu),
-        cores(loadgen_cpu),
-        cores(machine_cpu),
-        cores(other_cpu)
-    );
-    if other_cpu.is_some_and(|o| o > 0.15) {
-        let _ = writeln!(
-            h,
-            "WARNING: other processes used {} cores during the run: the figures understate this server",
-            cores(other_cpu)
-        );
-    }
-    let mut redis_json = serde_json::Value::Null;
-    if let (Some((before, _)), Some((after, streams))) = (redis_before, redis_after) {
-        let delta = after - before;
-        let ok = delta == expected_events;
-        let _ = writeln!(
-            h,
-            "redis check: {} new stream entries over {} streams; events in POSTs answered 200: {} -> {}",
-            delta,
-            streams,
-            expected_events,
-            if ok { "OK, every 200 is enqueued (once)" } else { "MISMATCH" }
-        );
-        redis_json = serde_json::json!({
-            "streams": streams, "entries_before": before, "entries_after": after,
-            "new_entries": delta, "expected": expected_events, "ok": ok,
+impl CpuUse {
+    fn between(before: &Snapshot, after: &Snapshot, run: Duration) -> Self {
+        let cpu = |b: Option<f64>, a: Option<f64>| match (b, a) {
+            (Some(b), Some(a)) => Some((a - b) / run.as_secs_f64()),
+            _ => None,
+        };
+        let server = cpu(before.cpu.0, after.cpu.0);
+        let redis = cpu(before.cpu.1, after.cpu.1);
+        let loadgen = cpu(before.cpu.2, after.cpu.2);
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let machine = match (before.machine, after.machine) {
+            (Some(b), Some(a)) if a.1 > b.1 => Some((a.0 - b.0) as f64 / (a.1 - b.1) as f64 * ncpu),
+            _ => None,
+        };
+        let other = machine.map(|m| {
+            (m - server.unwrap_or(0.0) - redis.unwrap_or(0.0) - loadgen.unwrap_or(0.0)).max(0.0)
         });
+        Self {
+            server,
+            redis,
+            loadgen,
+            machine,
+            other,
+            ncpu,
+        }
     }
-    eprint!("{h}");
-    if args.json {
+}
+
+// ------------------------------------------------------------------ report
+
+/// Every connection's `Stats` added up, latencies sorted for the percentiles.
+struct Totals {
+    latency_us: Vec<u32>,
+    service_us: Vec<u32>,
+    /// Only the codes that occurred.
+    status: BTreeMap<u16, u64>,
+    errors: u64,
+    measured: u64,
+    measured_ok: u64,
+    sent: u64,
+    unanswered: u64,
+    connects: u64,
+    /// The five worst (µs since the start, latency µs), worst first.
+    worst: Vec<(u64, u32)>,
+    /// Events of the distinct POSTs answered 200 at least once: what Redis must have gained.
+    expected_events: u64,
+    /// Connections that finished in time (the others were abandoned).
+    finished_tasks: usize,
+}
+
+impl Totals {
+    fn merge(stats: Vec<Stats>, pool: &Pool) -> Self {
+        let mut t = Self {
+            latency_us: Vec::new(),
+            service_us: Vec::new(),
+            status: BTreeMap::new(),
+            errors: 0,
+            measured: 0,
+            measured_ok: 0,
+            sent: 0,
+            unanswered: 0,
+            connects: 0,
+            worst: Vec::new(),
+            expected_events: 0,
+            finished_tasks: stats.len(),
+        };
+        // By original request: a re-sent duplicate enqueues nothing new.
+        let mut accepted = vec![false; pool.index.len()];
+        for st in stats {
+            t.latency_us.extend(st.latency_us);
+            t.service_us.extend(st.service_us);
+            for (k, v) in st.status {
+                *t.status.entry(k).or_default() += v;
+            }
+            t.errors += st.errors;
+            t.measured += st.measured;
+            t.measured_ok += st.measured_ok;
+            t.sent += st.sent;
+            t.unanswered += st.unanswered;
+            t.connects += st.connects;
+            t.worst.extend(st.worst);
+            for i in st.answered_200 {
+                let orig = pool.index[i as usize].3 as usize;
+                accepted[orig] = true;
+            }
+        }
+        t.status.retain(|_, v| *v > 0);
+        t.expected_events = accepted
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| **a)
+            .map(|(i, _)| u64::from(pool.index[i].4))
+            .sum();
+        t.latency_us.sort_unstable();
+        t.worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.1));
+        t.worst.truncate(5);
+        t.service_us.sort_unstable();
+        t
+    }
+}
+
+/// p50, p90, p99, p99.9 and max of sorted µs values, in ms.
+fn summary(sorted: &[u32]) -> [f64; 5] {
+    let [p50, p90, p99, p999] = [50.0, 90.0, 99.0, 99.9].map(|p| percentile(sorted, p));
+    let max = sorted.last().map_or(0.0, |&m| f64::from(m) / 1000.0);
+    [p50, p90, p99, p999, max]
+}
+
+/// The server's memory in kB (`None`, peak 0, without `--server-pid`).
+struct Rss {
+    before: Option<u64>,
+    peak_sampled: u64,
+    after: Option<u64>,
+    hwm: Option<u64>,
+}
+
+impl Rss {
+    fn new(before: &Snapshot, peak_sampled: u64, after: &Snapshot) -> Self {
+        Self {
+            before: before.rss_kb,
+            peak_sampled,
+            after: after.rss_kb,
+            hwm: after.hwm_kb,
+        }
+    }
+}
+
+/// `--check-redis`: stream entries added during the run against the events answered 200.
+struct RedisCheck {
+    before: u64,
+    after: u64,
+    streams: usize,
+    expected: u64,
+}
+
+impl RedisCheck {
+    fn new(
+        before: Option<(u64, usize)>,
+        after: Option<(u64, usize)>,
+        expected: u64,
+    ) -> Option<Self> {
+        let ((before, _), (after, streams)) = (before?, after?);
+        Some(Self {
+            before,
+            after,
+            streams,
+            expected,
+        })
+    }
+
+    fn new_entries(&self) -> u64 {
+        self.after - self.before
+    }
+
+    /// Every 200 enqueued, and only once.
+    fn ok(&self) -> bool {
+        self.new_entries() == self.expected
+    }
+}
+
+/// Everything printed at the end: the human report on stderr, `--json` on stdout.
+struct Report<'a> {
+    args: &'a Args,
+    /// For the pacer's lateness, the exhausted flag and the pool size.
+    shared: &'a Shared,
+    /// Length of the measured window.
+    secs: f64,
+    totals: Totals,
+    rss: Rss,
+    cpu: CpuUse,
+    redis: Option<RedisCheck>,
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let mut h = String::new();
+        self.write_traffic(&mut h);
+        self.write_latency(&mut h);
+        self.write_notes(&mut h);
+        self.write_resources(&mut h);
+        eprint!("{h}");
+        if self.args.json {
+            println!("{}", self.json());
+        }
+    }
+
+    /// The run's settings, what was sent and how it was answered.
+    fn write_traffic(&self, h: &mut String) {
+        let (args, t, secs) = (self.args, &self.totals, self.secs);
+        let mode = match args.rate {
+            Some(r) => format!("fixed-rate {r}/s"),
+            None => "closed-loop".to_string(),
+        };
+        let _ = writeln!(
+            h,
+            "== {}{} | {} connections, {:.1}s measured (+{:.1}s warmup) -> {}",
+            if args.label.is_empty() {
+                String::new()
+            } else {
+                format!("[{}] ", args.label)
+            },
+            mode,
+            args.connections,
+            secs,
+            args.warmup,
+            args.url
+        );
+        let _ = writeln!(
+            h,
+            "requests: {} sent in total, {} in the measured window ({} answered 200) | {:.0} req/s, {:.0} OK req/s",
+            t.sent,
+            t.measured,
+            t.measured_ok,
+            t.measured as f64 / secs,
+            t.measured_ok as f64 / secs
+        );
+        let codes: Vec<String> = t.status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(
+            h,
+            "responses by status: {{{}}}, transport errors: {}, unanswered: {}",
+            codes.join(", "),
+            t.errors,
+            t.unanswered
+        );
+        if t.connects > 0 {
+            let _ = writeln!(h, "connections reopened during the run: {}", t.connects);
+        }
+    }
+
+    /// The slowest requests and the percentiles; fixed-rate runs add the service time and the
+    /// pacer's lateness (latency the generator, not the server, caused).
+    fn write_latency(&self, h: &mut String) {
+        let slowest: Vec<String> = self
+            .totals
+            .worst
+            .iter()
+            .map(|(at, l)| {
+                format!(
+                    "{:.1} ms at t={:.3}s",
+                    f64::from(*l) / 1000.0,
+                    *at as f64 / 1e6
+                )
+            })
+            .collect();
+        let _ = writeln!(h, "slowest: {}", slowest.join(", "));
+        let name = if self.args.rate.is_some() {
+            "latency from scheduled send"
+        } else {
+            "latency"
+        };
+        let l = summary(&self.totals.latency_us);
+        let _ = writeln!(
+            h,
+            "{name} ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l[0], l[1], l[2], l[3], l[4]
+        );
+        if self.args.rate.is_some() {
+            let s = summary(&self.totals.service_us);
+            let _ = writeln!(
+                h,
+                "service time (send -> response) ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                s[0], s[1], s[2], s[3], s[4]
+            );
+            let _ = writeln!(
+                h,
+                "pacer: worst lateness {} us",
+                self.shared.late_schedule_us.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Why the figures may cover less than was asked for.
+    fn write_notes(&self, h: &mut String) {
+        if self.shared.exhausted.load(Ordering::Relaxed) {
+            let _ = writeln!(
+                h,
+                "NOTE: all {} pre-generated requests were used before the time was up (raise --max-requests)",
+                self.shared.pool.index.len()
+            );
+        }
+        let connections = self.args.connections;
+        if self.totals.finished_tasks < connections {
+            let _ = writeln!(
+                h,
+                "NOTE: {} connections still waited for a response 10 s after the end (abandoned)",
+                connections - self.totals.finished_tasks
+            );
+        }
+    }
+
+    /// Memory and CPU of the processes involved, and the Redis check.
+    fn write_resources(&self, h: &mut String) {
+        let (rss, cpu) = (&self.rss, &self.cpu);
+        if let Some(pid) = self.args.server_pid {
+            let _ = writeln!(
+                h,
+                "server pid {pid}: VmRSS before {} MB, peak sampled {} MB, after {} MB, VmHWM {} MB",
+                mb(rss.before),
+                mb(Some(rss.peak_sampled)),
+                mb(rss.after),
+                mb(rss.hwm)
+            );
+        }
+        let cores = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{c:.2}"));
+        let _ = writeln!(
+            h,
+            "CPU (cores busy, avg over the run): server {}, redis {}, loadgen {}; whole machine {} of {} (without softirq), other processes {}",
+            cores(cpu.server),
+            cores(cpu.redis),
+            cores(cpu.loadgen),
+            cores(cpu.machine),
+            cpu.ncpu,
+            cores(cpu.other)
+        );
+        if cpu.other.is_some_and(|o| o > 0.15) {
+            let _ = writeln!(
+                h,
+                "WARNING: other processes used {} cores during the run: the figures understate this server",
+                cores(cpu.other)
+            );
+        }
+        if let Some(r) = &self.redis {
+            let _ = writeln!(
+                h,
+                "redis check: {} new stream entries over {} streams; events in POSTs answered 200: {} -> {}",
+                r.new_entries(),
+                r.streams,
+                r.expected,
+                if r.ok() { "OK, every 200 is enqueued (once)" } else { "MISMATCH" }
+            );
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (args, t, rss, cpu, secs) = (self.args, &self.totals, &self.rss, &self.cpu, self.secs);
         let pct = |v: &[f64]| serde_json::json!({"p50": v[0], "p90": v[1], "p99": v[2], "p99_9": v[3], "max": v[4]});
-        let j = serde_json::json!({
+        let redis_json = self.redis.as_ref().map_or(serde_json::Value::Null, |r| {
+            serde_json::json!({
+                "streams": r.streams, "entries_before": r.before, "entries_after": r.after,
+                "new_entries": r.new_entries(), "expected": r.expected, "ok": r.ok(),
+            })
+        });
+        serde_json::json!({
             "label": args.label,
             "mode": if args.rate.is_some() { "fixed-rate" } else { "closed-loop" },
             "rate": args.rate,
             "connections": args.connections,
             "measured_secs": secs,
             "warmup_secs": args.warmup,
-            "sent_total": sent,
-            "measured_requests": measured,
-            "measured_ok": measured_ok,
-            "requests_per_sec": measured as f64 / secs,
-            "ok_per_sec": measured_ok as f64 / secs,
-            "status": status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
-            "transport_errors": errors,
-            "unanswered": unanswered,
-            "reconnects": connects,
-            "latency_ms": pct(&l),
-            "service_time_ms": pct(&s),
-            "pool_exhausted": shared.exhausted.load(Ordering::Relaxed),
-            "events_in_200_posts": expected_events,
-            "server_rss_kb": {"before": rss_before, "peak_sampled": args.server_pid.map(|_| peak_rss.load(Ordering::Relaxed)), "after": rss_after, "vmhwm": hwm},
-            "cpu_cores": {"server": server_cpu, "redis": redis_cpu, "loadgen": loadgen_cpu, "machine": machine_cpu, "other": other_cpu, "cpus": ncpu},
+            "sent_total": t.sent,
+            "measured_requests": t.measured,
+            "measured_ok": t.measured_ok,
+            "requests_per_sec": t.measured as f64 / secs,
+            "ok_per_sec": t.measured_ok as f64 / secs,
+            "status": t.status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "transport_errors": t.errors,
+            "unanswered": t.unanswered,
+            "reconnects": t.connects,
+            "latency_ms": pct(&summary(&t.latency_us)),
+            "service_time_ms": pct(&summary(&t.service_us)),
+            "pool_exhausted": self.shared.exhausted.load(Ordering::Relaxed),
+            "events_in_200_posts": t.expected_events,
+            "server_rss_kb": {"before": rss.before, "peak_sampled": args.server_pid.map(|_| rss.peak_sampled), "after": rss.after, "vmhwm": rss.hwm},
+            "cpu_cores": {"server": cpu.server, "redis": cpu.redis, "loadgen": cpu.loadgen, "machine": cpu.machine, "other": cpu.other, "cpus": cpu.ncpu},
             "redis_check": redis_json,
-        });
-        println!("{j}");
+        })
     }
-    if let Some(v) = redis_json.get("ok") {
-        if v == false {
-            std::process::exit(4);
-        }
-    }
-    Ok(())
 }
 
 fn mb(kb: Option<u64>) -> String {
