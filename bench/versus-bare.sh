@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# coexist's ingest beside its floor, in one run (issue 10): a fresh redis-server (AOF everysec,
+# rewrites deferred), then the same closed-loop load (coexist-loadgen: signed Meta webhooks,
+# 30 % statuses, 10 % batches of 4, 1 % re-sends) against
+#   1. coexist-bare   (bench/bare.rs: HMAC check + one XADD of the raw body, answer 200)
+#   2. coexist serve  (parse, route, dedupe, aliases, partitions: the real ingress)
+# each with the same number of HTTP workers, ROUNDS times alternately; prints webhooks/s of
+# each round and the ratio coexist / bare.
+#
+#   bench/versus-bare.sh                 # build, 3 rounds of 10 s each
+#   SKIP_BUILD=1 ROUNDS=5 DURATION=15 bench/versus-bare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-128}
+WORKERS=${WORKERS:-1}           # HTTP workers of both servers (coexist's default beside a local Redis on 2 cores)
+export RUST_LOG=${RUST_LOG:-warn}
+export META_APP_SECRET=${META_APP_SECRET:-bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}
+export META_VERIFY_TOKEN=${META_VERIFY_TOKEN:-bench-verify}
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    cargo build --release --bin coexist --bin coexist-loadgen --bin coexist-bare
+fi
+BIN=$ROOT/target/release
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+WORK=$(mktemp -d /tmp/coexist-versus.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --appendonly yes \
+    --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb \
+    --daemonize no --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+export BENCH_HTTP_PORT BENCH_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+cat >"$WORK/coexist.toml" <<EOF
+[server]
+listen = "127.0.0.1:\${BENCH_HTTP_PORT}"
+workers = $WORKERS
+[redis]
+url = "\${BENCH_REDIS_URL}"
+[meta]
+verify_token = "\${META_VERIFY_TOKEN}"
+app_secrets = ["\${META_APP_SECRET}"]
+[[channels]]
+id = "shop"
+kind = "waba"
+phone_number_id = "106540352242922"
+partitions = 4
+[bot]
+mode = "none"
+EOF
+
+start_server() {  # which -> sets SERVER_PID
+    BENCH_HTTP_PORT=$(free_port)
+    case $1 in
+    bare) BARE_WORKERS=$WORKERS "$BIN/coexist-bare" "127.0.0.1:$BENCH_HTTP_PORT" "$BENCH_REDIS_URL" 2>"$WORK/bare.log" & ;;
+    coexist) "$BIN/coexist" serve --config "$WORK/coexist.toml" 2>"$WORK/coexist.log" & ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 200); do
+        curl -fsS "http://127.0.0.1:$BENCH_HTTP_PORT/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "$1 did not start" >&2; cat "$WORK/$1.log" >&2; exit 1
+}
+
+run_one() {  # which seed -> prints webhooks/s
+    start_server "$1"
+    "$BIN/coexist-loadgen" --url "http://127.0.0.1:$BENCH_HTTP_PORT/webhooks/meta" \
+        --contacts 5000 --status-share 0.3 --batch-share 0.1 --batch-size 4 --dup-share 0.01 \
+        --warmup "$WARMUP" --duration "$DURATION" --connections "$CONNECTIONS" --seed "$2" \
+        --server-pid "$SERVER_PID" --redis-pid "$REDIS_PID" --label "$1" --json \
+        >"$WORK/$1.json" 2>"$WORK/$1.loadgen.log"
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+    jq -r '.ok_per_sec' "$WORK/$1.json"
+}
+
+echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); $(date -u +%FT%TZ); $WORKERS HTTP worker(s) each"
+printf '%-6s %14s %14s %7s\n' round bare coexist ratio
+for r in $(seq "$ROUNDS"); do
+    bare=$(run_one bare "$r")
+    coexist=$(run_one coexist "$r")
+    printf '%-6s %14.0f %14.0f %7.2f\n' "$r" "$bare" "$coexist" \
+        "$(awk -v a="$coexist" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+done
