@@ -20,17 +20,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 static CLAIM: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_claim.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_claim.lua")));
 static SENT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_sent.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_sent.lua")));
 static FAIL: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_fail.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_fail.lua")));
 static RELEASE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_release.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_release.lua")));
 static GIVE_UP: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_give_up.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_give_up.lua")));
 static STATUS: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/outbox_status.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_status.lua")));
 
 /// Where an outbox key stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
