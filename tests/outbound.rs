@@ -10,7 +10,7 @@ use coexist::conversation::window::Window;
 use coexist::keys::Keys;
 use coexist::metrics::Metric;
 use coexist::metrics::Metrics;
-use coexist::outbound::outbox::Outbox;
+use coexist::outbound::outbox::{Outbox, OutboxBackend};
 use coexist::outbound::{
     Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
     OutgoingMessage, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,

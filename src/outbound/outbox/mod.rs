@@ -5,32 +5,27 @@
 //! after the send it says `sent:<message id>`. A second handling of the event finds `sent:` and
 //! skips. The one window left is a crash after the request left and before `mark_sent`: the
 //! key then stays `pending`. Meta echoes the outbox key (`biz_opaque_callback_data`) in the
-//! message's status webhooks, and [`Outbox::mark_status_seen`] turns the key into `sent:` when
-//! one arrives; a later handler that finds `pending` gets [`OutboxState::InFlight`], waits a
-//! bounded time for such a status, then takes the claim over and sends again.
+//! message's status webhooks, and [`OutboxBackend::mark_status_seen`] turns the key into `sent:`
+//! when one arrives; a later handler that finds `pending` gets [`OutboxState::InFlight`], waits
+//! a bounded time for such a status, then takes the claim over and sends again.
 //!
 //! Every outcome is appended to the channel's audit stream `keys.outbox(ch)` (`MAXLEN ~`).
-//! The Redis and memory variants behave the same; the memory one serves the single-process mode.
+//!
+//! The contract is the [`OutboxBackend`] trait (docs there), one file per backend: [`redis`]
+//! runs `lua/outbox_*.lua`, [`memory`] is the twin for the single-process mode and behaves the
+//! same. [`Outbox`] is an enum over the two, dispatched by `enum_dispatch` (like the queue's).
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryOutbox;
+pub use self::redis::RedisOutbox;
 
 use super::error::SendError;
 use super::message::{OutgoingMessage, Sent};
 use crate::keys::Keys;
 use crate::redis_conn::RedisConn;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
-
-static CLAIM: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_claim.lua")));
-static SENT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_sent.lua")));
-static FAIL: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_fail.lua")));
-static RELEASE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_release.lua")));
-static GIVE_UP: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_give_up.lua")));
-static STATUS: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/outbox_status.lua")));
+use enum_dispatch::enum_dispatch;
 
 /// Where an outbox key stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,9 +35,9 @@ pub enum OutboxState {
     /// Already sent, with this message id: skip.
     AlreadySent(String),
     /// Another send of this key started at `since_ms` and has not been confirmed: it may have
-    /// left before a crash. Wait for a status, then [`Outbox::take_over`] with `marker`.
+    /// left before a crash. Wait for a status, then [`OutboxBackend::take_over`] with `marker`.
     InFlight { since_ms: i64, marker: String },
-    /// Given up for good with this code ([`Outbox::give_up`]): never sent.
+    /// Given up for good with this code ([`OutboxBackend::give_up`]): never sent.
     GivenUp(String),
 }
 
@@ -53,10 +48,11 @@ pub struct SentRef {
     pub conversation: String,
 }
 
+/// An outbox call that failed: only the Redis backend fails (the memory twin never does).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] ::redis::RedisError),
     #[error("outbox: unexpected reply {0:?}")]
     UnexpectedReply(String),
 }
@@ -80,63 +76,148 @@ impl Default for OutboxOptions {
     }
 }
 
+/// What an outbox does, on either backend: one behaviour suite (`outbox_suite` in
+/// `tests/outbound.rs`) runs on both. Native `async fn`: every caller holds a concrete
+/// [`Outbox`], so the futures stay `Send` where the backend's are.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait OutboxBackend {
+    /// Claims `msg.outbox_key` for sending (`SET NX`), or says why not.
+    async fn record(&self, msg: &OutgoingMessage, now_ms: i64) -> Result<OutboxState, OutboxError>;
+
+    /// Takes over an in-flight claim whose sender gave no sign of life (no status within the
+    /// bounded wait). Only succeeds while the key still holds `seen_marker` (or nothing).
+    async fn take_over(
+        &self,
+        msg: &OutgoingMessage,
+        seen_marker: &str,
+        now_ms: i64,
+    ) -> Result<OutboxState, OutboxError>;
+
+    /// Records the send: `sent:<id>` on the outbox key, message id → `<outbox key>\n<to>` so
+    /// later statuses find the conversation, and an audit entry.
+    async fn mark_sent(
+        &self,
+        msg: &OutgoingMessage,
+        sent: &Sent,
+        now_ms: i64,
+    ) -> Result<(), OutboxError>;
+
+    /// The send failed for good: release our claim (`marker`, from
+    /// [`OutboxState::Claimed`]; empty when nothing was claimed) and log the error.
+    async fn mark_failed(
+        &self,
+        msg: &OutgoingMessage,
+        marker: &str,
+        error: &SendError,
+        now_ms: i64,
+    ) -> Result<(), OutboxError>;
+
+    /// Appends an audit entry for `msg` with this outcome (the outbound queue's memory twin
+    /// logs failures through it; in Redis `out_settle.lua` writes the entry itself).
+    async fn log_outcome(
+        &self,
+        msg: &OutgoingMessage,
+        outcome: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), OutboxError>;
+
+    /// The message failed for good: our claim becomes `failed:<code>`, so it is never sent
+    /// after a crash either. Returns whether the claim was ours.
+    async fn give_up(
+        &self,
+        msg: &OutgoingMessage,
+        marker: &str,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutboxError>;
+
+    /// Gives our claim (`marker`) up without logging: the attempt failed and the message will
+    /// be tried again (the outbound queue logs the final outcome). Returns whether it was ours.
+    async fn release(
+        &self,
+        msg: &OutgoingMessage,
+        marker: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutboxError>;
+
+    /// A status webhook carried `biz_opaque_callback_data = outbox_key`: that reply was sent
+    /// as `message_id`. Returns true when this changed the key (it was pending or unknown).
+    /// Call it as early as possible (ingress, or before the status reaches the partition's
+    /// queue): a worker waiting on an in-flight key must see it.
+    async fn mark_status_seen(
+        &self,
+        channel: &str,
+        outbox_key: &str,
+        message_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutboxError>;
+
+    /// The current value of an outbox key (`pending:…` / `sent:…`), for operators and tests.
+    async fn get(
+        &self,
+        channel: &str,
+        outbox_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, OutboxError>;
+
+    /// Which reply (and conversation) a sent message id belongs to.
+    async fn lookup_message(
+        &self,
+        channel: &str,
+        message_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<SentRef>, OutboxError>;
+
+    /// Marks the channel unhealthy (credentials refused) until [`OutboxBackend::clear_health`];
+    /// the value (`unhealthy since <ms>: <reason>`) is what an operator command shows.
+    async fn set_unhealthy(
+        &self,
+        channel: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), OutboxError>;
+
+    /// Takes the mark of [`OutboxBackend::set_unhealthy`] away: the channel is healthy again.
+    async fn clear_health(&self, channel: &str) -> Result<(), OutboxError>;
+
+    /// `None`: healthy; `Some(description)`: marked unhealthy.
+    async fn health(&self, channel: &str, now_ms: i64) -> Result<Option<String>, OutboxError>;
+}
+
+/// The outbox, Redis-backed or in memory; every [`OutboxBackend`] method dispatches to the
+/// backend (`enum_dispatch`: no boxing, no forwarding written by hand).
+#[enum_dispatch(OutboxBackend)]
 #[derive(Clone)]
 pub enum Outbox {
-    Redis {
-        con: RedisConn,
-        keys: Keys,
-        options: OutboxOptions,
-    },
-    Memory {
-        keys: Keys,
-        options: OutboxOptions,
-        state: Arc<Mutex<MemoryState>>,
-    },
+    Redis(RedisOutbox),
+    Memory(MemoryOutbox),
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outbox::Redis { keys, .. } => write!(f, "Outbox::Redis({})", keys.prefix()),
-            Outbox::Memory { keys, .. } => write!(f, "Outbox::Memory({})", keys.prefix()),
+            Outbox::Redis(o) => write!(f, "Outbox::Redis({})", o.keys.prefix()),
+            Outbox::Memory(o) => write!(f, "Outbox::Memory({})", o.keys.prefix()),
         }
     }
 }
 
-/// The memory twin's data, keyed by the same strings as the Redis keys.
-#[derive(Debug, Default)]
-pub struct MemoryState {
-    /// key → (value, expires at ms)
-    values: HashMap<String, (String, i64)>,
-    /// audit stream key → entries
-    logs: HashMap<String, Vec<Vec<(String, String)>>>,
-    sweep: crate::clock::SweepSchedule,
-}
-
-impl MemoryState {
-    fn get(&self, key: &str, now_ms: i64) -> Option<&str> {
-        self.values
-            .get(key)
-            .filter(|(_, exp)| *exp > now_ms)
-            .map(|(v, _)| v.as_str())
+impl Outbox {
+    pub fn redis(con: impl Into<RedisConn>, keys: Keys, options: OutboxOptions) -> Outbox {
+        Outbox::Redis(RedisOutbox::new(con, keys, options))
     }
 
-    fn set(&mut self, key: String, value: String, ttl_ms: u64, now_ms: i64) {
-        if self.sweep.due(self.values.len(), 4096) {
-            self.values.retain(|_, (_, exp)| *exp > now_ms);
-            self.sweep.swept(self.values.len());
-        }
-        let exp = now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-        self.values.insert(key, (value, exp));
+    pub fn memory(keys: Keys, options: OutboxOptions) -> Outbox {
+        Outbox::Memory(MemoryOutbox::new(keys, options))
     }
 
-    fn log(&mut self, key: String, entry: Vec<(String, String)>, maxlen: u64) {
-        let log = self.logs.entry(key).or_default();
-        log.push(entry);
-        let max = usize::try_from(maxlen).unwrap_or(usize::MAX);
-        if max > 0 && log.len() > max {
-            let extra = log.len() - max;
-            log.drain(..extra);
+    /// The memory twin's audit entries of a channel (the Redis twin: `XRANGE keys.outbox(ch)`).
+    pub fn memory_log(&self, channel: &str) -> Vec<Vec<(String, String)>> {
+        match self {
+            Outbox::Redis(_) => Vec::new(),
+            Outbox::Memory(o) => o.log(channel),
         }
     }
 }
@@ -152,6 +233,44 @@ pub(crate) fn marker_since(marker: &str) -> i64 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// Someone else's claim, found holding the key: `marker` is its value.
+fn in_flight(marker: String) -> OutboxState {
+    OutboxState::InFlight {
+        since_ms: marker_since(&marker),
+        marker,
+    }
+}
+
+/// The outbox key's value once sent (or once a status echoed it): `sent:<message id>`.
+fn sent_value(message_id: &str) -> String {
+    format!("sent:{message_id}")
+}
+
+/// What the message id maps to (`<outbox key>\n<to>`); empty for read receipts (not
+/// messages: no status refers back to them).
+fn message_reference(msg: &OutgoingMessage) -> String {
+    if msg.reply.is_message() {
+        format!("{}\n{}", msg.outbox_key, msg.to)
+    } else {
+        String::new()
+    }
+}
+
+/// Reads a message id's mapping back (see [`message_reference`]).
+fn sent_ref(reference: Option<String>) -> Option<SentRef> {
+    reference.and_then(|v| {
+        v.split_once('\n').map(|(k, c)| SentRef {
+            outbox_key: k.to_string(),
+            conversation: c.to_string(),
+        })
+    })
+}
+
+/// The health key's value while the channel is marked unhealthy.
+fn unhealthy_value(reason: &str, now_ms: i64) -> String {
+    format!("unhealthy since {now_ms}: {reason}")
 }
 
 fn audit_entry(
@@ -177,423 +296,6 @@ fn audit_entry(
         e.push(("error".into(), error.into()));
     }
     e
-}
-
-impl Outbox {
-    pub fn redis(con: impl Into<RedisConn>, keys: Keys, options: OutboxOptions) -> Outbox {
-        Outbox::Redis {
-            con: con.into(),
-            keys,
-            options,
-        }
-    }
-
-    pub fn memory(keys: Keys, options: OutboxOptions) -> Outbox {
-        Outbox::Memory {
-            keys,
-            options,
-            state: Arc::default(),
-        }
-    }
-
-    fn keys(&self) -> &Keys {
-        match self {
-            Outbox::Redis { keys, .. } | Outbox::Memory { keys, .. } => keys,
-        }
-    }
-
-    fn options(&self) -> OutboxOptions {
-        match self {
-            Outbox::Redis { options, .. } | Outbox::Memory { options, .. } => *options,
-        }
-    }
-
-    fn memory_state(state: &Mutex<MemoryState>) -> std::sync::MutexGuard<'_, MemoryState> {
-        state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims `msg.outbox_key` for sending (`SET NX`), or says why not.
-    pub async fn record(
-        &self,
-        msg: &OutgoingMessage,
-        now_ms: i64,
-    ) -> Result<OutboxState, OutboxError> {
-        self.claim(msg, "", now_ms).await
-    }
-
-    /// Takes over an in-flight claim whose sender gave no sign of life (no status within the
-    /// bounded wait). Only succeeds while the key still holds `seen_marker`.
-    pub async fn take_over(
-        &self,
-        msg: &OutgoingMessage,
-        seen_marker: &str,
-        now_ms: i64,
-    ) -> Result<OutboxState, OutboxError> {
-        self.claim(msg, seen_marker, now_ms).await
-    }
-
-    async fn claim(
-        &self,
-        msg: &OutgoingMessage,
-        expected: &str,
-        now_ms: i64,
-    ) -> Result<OutboxState, OutboxError> {
-        let key = self.keys().sent(&msg.channel, &msg.outbox_key);
-        let marker = new_marker(now_ms);
-        let ttl = self.options().sent_ttl_ms;
-        let (state, value): (String, String) = match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let reply: Vec<String> = CLAIM
-                    .key(&key)
-                    .arg(&marker)
-                    .arg(ttl)
-                    .arg(expected)
-                    .invoke_async(&mut con)
-                    .await?;
-                match <[String; 2]>::try_from(reply) {
-                    Ok([s, v]) => (s, v),
-                    Err(r) => return Err(OutboxError::UnexpectedReply(format!("{r:?}"))),
-                }
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                match st.get(&key, now_ms).map(str::to_owned) {
-                    Some(v) if v.starts_with("sent:") => ("sent".into(), v[5..].to_string()),
-                    Some(v) if v.starts_with("failed:") => ("failed".into(), v[7..].to_string()),
-                    current if current.is_none() || current.as_deref() == Some(expected) => {
-                        st.set(key, marker.clone(), ttl, now_ms);
-                        ("claimed".into(), String::new())
-                    }
-                    Some(v) => ("pending".into(), v),
-                    None => unreachable!("handled by the arm above"),
-                }
-            }
-        };
-        match state.as_str() {
-            "claimed" => Ok(OutboxState::Claimed { marker }),
-            "sent" => Ok(OutboxState::AlreadySent(value)),
-            "failed" => Ok(OutboxState::GivenUp(value)),
-            "pending" => Ok(OutboxState::InFlight {
-                since_ms: marker_since(&value),
-                marker: value,
-            }),
-            other => Err(OutboxError::UnexpectedReply(other.to_string())),
-        }
-    }
-
-    /// Records the send: `sent:<id>` on the outbox key, message id → `<outbox key>\n<to>` so
-    /// later statuses find the conversation, and an audit entry.
-    pub async fn mark_sent(
-        &self,
-        msg: &OutgoingMessage,
-        sent: &Sent,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let keys = self.keys();
-        let options = self.options();
-        let sent_key = keys.sent(&msg.channel, &msg.outbox_key);
-        let message_key = keys.sent_message(&msg.channel, &sent.message_id);
-        let stream = keys.outbox(&msg.channel);
-        let value = format!("sent:{}", sent.message_id);
-        let reference = if msg.reply.is_message() {
-            format!("{}\n{}", msg.outbox_key, msg.to)
-        } else {
-            String::new()
-        };
-        let entry = audit_entry(msg, "sent", &sent.message_id, "", now_ms);
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut inv = SENT.prepare_invoke();
-                inv.key(&sent_key)
-                    .key(&message_key)
-                    .key(&stream)
-                    .arg(&value)
-                    .arg(options.sent_ttl_ms)
-                    .arg(&reference)
-                    .arg(options.audit_maxlen);
-                for (k, v) in &entry {
-                    inv.arg(k).arg(v);
-                }
-                let mut con = con.clone();
-                let _: String = inv.invoke_async(&mut con).await?;
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                st.set(sent_key, value, options.sent_ttl_ms, now_ms);
-                if !reference.is_empty() {
-                    st.set(message_key, reference, options.sent_ttl_ms, now_ms);
-                }
-                st.log(stream, entry, options.audit_maxlen);
-            }
-        }
-        Ok(())
-    }
-
-    /// The send failed for good: release our claim (`marker`, from
-    /// [`OutboxState::Claimed`]; empty when nothing was claimed) and log the error.
-    pub async fn mark_failed(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        error: &SendError,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let keys = self.keys();
-        let options = self.options();
-        let sent_key = keys.sent(&msg.channel, &msg.outbox_key);
-        let stream = keys.outbox(&msg.channel);
-        let entry = audit_entry(msg, error.outcome(), "", &error.to_string(), now_ms);
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut inv = FAIL.prepare_invoke();
-                inv.key(&sent_key)
-                    .key(&stream)
-                    .arg(marker)
-                    .arg(options.audit_maxlen);
-                for (k, v) in &entry {
-                    inv.arg(k).arg(v);
-                }
-                let mut con = con.clone();
-                let _: i64 = inv.invoke_async(&mut con).await?;
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                if !marker.is_empty() && st.get(&sent_key, now_ms) == Some(marker) {
-                    st.values.remove(&sent_key);
-                }
-                st.log(stream, entry, options.audit_maxlen);
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends an audit entry for `msg` with this outcome (the outbound queue's memory twin
-    /// logs failures through it; in Redis `out_settle.lua` writes the entry itself).
-    pub async fn log_outcome(
-        &self,
-        msg: &OutgoingMessage,
-        outcome: &str,
-        error: &str,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let stream = self.keys().outbox(&msg.channel);
-        let entry = audit_entry(msg, outcome, "", error, now_ms);
-        let maxlen = self.options().audit_maxlen;
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&stream);
-                if maxlen > 0 {
-                    cmd.arg("MAXLEN").arg("~").arg(maxlen);
-                }
-                cmd.arg("*");
-                for (k, v) in &entry {
-                    cmd.arg(k).arg(v);
-                }
-                let mut con = con.clone();
-                let _: String = cmd.query_async(&mut con).await?;
-            }
-            Outbox::Memory { state, .. } => {
-                Self::memory_state(state).log(stream, entry, maxlen);
-            }
-        }
-        Ok(())
-    }
-
-    /// The message failed for good: our claim becomes `failed:<code>`, so it is never sent
-    /// after a crash either. Returns whether the claim was ours.
-    pub async fn give_up(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        code: &str,
-        now_ms: i64,
-    ) -> Result<bool, OutboxError> {
-        let key = self.keys().sent(&msg.channel, &msg.outbox_key);
-        let ttl = self.options().sent_ttl_ms;
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let written: i64 = GIVE_UP
-                    .key(&key)
-                    .arg(marker)
-                    .arg(code)
-                    .arg(ttl)
-                    .invoke_async(&mut con)
-                    .await?;
-                Ok(written == 1)
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                let ours = st.get(&key, now_ms) == Some(marker);
-                if ours {
-                    st.set(key, format!("failed:{code}"), ttl, now_ms);
-                }
-                Ok(ours)
-            }
-        }
-    }
-
-    /// Gives our claim (`marker`) up without logging: the attempt failed and the message will
-    /// be tried again (the outbound queue logs the final outcome). Returns whether it was ours.
-    pub async fn release(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        now_ms: i64,
-    ) -> Result<bool, OutboxError> {
-        let key = self.keys().sent(&msg.channel, &msg.outbox_key);
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let released: i64 = RELEASE.key(&key).arg(marker).invoke_async(&mut con).await?;
-                Ok(released == 1)
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                let ours = st.get(&key, now_ms) == Some(marker);
-                if ours {
-                    st.values.remove(&key);
-                }
-                Ok(ours)
-            }
-        }
-    }
-
-    /// A status webhook carried `biz_opaque_callback_data = outbox_key`: that reply was sent
-    /// as `message_id`. Returns true when this changed the key (it was pending or unknown).
-    /// Call it as early as possible (ingress, or before the status reaches the partition's
-    /// queue): a worker waiting on an in-flight key must see it.
-    pub async fn mark_status_seen(
-        &self,
-        channel: &str,
-        outbox_key: &str,
-        message_id: &str,
-        now_ms: i64,
-    ) -> Result<bool, OutboxError> {
-        let key = self.keys().sent(channel, outbox_key);
-        let value = format!("sent:{message_id}");
-        let ttl = self.options().sent_ttl_ms;
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let changed: i64 = STATUS
-                    .key(&key)
-                    .arg(&value)
-                    .arg(ttl)
-                    .invoke_async(&mut con)
-                    .await?;
-                Ok(changed == 1)
-            }
-            Outbox::Memory { state, .. } => {
-                let mut st = Self::memory_state(state);
-                if st.get(&key, now_ms).is_some_and(|v| v.starts_with("sent:")) {
-                    return Ok(false);
-                }
-                st.set(key, value, ttl, now_ms);
-                Ok(true)
-            }
-        }
-    }
-
-    /// The current value of an outbox key (`pending:…` / `sent:…`), for operators and tests.
-    pub async fn get(
-        &self,
-        channel: &str,
-        outbox_key: &str,
-        now_ms: i64,
-    ) -> Result<Option<String>, OutboxError> {
-        self.get_key(self.keys().sent(channel, outbox_key), now_ms)
-            .await
-    }
-
-    /// Which reply (and conversation) a sent message id belongs to.
-    pub async fn lookup_message(
-        &self,
-        channel: &str,
-        message_id: &str,
-        now_ms: i64,
-    ) -> Result<Option<SentRef>, OutboxError> {
-        let v = self
-            .get_key(self.keys().sent_message(channel, message_id), now_ms)
-            .await?;
-        Ok(v.and_then(|v| {
-            v.split_once('\n').map(|(k, c)| SentRef {
-                outbox_key: k.to_string(),
-                conversation: c.to_string(),
-            })
-        }))
-    }
-
-    async fn get_key(&self, key: String, now_ms: i64) -> Result<Option<String>, OutboxError> {
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                Ok(redis::cmd("GET").arg(&key).query_async(&mut con).await?)
-            }
-            Outbox::Memory { state, .. } => Ok(Self::memory_state(state)
-                .get(&key, now_ms)
-                .map(str::to_owned)),
-        }
-    }
-
-    /// Marks the channel unhealthy (credentials refused) until [`Outbox::clear_health`]; the
-    /// value (`unhealthy since <ms>: <reason>`) is what an operator command shows.
-    pub async fn set_unhealthy(
-        &self,
-        channel: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let key = self.keys().health(channel);
-        let value = format!("unhealthy since {now_ms}: {reason}");
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let _: () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&value)
-                    .query_async(&mut con)
-                    .await?;
-            }
-            Outbox::Memory { state, .. } => {
-                Self::memory_state(state).set(key, value, u64::MAX / 4, now_ms);
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn clear_health(&self, channel: &str) -> Result<(), OutboxError> {
-        let key = self.keys().health(channel);
-        match self {
-            Outbox::Redis { con, .. } => {
-                let mut con = con.clone();
-                let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut con).await?;
-            }
-            Outbox::Memory { state, .. } => {
-                Self::memory_state(state).values.remove(&key);
-            }
-        }
-        Ok(())
-    }
-
-    /// `None`: healthy; `Some(description)`: marked unhealthy.
-    pub async fn health(&self, channel: &str, now_ms: i64) -> Result<Option<String>, OutboxError> {
-        self.get_key(self.keys().health(channel), now_ms).await
-    }
-
-    /// The memory twin's audit entries of a channel (the Redis twin: `XRANGE keys.outbox(ch)`).
-    pub fn memory_log(&self, channel: &str) -> Vec<Vec<(String, String)>> {
-        match self {
-            Outbox::Redis { .. } => Vec::new(),
-            Outbox::Memory { keys, state, .. } => Self::memory_state(state)
-                .logs
-                .get(&keys.outbox(channel))
-                .cloned()
-                .unwrap_or_default(),
-        }
-    }
 }
 
 #[cfg(test)]
