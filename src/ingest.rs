@@ -7,7 +7,7 @@ use crate::config::{Config, Secret};
 use crate::event::Event;
 use crate::event::EventType;
 use crate::metrics::{Metric, Metrics};
-use crate::outbound::Outbox;
+use crate::outbound::{Outbox, OutboxBackend};
 use crate::queue::QueueBackend;
 use crate::queue::{Enqueued, NewEvent, Queue, QueueError};
 use crate::routing::{Route, Router};

@@ -10,7 +10,7 @@ use coexist::conversation::window::Window;
 use coexist::keys::Keys;
 use coexist::metrics::Metric;
 use coexist::metrics::Metrics;
-use coexist::outbound::outbox::Outbox;
+use coexist::outbound::outbox::{Outbox, OutboxBackend};
 use coexist::outbound::{
     Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
     OutgoingMessage, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
@@ -1336,6 +1336,57 @@ async fn outbox_suite(o: Outbox) {
         o.lookup_message(WABA, "wamid.IN", 7_000).await.unwrap(),
         None
     );
+    // Giving up: only our own claim becomes `failed:<code>`, which every later claim reports
+    // and nothing but a status changes.
+    let m3 = waba_msg("1555", Reply::text("z"), "ev:3");
+    let OutboxState::Claimed { marker: ours } = o.record(&m3, 7_100).await.unwrap() else {
+        panic!("a fresh key is claimed")
+    };
+    assert!(!o
+        .give_up(&m3, "pending:1:other", "expired", 7_101)
+        .await
+        .unwrap());
+    assert!(o.give_up(&m3, &ours, "expired", 7_102).await.unwrap());
+    assert_eq!(
+        o.get(WABA, "ev:3", 7_103).await.unwrap().as_deref(),
+        Some("failed:expired")
+    );
+    let given_up = OutboxState::GivenUp("expired".into());
+    assert_eq!(o.record(&m3, 7_104).await.unwrap(), given_up);
+    assert_eq!(o.take_over(&m3, &ours, 7_105).await.unwrap(), given_up);
+    assert!(!o.release(&m3, &ours, 7_106).await.unwrap());
+    assert!(!o.give_up(&m3, &ours, "other", 7_107).await.unwrap());
+    assert_eq!(o.record(&m3, 7_108).await.unwrap(), given_up);
+    assert!(o
+        .mark_status_seen(WABA, "ev:3", "wamid.U", 7_109)
+        .await
+        .unwrap());
+    assert_eq!(
+        o.record(&m3, 7_110).await.unwrap(),
+        OutboxState::AlreadySent("wamid.U".into())
+    );
+
+    // Releasing: only our own claim, without an audit entry. Taking over a marker that has
+    // vanished meanwhile claims the free key.
+    let m4 = waba_msg("1555", Reply::text("w"), "ev:4");
+    let OutboxState::Claimed { marker: first } = o.record(&m4, 7_200).await.unwrap() else {
+        panic!("a fresh key is claimed")
+    };
+    assert!(!o.release(&m4, "pending:1:other", 7_201).await.unwrap());
+    assert!(o.release(&m4, &first, 7_202).await.unwrap());
+    assert!(!o.release(&m4, &first, 7_203).await.unwrap());
+    assert_eq!(o.get(WABA, "ev:4", 7_203).await.unwrap(), None);
+    let OutboxState::Claimed { marker: second } = o.take_over(&m4, &first, 7_204).await.unwrap()
+    else {
+        panic!("the key of a vanished marker is free")
+    };
+    assert!(second.starts_with("pending:7204:"), "{second}");
+    assert_ne!(second, first);
+    // An audit entry with a free outcome (the outbound queue's memory twin logs through it).
+    o.log_outcome(&m4, "skipped", "window closed", 7_300)
+        .await
+        .unwrap();
+
     // Health flag.
     assert_eq!(o.health(WABA, 8_000).await.unwrap(), None);
     o.set_unhealthy(WABA, "token expired", 8_000).await.unwrap();
@@ -1352,17 +1403,42 @@ async fn outbox_suite_redis() {
     let keys = support::keys();
     let o = Outbox::redis(connection().await, keys.clone(), OutboxOptions::default());
     outbox_suite(o).await;
-    // The audit stream: one entry per outcome (2 failures, 2 sends).
+    // The audit stream: one entry per outcome (2 failures, 2 sends, 1 logged outcome).
     let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
     let outcomes: Vec<&str> = log.iter().map(|e| e.field("outcome")).collect();
-    assert_eq!(outcomes, ["transient", "transient", "sent", "sent"]);
+    assert_eq!(
+        outcomes,
+        ["transient", "transient", "sent", "sent", "skipped"]
+    );
     assert_eq!(log[2].field("reply"), r#"{"type":"text","text":"x"}"#);
     assert_eq!(log[2].field("to"), "1555");
+    assert_eq!(log[4].field("key"), "ev:4");
+    assert_eq!(log[4].field("error"), "window closed");
+    assert_eq!(log[4].field("message_id"), "");
 }
 
 #[tokio::test]
 async fn outbox_suite_memory() {
     let o = Outbox::memory(support::keys(), OutboxOptions::default());
     outbox_suite(o.clone()).await;
-    assert_eq!(o.memory_log(WABA).len(), 4);
+    // The same entries as the Redis stream's.
+    let log = o.memory_log(WABA);
+    let field = |i: usize, name: &str| {
+        let entry: &Vec<(String, String)> = &log[i];
+        entry
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let outcomes: Vec<String> = (0..log.len()).map(|i| field(i, "outcome")).collect();
+    assert_eq!(
+        outcomes,
+        ["transient", "transient", "sent", "sent", "skipped"]
+    );
+    assert_eq!(field(2, "reply"), r#"{"type":"text","text":"x"}"#);
+    assert_eq!(field(2, "to"), "1555");
+    assert_eq!(field(4, "key"), "ev:4");
+    assert_eq!(field(4, "error"), "window closed");
+    assert_eq!(field(4, "message_id"), "");
 }

@@ -8,7 +8,7 @@ use coexist::keys::Keys;
 use coexist::outbound::queue::{HistoryEntry, MemoryOutQueue, RedisOutQueue, Taken};
 use coexist::outbound::{
     LaneGrant, MessageStatus, OutQueue, OutQueueOptions, OutRecord, OutStats, Outbox,
-    OutboxOptions, OutgoingMessage, QueuedMessage, Reply, Settle, WaitReason,
+    OutboxBackend, OutboxOptions, OutgoingMessage, QueuedMessage, Reply, Settle, WaitReason,
 };
 use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@ use super::message::Sent;
 use super::queue::{QueuedMessage, WaitReason};
 use super::rate::Take;
 use super::rules::{self, RuleError};
-use super::{Outbound, OutboxState, Reply, SendError, Sender};
+use super::{Outbound, OutboxBackend, OutboxState, Reply, SendError, Sender};
 use crate::channel::ChannelKind;
 use crate::conversation::window::Window;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ const INFLIGHT_RECHECK_MS: i64 = 1_000;
 pub enum Prepared {
     /// Rules passed, a rate slot is ours and the idempotency key is claimed with this marker:
     /// send now with [`Outbound::deliver_claimed`] (or give the claim up with
-    /// [`super::Outbox::release`]).
+    /// [`super::OutboxBackend::release`]).
     Claimed(String),
     /// Already an outcome: found sent, not now, or given up.
     Done(Attempt),

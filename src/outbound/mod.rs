@@ -22,7 +22,7 @@ pub use error::{Backoff, SendError};
 pub use graph::GraphSender;
 pub use lane_sender::{LaneSender, LaneSettings};
 pub use message::{MediaSource, OutgoingMessage, Reply, Sent};
-pub use outbox::{Outbox, OutboxError, OutboxOptions, OutboxState, SentRef};
+pub use outbox::{Outbox, OutboxBackend, OutboxError, OutboxOptions, OutboxState, SentRef};
 pub use queue::{
     Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord,
     OutStats, QueuedMessage, Settle, Submitted, WaitReason,
@@ -525,7 +525,8 @@ impl Outbound {
         }
     }
 
-    /// A status webhook carried `biz_opaque_callback_data`: see [`Outbox::mark_status_seen`].
+    /// A status webhook carried `biz_opaque_callback_data`: see
+    /// [`OutboxBackend::mark_status_seen`].
     pub async fn mark_status_seen(
         &self,
         channel: &str,

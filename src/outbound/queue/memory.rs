@@ -7,8 +7,8 @@
 //! clock in tests), so both behave alike whichever clock the caller uses.
 //!
 //! The idempotency marker and the wamid index live in the process's memory [`Outbox`]: settling
-//! a sent message calls [`Outbox::mark_sent`] after this queue's own lock is released, so the
-//! marker appears a moment after the record says `sent` (Redis writes both in one script). They
+//! a sent message calls [`OutboxBackend::mark_sent`] after this queue's own lock is released, so
+//! the marker appears a moment after the record says `sent` (Redis writes both in one script). They
 //! keep the outbox's `sent_ttl_ms` (Redis: `record_ttl_ms`). A failed settle writes no audit
 //! entry here (the outbox has no call that logs a free code and text); Redis's script does.
 
@@ -18,7 +18,7 @@ use super::{
     Submitted, Taken, WaitReason,
 };
 use crate::outbound::message::Sent;
-use crate::outbound::outbox::{Outbox, OutboxError, SentRef};
+use crate::outbound::outbox::{Outbox, OutboxBackend, OutboxError, SentRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
