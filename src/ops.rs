@@ -4,6 +4,7 @@
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::outbound::queue::OutStats;
+use crate::outbound::RateBackend;
 use crate::queue::QueueBackend;
 use crate::queue::{DeadLetter, PartitionStats, Queue, QueueError};
 use serde::Serialize;

@@ -5,7 +5,7 @@
 
 use super::message::Sent;
 use super::queue::{QueuedMessage, WaitReason};
-use super::rate::Take;
+use super::rate::{RateBackend, Take};
 use super::rules::{self, RuleError};
 use super::{Outbound, OutboxState, Reply, SendError, Sender};
 use crate::channel::ChannelKind;

@@ -27,7 +27,7 @@ pub use queue::{
     Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord,
     OutStats, QueuedMessage, Settle, Submitted, WaitReason,
 };
-pub use rate::{Bucket, Limits, RateLimiter, Take};
+pub use rate::{Bucket, Limits, RateBackend, RateLimiter, Take};
 pub use rules::RuleError;
 pub use waha::WahaSender;
 

@@ -6,9 +6,13 @@
 //! none of them. Per-contact limits are gates (they must fit now, else the caller asks again
 //! later; the outbound sender then sets that customer's lane aside until the gap ends, so a
 //! chat waiting for its gap never holds up other chats); channel limits are queues
-//! (a slot may be booked ahead, so waiters in many processes line up). The Redis backend shares the buckets across processes; the memory twin runs
-//! the same arithmetic for the single-process mode and tests. Time is passed in (`now_ms`), so
-//! the behaviour suite runs on a synthetic clock.
+//! (a slot may be booked ahead, so waiters in many processes line up). Time is passed in
+//! (`now_ms`), so the behaviour suite runs on a synthetic clock.
+//!
+//! The contract is the [`RateBackend`] trait (docs there), one file per backend: [`RedisRates`]
+//! shares the buckets across processes, [`MemoryRates`] runs the same arithmetic for the
+//! single-process mode and tests. [`RateLimiter`] is an enum over the two, dispatched by
+//! `enum_dispatch` (as the inbound queue is).
 //!
 //! Chosen limits:
 //! - channel: `send_rate_per_second` per second, burst of the same size (Meta: 80 mps, 20 on
@@ -26,20 +30,20 @@
 //!
 //! Read receipts (`mark_read`) take only the channel bucket: they are not messages.
 
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryRates;
+pub use self::redis::RedisRates;
+
 use crate::channel::ChannelKind;
 use crate::config::ChannelConfig;
 use crate::keys::Keys;
 use crate::redis_conn::RedisConn;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use enum_dispatch::enum_dispatch;
 
 /// Burst of the WABA pair bucket (see the module doc).
 pub const WABA_PAIR_BURST: u32 = 10;
-
-static RATE_TAKE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/rate_take.lua")));
-static REACH_TAKE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../lua/reach_take.lua")));
 
 /// The moving window of Meta's messaging limit.
 pub const REACH_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -161,29 +165,136 @@ pub enum Take {
     NotYet { wait_ms: u64 },
 }
 
+impl Take {
+    /// A backend's answer in microseconds: reserved or not, the wait rounded up to ms.
+    fn of(reserved: bool, wait_us: u64) -> Take {
+        let wait_ms = wait_us.div_ceil(1000);
+        if reserved {
+            Take::Ready { wait_ms }
+        } else {
+            Take::NotYet { wait_ms }
+        }
+    }
+}
+
+/// One reservation's times, in microseconds.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    now_us: u64,
+    /// `now` plus the pacing jitter: no slot before it.
+    earliest_us: u64,
+    /// Longest acceptable wait from now.
+    max_wait_us: u64,
+}
+
+impl Slot {
+    fn new(now_ms: i64, jitter_ms: u64, max_wait_ms: u64) -> Slot {
+        let now_us = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
+        Slot {
+            now_us,
+            earliest_us: now_us.saturating_add(jitter_ms.saturating_mul(1000)),
+            max_wait_us: max_wait_ms.saturating_mul(1000),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RateError {
     #[error("rate limiter: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] ::redis::RedisError),
     #[error("rate limiter: unexpected reply {0:?}")]
     UnexpectedReply(Vec<i64>),
 }
 
-/// Shared (Redis) or single-process (memory) buckets, with the same semantics.
+/// What a rate limiter does, on either backend: one behaviour suite (`rate_suite` and
+/// `reach_suite` in `tests/outbound.rs`) runs on both. Native `async fn`: every caller holds a
+/// concrete [`RateLimiter`], so the futures stay `Send` where the backend's are.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait RateBackend {
+    /// Reserves a slot for one send at or after `now_ms + jitter_ms` in every bucket that
+    /// applies, unless that slot is more than `max_wait_ms` away.
+    async fn take(
+        &self,
+        channel: &str,
+        contact: Option<&str>,
+        limits: &Limits,
+        now_ms: i64,
+        jitter_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<Take, RateError> {
+        self.reserve(channel, contact, limits, now_ms, jitter_ms, max_wait_ms)
+            .await
+            .map(|(take, _)| take)
+    }
+
+    /// [`RateBackend::take`], also saying whether a per-contact gate (pair gap, per-chat gap)
+    /// is what refused the slot (`true`) rather than the channel's own rate.
+    async fn reserve(
+        &self,
+        channel: &str,
+        contact: Option<&str>,
+        limits: &Limits,
+        now_ms: i64,
+        jitter_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<(Take, bool), RateError>;
+
+    /// Meta's messaging limit for one business-initiated message to `customer` outside a
+    /// service window: `None` when it may go (the customer is counted), else the time (ms)
+    /// when a new customer fits again. The limit is the one Meta last announced
+    /// ([`RateBackend::announce_limit`]), else `messaging_limit_per_day`; 0 means none.
+    async fn reach(
+        &self,
+        channel: &str,
+        limits: &Limits,
+        customer: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, RateError>;
+
+    /// Meta announced a new messaging limit (`phone_number_quality_update`): it replaces
+    /// `messaging_limit_per_day` for the channel (or its portfolio) until the next one; 0 lifts it.
+    async fn announce_limit(
+        &self,
+        channel: &str,
+        portfolio: Option<&str>,
+        limit: u32,
+    ) -> Result<(), RateError>;
+
+    /// The limit Meta last announced for the channel (or its portfolio), if any.
+    async fn announced_limit(
+        &self,
+        channel: &str,
+        portfolio: Option<&str>,
+    ) -> Result<Option<u32>, RateError>;
+}
+
+/// Shared (Redis) or single-process (memory) buckets, with the same semantics; every
+/// [`RateBackend`] method dispatches to the backend (`enum_dispatch`).
+#[enum_dispatch(RateBackend)]
 #[derive(Clone)]
 pub enum RateLimiter {
-    Redis {
-        con: RedisConn,
-        keys: Keys,
-    },
-    Memory {
-        keys: Keys,
-        tats: Arc<Mutex<(HashMap<String, u64>, crate::clock::SweepSchedule)>>,
-        /// reach key → customer → last time reached.
-        reach: Arc<Mutex<ReachSets>>,
-        /// reach key → the limit Meta announced.
-        announced: Arc<Mutex<HashMap<String, u32>>>,
-    },
+    Redis(RedisRates),
+    Memory(MemoryRates),
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimiter::Redis(r) => write!(f, "RateLimiter::Redis({})", r.keys().prefix()),
+            RateLimiter::Memory(m) => write!(f, "RateLimiter::Memory({})", m.keys().prefix()),
+        }
+    }
+}
+
+impl RateLimiter {
+    pub fn redis(con: impl Into<RedisConn>, keys: Keys) -> RateLimiter {
+        RedisRates::new(con, keys).into()
+    }
+
+    pub fn memory(keys: Keys) -> RateLimiter {
+        MemoryRates::new(keys).into()
+    }
 }
 
 /// The messaging limit a `phone_number_quality_update` value announces:
@@ -203,264 +314,6 @@ pub fn announced_tier(value: &serde_json::Value) -> Option<u32> {
         None => (t, 1),
     };
     digits.parse::<u32>().ok().map(|n| n.saturating_mul(mult))
-}
-
-/// The memory twin's reach sets: key → customer → last time reached (ms).
-type ReachSets = HashMap<String, HashMap<String, i64>>;
-
-impl std::fmt::Debug for RateLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RateLimiter::Redis { keys, .. } => write!(f, "RateLimiter::Redis({})", keys.prefix()),
-            RateLimiter::Memory { keys, .. } => write!(f, "RateLimiter::Memory({})", keys.prefix()),
-        }
-    }
-}
-
-impl RateLimiter {
-    pub fn redis(con: impl Into<RedisConn>, keys: Keys) -> RateLimiter {
-        RateLimiter::Redis {
-            con: con.into(),
-            keys,
-        }
-    }
-
-    pub fn memory(keys: Keys) -> RateLimiter {
-        RateLimiter::Memory {
-            keys,
-            tats: Arc::default(),
-            reach: Arc::default(),
-            announced: Arc::default(),
-        }
-    }
-
-    /// Reserves a slot for one send at or after `now_ms + jitter_ms` in every bucket that
-    /// applies, unless that slot is more than `max_wait_ms` away.
-    pub async fn take(
-        &self,
-        channel: &str,
-        contact: Option<&str>,
-        limits: &Limits,
-        now_ms: i64,
-        jitter_ms: u64,
-        max_wait_ms: u64,
-    ) -> Result<Take, RateError> {
-        self.reserve(channel, contact, limits, now_ms, jitter_ms, max_wait_ms)
-            .await
-            .map(|(take, _)| take)
-    }
-
-    /// Meta's messaging limit for one business-initiated message to `customer` outside a
-    /// service window: `None` when it may go (the customer is counted), else the time (ms)
-    /// when a new customer fits again. The limit is the one Meta last announced
-    /// ([`RateLimiter::announce_limit`]), else `messaging_limit_per_day`; 0 means none.
-    pub async fn reach(
-        &self,
-        channel: &str,
-        limits: &Limits,
-        customer: &str,
-        now_ms: i64,
-    ) -> Result<Option<i64>, RateError> {
-        let portfolio = limits.reach_portfolio.as_deref();
-        match self {
-            RateLimiter::Redis { con, keys } => {
-                let mut con = con.clone();
-                let at: i64 = REACH_TAKE
-                    .key(keys.reach(channel, portfolio))
-                    .key(keys.reach_limit(channel, portfolio))
-                    .arg(now_ms)
-                    .arg(REACH_WINDOW_MS)
-                    .arg(limits.reach_per_day)
-                    .arg(customer)
-                    .invoke_async(&mut con)
-                    .await?;
-                Ok((at > 0).then_some(at))
-            }
-            RateLimiter::Memory {
-                keys,
-                reach,
-                announced,
-                ..
-            } => {
-                let key = keys.reach(channel, portfolio);
-                let limit = announced
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                    .copied()
-                    .unwrap_or(limits.reach_per_day) as usize;
-                if limit == 0 {
-                    return Ok(None);
-                }
-                let mut reach = reach.lock().unwrap_or_else(|e| e.into_inner());
-                let set = reach.entry(key).or_default();
-                set.retain(|_, at| *at > now_ms - REACH_WINDOW_MS);
-                if set.contains_key(customer) || set.len() < limit {
-                    set.insert(customer.to_string(), now_ms);
-                    return Ok(None);
-                }
-                let oldest = set.values().min().copied().unwrap_or(now_ms);
-                Ok(Some(oldest + REACH_WINDOW_MS + 1))
-            }
-        }
-    }
-
-    /// Meta announced a new messaging limit (`phone_number_quality_update`): it replaces
-    /// `messaging_limit_per_day` for the channel (or its portfolio) until the next one; 0 lifts it.
-    pub async fn announce_limit(
-        &self,
-        channel: &str,
-        portfolio: Option<&str>,
-        limit: u32,
-    ) -> Result<(), RateError> {
-        match self {
-            RateLimiter::Redis { con, keys } => {
-                let mut con = con.clone();
-                redis::cmd("SET")
-                    .arg(keys.reach_limit(channel, portfolio))
-                    .arg(limit)
-                    .query_async::<()>(&mut con)
-                    .await?;
-            }
-            RateLimiter::Memory {
-                keys, announced, ..
-            } => {
-                announced
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(keys.reach(channel, portfolio), limit);
-            }
-        }
-        Ok(())
-    }
-
-    /// The limit Meta last announced for the channel (or its portfolio), if any.
-    pub async fn announced_limit(
-        &self,
-        channel: &str,
-        portfolio: Option<&str>,
-    ) -> Result<Option<u32>, RateError> {
-        match self {
-            RateLimiter::Redis { con, keys } => {
-                let mut con = con.clone();
-                Ok(redis::cmd("GET")
-                    .arg(keys.reach_limit(channel, portfolio))
-                    .query_async::<Option<u32>>(&mut con)
-                    .await?)
-            }
-            RateLimiter::Memory {
-                keys, announced, ..
-            } => Ok(announced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&keys.reach(channel, portfolio))
-                .copied()),
-        }
-    }
-
-    /// [`RateLimiter::take`], also saying whether a per-contact gate (pair gap, per-chat gap)
-    /// is what refused the slot (`true`) rather than the channel's own rate.
-    pub async fn reserve(
-        &self,
-        channel: &str,
-        contact: Option<&str>,
-        limits: &Limits,
-        now_ms: i64,
-        jitter_ms: u64,
-        max_wait_ms: u64,
-    ) -> Result<(Take, bool), RateError> {
-        let now_us = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
-        let earliest_us = now_us.saturating_add(jitter_ms.saturating_mul(1000));
-        let max_wait_us = max_wait_ms.saturating_mul(1000);
-        let (reserved, wait_us, gated) = match self {
-            RateLimiter::Redis { con, keys } => {
-                let buckets = limits.buckets(keys, channel, contact);
-                if buckets.is_empty() {
-                    return Ok((ready_or_not(earliest_us - now_us, max_wait_us), false));
-                }
-                let mut inv = RATE_TAKE.prepare_invoke();
-                for (key, _, _) in &buckets {
-                    inv.key(key);
-                }
-                inv.arg(now_us).arg(earliest_us).arg(max_wait_us);
-                for (_, b, gate) in &buckets {
-                    inv.arg(b.interval_us)
-                        .arg(b.burst)
-                        .arg(if *gate { 0 } else { 1 });
-                }
-                let mut con = con.clone();
-                let reply: Vec<i64> = inv.invoke_async(&mut con).await?;
-                match reply.as_slice() {
-                    [r, w, g] if *w >= 0 => (*r == 1, *w as u64, *g == 1),
-                    _ => return Err(RateError::UnexpectedReply(reply)),
-                }
-            }
-            RateLimiter::Memory { keys, tats, .. } => {
-                let buckets = limits.buckets(keys, channel, contact);
-                let mut guard = tats.lock().unwrap_or_else(|e| e.into_inner());
-                let (tats, sweep) = &mut *guard;
-                if sweep.due(tats.len(), 4096) {
-                    // Idle buckets are full buckets: forget them (Redis expires them).
-                    tats.retain(|_, tat| *tat + 1_000_000 > now_us);
-                    sweep.swept(tats.len());
-                }
-                gcra(tats, &buckets, now_us, earliest_us, max_wait_us)
-            }
-        };
-        let wait_ms = wait_us.div_ceil(1000);
-        let take = if reserved {
-            Take::Ready { wait_ms }
-        } else {
-            Take::NotYet { wait_ms }
-        };
-        Ok((take, gated))
-    }
-}
-
-fn ready_or_not(wait_us: u64, max_wait_us: u64) -> Take {
-    let wait_ms = wait_us.div_ceil(1000);
-    if wait_us > max_wait_us {
-        Take::NotYet { wait_ms }
-    } else {
-        Take::Ready { wait_ms }
-    }
-}
-
-/// The memory twin of `rate_take.lua`, line for line: (reserved, wait, a gate refused).
-fn gcra(
-    tats: &mut HashMap<String, u64>,
-    buckets: &[(String, Bucket, bool)],
-    now: u64,
-    earliest: u64,
-    max_wait: u64,
-) -> (bool, u64, bool) {
-    let mut t = earliest;
-    let mut gate_wait = 0;
-    let mut current = Vec::with_capacity(buckets.len());
-    for (key, b, gate) in buckets {
-        let tat = tats.get(key).copied().unwrap_or(0).max(now);
-        current.push(tat);
-        let allowed_at =
-            tat.saturating_sub(u64::from(b.burst.saturating_sub(1)).saturating_mul(b.interval_us));
-        if *gate {
-            if allowed_at > earliest {
-                gate_wait = gate_wait.max(allowed_at - now);
-            }
-        } else {
-            t = t.max(allowed_at);
-        }
-    }
-    if gate_wait > 0 {
-        return (false, gate_wait, true);
-    }
-    let wait = t - now;
-    if wait > max_wait {
-        return (false, wait, false);
-    }
-    for ((key, b, _), tat) in buckets.iter().zip(current) {
-        tats.insert(key.clone(), tat.max(t) + b.interval_us);
-    }
-    (true, wait, false)
 }
 
 #[cfg(test)]
@@ -508,44 +361,5 @@ mod tests {
             })
         );
         assert_eq!(Bucket::gap(0, 5), None);
-    }
-
-    #[test]
-    fn memory_gcra_burst_then_interval() {
-        let mut tats = HashMap::new();
-        let b = vec![(
-            "k".to_string(),
-            Bucket {
-                interval_us: 1000,
-                burst: 3,
-            },
-            false,
-        )];
-        let waits: Vec<(bool, u64, bool)> =
-            (0..5).map(|_| gcra(&mut tats, &b, 0, 0, 10_000)).collect();
-        assert_eq!(
-            waits,
-            [
-                (true, 0, false),
-                (true, 0, false),
-                (true, 0, false),
-                (true, 1000, false),
-                (true, 2000, false)
-            ]
-        );
-        // Too far: nothing reserved.
-        assert_eq!(gcra(&mut tats, &b, 0, 0, 1000), (false, 3000, false));
-        assert_eq!(gcra(&mut tats, &b, 0, 0, 3000), (true, 3000, false));
-        // A closed gate says so.
-        let gate = vec![(
-            "g".to_string(),
-            Bucket {
-                interval_us: 5000,
-                burst: 1,
-            },
-            true,
-        )];
-        assert_eq!(gcra(&mut tats, &gate, 0, 0, 0), (true, 0, false));
-        assert_eq!(gcra(&mut tats, &gate, 0, 0, 0), (false, 5000, true));
     }
 }
