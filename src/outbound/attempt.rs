@@ -7,7 +7,7 @@ use super::message::Sent;
 use super::queue::{QueuedMessage, WaitReason};
 use super::rate::{RateBackend, Take};
 use super::rules::{self, RuleError};
-use super::{Outbound, OutboxState, Reply, SendError, Sender};
+use super::{ChannelSender, Outbound, OutboxState, Reply, SendError, Sender};
 use crate::channel::ChannelKind;
 use crate::conversation::window::Window;
 use std::sync::atomic::Ordering;
