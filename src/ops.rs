@@ -4,7 +4,7 @@
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::outbound::queue::OutStats;
-use crate::outbound::OutboxBackend;
+use crate::outbound::{OutboxBackend, RateBackend};
 use crate::queue::QueueBackend;
 use crate::queue::{DeadLetter, PartitionStats, Queue, QueueError};
 use serde::Serialize;

@@ -13,7 +13,7 @@ use coexist::metrics::Metrics;
 use coexist::outbound::outbox::{Outbox, OutboxBackend};
 use coexist::outbound::{
     Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
-    OutgoingMessage, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
+    OutgoingMessage, RateBackend, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
 };
 use fakes::{Answer, FakeServer};
 use serde_json::json;

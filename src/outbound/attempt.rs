@@ -5,9 +5,9 @@
 
 use super::message::Sent;
 use super::queue::{QueuedMessage, WaitReason};
-use super::rate::Take;
+use super::rate::{RateBackend, Take};
 use super::rules::{self, RuleError};
-use super::{Outbound, OutboxBackend, OutboxState, Reply, SendError, Sender};
+use super::{ChannelSender, Outbound, OutboxBackend, OutboxState, Reply, SendError, Sender};
 use crate::channel::ChannelKind;
 use crate::conversation::window::Window;
 use std::sync::atomic::Ordering;

@@ -6,6 +6,7 @@
 
 use super::error::SendError;
 use super::message::{MediaSource, OutgoingMessage, Reply, Sent};
+use super::ChannelSender;
 use crate::config::Secret;
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -48,13 +49,15 @@ impl GraphSender {
             http,
         }
     }
+}
 
+impl ChannelSender for GraphSender {
     /// No access token configured: requests are logged, not sent.
-    pub fn is_dry_run(&self) -> bool {
+    fn is_dry_run(&self) -> bool {
         self.access_token.is_none()
     }
 
-    pub async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError> {
+    async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError> {
         let body = request_body(msg);
         let Some(token) = &self.access_token else {
             tracing::info!(

@@ -27,7 +27,7 @@ pub use queue::{
     Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord,
     OutStats, QueuedMessage, Settle, Submitted, WaitReason,
 };
-pub use rate::{Bucket, Limits, RateLimiter, Take};
+pub use rate::{Bucket, Limits, RateBackend, RateLimiter, Take};
 pub use rules::RuleError;
 pub use waha::WahaSender;
 
@@ -37,6 +37,7 @@ use crate::conversation::window::Window;
 use crate::keys::Keys;
 use crate::metrics::{Metric, Metrics};
 use crate::redis_conn::RedisConn;
+use enum_dispatch::enum_dispatch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,27 +100,27 @@ impl Default for OutboundOptions {
     }
 }
 
-/// One channel's sender.
+/// What a channel's sender does, on either API: the Cloud API ([`GraphSender`]) or WAHA
+/// ([`WahaSender`]). Native `async fn`: every caller holds a concrete [`Sender`], so the
+/// futures stay `Send` where the sender's are.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait ChannelSender {
+    /// Sends one message, without pacing or retrying (the caller does both): the provider's
+    /// message id, or a [`SendError`] that says whether a retry can help. In a dry run the
+    /// request is logged and the id is `dry-run:<outbox key>`.
+    async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError>;
+
+    /// No credentials or URL configured: requests are logged, not sent.
+    fn is_dry_run(&self) -> bool;
+}
+
+/// One channel's sender; every [`ChannelSender`] method dispatches to it (`enum_dispatch`).
+#[enum_dispatch(ChannelSender)]
 #[derive(Clone, Debug)]
 pub enum Sender {
     Graph(GraphSender),
     Waha(WahaSender),
-}
-
-impl Sender {
-    pub async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError> {
-        match self {
-            Sender::Graph(s) => s.send(msg).await,
-            Sender::Waha(s) => s.send(msg).await,
-        }
-    }
-
-    pub fn is_dry_run(&self) -> bool {
-        match self {
-            Sender::Graph(s) => s.is_dry_run(),
-            Sender::Waha(s) => s.is_dry_run(),
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 use super::error::SendError;
 use super::graph::{clip, network_error};
 use super::message::{MediaSource, OutgoingMessage, Reply, Sent};
+use super::ChannelSender;
 use crate::config::Secret;
 use crate::media::{HeldUploads, MediaError};
 use base64::Engine as _;
@@ -67,13 +68,15 @@ impl WahaSender {
         self.held = Some((channel.to_string(), held));
         self
     }
+}
 
+impl ChannelSender for WahaSender {
     /// No `api_url` configured: requests are logged, not sent.
-    pub fn is_dry_run(&self) -> bool {
+    fn is_dry_run(&self) -> bool {
         self.api_url.is_none()
     }
 
-    pub async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError> {
+    async fn send(&self, msg: &OutgoingMessage) -> Result<Sent, SendError> {
         let chat = chat_id(&msg.to);
         match &msg.reply {
             Reply::Text { text, preview_url } => {
@@ -125,7 +128,9 @@ impl WahaSender {
             }
         }
     }
+}
 
+impl WahaSender {
     /// The endpoint and body of a media, location or contact message.
     async fn rich_body(
         &self,
