@@ -27,7 +27,7 @@ use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Contact, Event, EventType, Message};
 use crate::ingest::to_new_event;
 use crate::metrics::Metrics;
-use crate::outbound::{OutgoingMessage, Reply};
+use crate::outbound::{OutQueueBackend, OutgoingMessage, Reply};
 use crate::queue::QueueBackend;
 use crate::queue::{DeadLetter, Enqueued, MemoryQueue, Queue};
 use crate::routing;
