@@ -26,6 +26,7 @@ use crate::conversation::window::{self, Window};
 use crate::conversation::{ConversationState, ConversationStore};
 use crate::event::{Contact, Event, EventType, Message};
 use crate::ingest::to_new_event;
+use crate::media::HeldUploadsBackend;
 use crate::metrics::Metrics;
 use crate::outbound::{OutQueueBackend, OutgoingMessage, Reply};
 use crate::queue::QueueBackend;
