@@ -28,7 +28,7 @@ use clap::{Args, Parser, Subcommand};
 use coexist::event::Event;
 use coexist::keys::Keys;
 use coexist::outbound::queue::QueuedMessage;
-use coexist::outbound::{OutQueue, OutgoingMessage, Reply};
+use coexist::outbound::{OutQueue, OutQueueBackend, OutgoingMessage, Reply};
 use coexist::queue::QueueBackend;
 use coexist::queue::{NewEvent, Queue, RedisQueue};
 use coexist::Config;

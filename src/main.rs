@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use coexist::config::Config;
+use coexist::outbound::OutQueueBackend;
 use coexist::queue::QueueBackend;
 use coexist::verify::{self, Algorithm};
 use coexist::wire::{self, ParseError};

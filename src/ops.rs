@@ -3,7 +3,7 @@
 
 use crate::channel::ChannelKind;
 use crate::config::Config;
-use crate::outbound::queue::OutStats;
+use crate::outbound::queue::{OutQueueBackend, OutStats};
 use crate::outbound::{OutboxBackend, RateBackend};
 use crate::queue::QueueBackend;
 use crate::queue::{DeadLetter, PartitionStats, Queue, QueueError};

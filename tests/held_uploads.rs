@@ -3,7 +3,7 @@
 
 mod support;
 
-use coexist::media::{HeldUploads, MediaError, MediaFile};
+use coexist::media::{HeldUploads, HeldUploadsBackend, MediaError, MediaFile};
 use std::time::Duration;
 
 async fn redis(ttl_secs: u64) -> HeldUploads {

@@ -7,8 +7,9 @@ mod support;
 use coexist::keys::Keys;
 use coexist::outbound::queue::{HistoryEntry, MemoryOutQueue, RedisOutQueue, Taken};
 use coexist::outbound::{
-    LaneGrant, MessageStatus, OutQueue, OutQueueOptions, OutRecord, OutStats, Outbox,
-    OutboxBackend, OutboxOptions, OutgoingMessage, QueuedMessage, Reply, Settle, WaitReason,
+    LaneGrant, MessageStatus, OutQueue, OutQueueBackend, OutQueueOptions, OutRecord, OutStats,
+    Outbox, OutboxBackend, OutboxOptions, OutgoingMessage, QueuedMessage, Reply, Settle,
+    WaitReason,
 };
 use std::collections::BTreeMap;
 

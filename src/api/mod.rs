@@ -20,7 +20,7 @@ use crate::conversation::ConversationStore;
 use crate::outbound::queue::{BroadcastRecord, NewBroadcast};
 use crate::outbound::rules::{self, RuleError};
 use crate::outbound::{
-    Idempotency, OutQueue, OutRecord, OutgoingMessage, QueuedMessage, Submitted,
+    Idempotency, OutQueue, OutQueueBackend, OutRecord, OutgoingMessage, QueuedMessage, Submitted,
 };
 use crate::queue::Queue;
 use crate::queue::QueueBackend;

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-pub use held::HeldUploads;
+pub use held::{HeldUploads, HeldUploadsBackend};
 pub use limits::{check_upload, MediaLimit, LIMITS};
 
 /// Why media could not be uploaded or fetched.

@@ -1,7 +1,9 @@
 //! Media on a Personal channel (WAHA): uploads are held by coexist and sent inline; inbound
 //! files are fetched from the gateway's `/api/files/…` with the channel's API key.
 
-use super::{check_upload, network_error, Download, HeldUploads, MediaError, MediaFile};
+use super::{
+    check_upload, network_error, Download, HeldUploads, HeldUploadsBackend, MediaError, MediaFile,
+};
 use crate::config::Secret;
 use crate::outbound::rules::is_gateway_media_id;
 use std::fmt;

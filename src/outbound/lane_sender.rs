@@ -16,7 +16,7 @@
 use super::attempt::{failure_code, provider_code, Attempt, Prepared};
 use super::message::{OutgoingMessage, Reply};
 use super::queue::broadcast_of;
-use super::queue::{LaneGrant, OutQueue, QueuedMessage, Settle};
+use super::queue::{LaneGrant, OutQueue, OutQueueBackend, QueuedMessage, Settle};
 use super::{Outbound, OutboxBackend, SendError, Sent};
 use crate::api::broadcast::personalize;
 use crate::api::request::conversation_id;

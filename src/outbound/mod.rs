@@ -24,8 +24,8 @@ pub use lane_sender::{LaneSender, LaneSettings};
 pub use message::{MediaSource, OutgoingMessage, Reply, Sent};
 pub use outbox::{Outbox, OutboxBackend, OutboxError, OutboxOptions, OutboxState, SentRef};
 pub use queue::{
-    Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueError, OutQueueOptions, OutRecord,
-    OutStats, QueuedMessage, Settle, Submitted, WaitReason,
+    Idempotency, LaneGrant, MessageStatus, OutQueue, OutQueueBackend, OutQueueError,
+    OutQueueOptions, OutRecord, OutStats, QueuedMessage, Settle, Submitted, WaitReason,
 };
 pub use rate::{Bucket, Limits, RateBackend, RateLimiter, Take};
 pub use rules::RuleError;

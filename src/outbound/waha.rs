@@ -6,7 +6,7 @@ use super::graph::{clip, network_error};
 use super::message::{MediaSource, OutgoingMessage, Reply, Sent};
 use super::ChannelSender;
 use crate::config::Secret;
-use crate::media::{HeldUploads, MediaError};
+use crate::media::{HeldUploads, HeldUploadsBackend, MediaError};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::fmt;

@@ -19,7 +19,7 @@ use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
 use crate::metrics::Metric;
 use crate::outbound::RateBackend;
-use crate::outbound::{MessageStatus, OutgoingMessage, QueuedMessage};
+use crate::outbound::{MessageStatus, OutQueueBackend, OutgoingMessage, QueuedMessage};
 use crate::queue::QueueBackend;
 use crate::queue::{timer_member, Entry, Lease, QueueError};
 use std::collections::HashMap;

@@ -14,8 +14,8 @@
 
 use super::{
     broadcast_of, BroadcastRecord, HistoryEntry, Idempotency, LaneGrant, MessageStatus,
-    NewBroadcast, OutQueueError, OutQueueOptions, OutRecord, OutStats, QueuedMessage, Settle,
-    Submitted, Taken, WaitReason,
+    NewBroadcast, OutQueueBackend, OutQueueError, OutQueueOptions, OutRecord, OutStats,
+    QueuedMessage, Settle, Submitted, Taken, WaitReason,
 };
 use crate::outbound::message::Sent;
 use crate::outbound::outbox::{Outbox, OutboxBackend, OutboxError, SentRef};
@@ -314,39 +314,6 @@ impl MemoryOutQueue {
 
     /// `out_push.lua` (the `push` helper of `lib_push.lua`), synchronously: the worker's
     /// in-memory commit calls it inside its own locked step.
-    /// `out_submit.lua`.
-    pub(crate) async fn submit(
-        &self,
-        message: &QueuedMessage,
-        customer: &str,
-        idempotency: Option<&Idempotency>,
-        now_ms: i64,
-    ) -> Result<Submitted, OutQueueError> {
-        let channel = &message.msg.channel;
-        let id = &message.msg.outbox_key;
-        let mut guard = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
-        let (keys, sweep) = &mut *guard;
-        if let Some(i) = idempotency {
-            if sweep.due(keys.len(), 4096) {
-                keys.retain(|_, (_, _, exp)| *exp > now_ms);
-                sweep.swept(keys.len());
-            }
-            let slot = (channel.clone(), i.key.clone());
-            match keys.get(&slot).filter(|(_, _, exp)| *exp > now_ms) {
-                Some((hash, first, _)) if *hash == i.body_hash => {
-                    return Ok(Submitted::Existing(first.clone()))
-                }
-                Some((_, first, _)) => return Ok(Submitted::Conflict(first.clone())),
-                None => {
-                    let exp = now_ms.saturating_add(ms(i.ttl_ms));
-                    keys.insert(slot, (i.body_hash.clone(), id.clone(), exp));
-                }
-            }
-        }
-        self.push_now(channel, customer, std::slice::from_ref(message), now_ms);
-        Ok(Submitted::Queued(id.clone()))
-    }
-
     pub(crate) fn push_now(
         &self,
         channel: &str,
@@ -403,113 +370,6 @@ impl MemoryOutQueue {
         added
     }
 
-    pub(crate) async fn push(
-        &self,
-        channel: &str,
-        customer: &str,
-        messages: &[QueuedMessage],
-        now_ms: i64,
-    ) -> Result<usize, OutQueueError> {
-        Ok(self.push_now(channel, customer, messages, now_ms))
-    }
-
-    /// `out_take.lua`.
-    pub(crate) async fn take(
-        &self,
-        channel: &str,
-        owner: &str,
-        now_ms: i64,
-        max: usize,
-    ) -> Result<Taken, OutQueueError> {
-        let lease = ms(self.options.lane_lease_ms);
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        st.tick(now_ms);
-        let Some(ch) = st.channels.get_mut(channel) else {
-            return Ok(Taken::default());
-        };
-        let expired = ch.busy.up_to(now_ms, RECLAIM_BATCH);
-        for c in &expired {
-            ch.busy.remove(c);
-            ch.owner.remove(c);
-            ch.ready.add(c, now_ms);
-        }
-        let mut lanes = Vec::new();
-        if max > 0 {
-            for customer in ch.ready.up_to(now_ms, max.min(super::redis::MAX_TAKE)) {
-                ch.grants += 1;
-                let token = format!("{owner}:{}", ch.grants);
-                ch.ready.remove(&customer);
-                ch.busy.add(&customer, now_ms.saturating_add(lease));
-                ch.owner.insert(customer.clone(), token.clone());
-                ch.wait.remove(&customer);
-                lanes.push(LaneGrant {
-                    channel: channel.to_string(),
-                    customer,
-                    token,
-                });
-            }
-        }
-        Ok(Taken {
-            lanes,
-            // The script answers -1 for "none", which the Redis backend reads as `None`.
-            next_ready_ms: ch.ready.first().map(|(s, _)| s).filter(|s| *s >= 0),
-            reclaimed: u32::try_from(expired.len()).unwrap_or(u32::MAX),
-        })
-    }
-
-    /// `LINDEX lane 0`.
-    pub(crate) async fn head(
-        &self,
-        channel: &str,
-        customer: &str,
-    ) -> Result<Option<QueuedMessage>, OutQueueError> {
-        let st = self.lock();
-        Ok(st
-            .channels
-            .get(channel)
-            .and_then(|ch| ch.lanes.get(customer))
-            .and_then(|lane| lane.front().cloned()))
-    }
-
-    /// `LRANGE lane 0 -1`.
-    pub(crate) async fn lane(
-        &self,
-        channel: &str,
-        customer: &str,
-    ) -> Result<Vec<QueuedMessage>, OutQueueError> {
-        let st = self.lock();
-        Ok(st
-            .channels
-            .get(channel)
-            .and_then(|ch| ch.lanes.get(customer))
-            .map(|lane| lane.iter().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    /// `out_begin.lua`.
-    pub(crate) async fn begin(
-        &self,
-        grant: &LaneGrant,
-        head: &QueuedMessage,
-        now_ms: i64,
-    ) -> Result<bool, OutQueueError> {
-        let lease = ms(self.options.lane_lease_ms);
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let clock = st.tick(now_ms);
-        let Some(ch) = st.channels.get_mut(&grant.channel) else {
-            return Ok(false);
-        };
-        if ch.owner.get(&grant.customer) != Some(&grant.token) {
-            return Ok(false);
-        }
-        ch.busy
-            .add_xx(&grant.customer, now_ms.saturating_add(lease));
-        ch.move_record(&head.msg.outbox_key, MessageStatus::Sending, now_ms, clock);
-        Ok(true)
-    }
-
     /// `out_settle.lua`, except the marker and the wamid index (written by
     /// [`MemoryOutQueue::settle`] through the outbox). Returns whether the head was popped.
     fn settle_now(
@@ -563,9 +423,182 @@ impl MemoryOutQueue {
         popped
     }
 
+    /// Whether the outbox already holds `msg` as sent with `wamid` (and the index, for a
+    /// message that has one).
+    async fn marked(
+        &self,
+        msg: &crate::outbound::OutgoingMessage,
+        wamid: &str,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        let marker = self
+            .outbox
+            .get(&msg.channel, &msg.outbox_key, now_ms)
+            .await
+            .map_err(outbox_error)?;
+        if marker.as_deref() != Some(format!("sent:{wamid}").as_str()) {
+            return Ok(false);
+        }
+        if !msg.reply.is_message() {
+            return Ok(true);
+        }
+        let found = self
+            .outbox
+            .lookup_message(&msg.channel, wamid, now_ms)
+            .await
+            .map_err(outbox_error)?;
+        Ok(found
+            == Some(SentRef {
+                outbox_key: msg.outbox_key.clone(),
+                conversation: msg.to.clone(),
+            }))
+    }
+}
+
+impl OutQueueBackend for MemoryOutQueue {
+    async fn push(
+        &self,
+        channel: &str,
+        customer: &str,
+        messages: &[QueuedMessage],
+        now_ms: i64,
+    ) -> Result<usize, OutQueueError> {
+        Ok(self.push_now(channel, customer, messages, now_ms))
+    }
+
+    /// `out_submit.lua`.
+    async fn submit(
+        &self,
+        message: &QueuedMessage,
+        customer: &str,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Submitted, OutQueueError> {
+        let channel = &message.msg.channel;
+        let id = &message.msg.outbox_key;
+        let mut guard = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        let (keys, sweep) = &mut *guard;
+        if let Some(i) = idempotency {
+            if sweep.due(keys.len(), 4096) {
+                keys.retain(|_, (_, _, exp)| *exp > now_ms);
+                sweep.swept(keys.len());
+            }
+            let slot = (channel.clone(), i.key.clone());
+            match keys.get(&slot).filter(|(_, _, exp)| *exp > now_ms) {
+                Some((hash, first, _)) if *hash == i.body_hash => {
+                    return Ok(Submitted::Existing(first.clone()))
+                }
+                Some((_, first, _)) => return Ok(Submitted::Conflict(first.clone())),
+                None => {
+                    let exp = now_ms.saturating_add(ms(i.ttl_ms));
+                    keys.insert(slot, (i.body_hash.clone(), id.clone(), exp));
+                }
+            }
+        }
+        self.push_now(channel, customer, std::slice::from_ref(message), now_ms);
+        Ok(Submitted::Queued(id.clone()))
+    }
+
+    /// `out_take.lua`.
+    async fn take(
+        &self,
+        channel: &str,
+        owner: &str,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Taken, OutQueueError> {
+        let lease = ms(self.options.lane_lease_ms);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.tick(now_ms);
+        let Some(ch) = st.channels.get_mut(channel) else {
+            return Ok(Taken::default());
+        };
+        let expired = ch.busy.up_to(now_ms, RECLAIM_BATCH);
+        for c in &expired {
+            ch.busy.remove(c);
+            ch.owner.remove(c);
+            ch.ready.add(c, now_ms);
+        }
+        let mut lanes = Vec::new();
+        if max > 0 {
+            for customer in ch.ready.up_to(now_ms, max.min(super::redis::MAX_TAKE)) {
+                ch.grants += 1;
+                let token = format!("{owner}:{}", ch.grants);
+                ch.ready.remove(&customer);
+                ch.busy.add(&customer, now_ms.saturating_add(lease));
+                ch.owner.insert(customer.clone(), token.clone());
+                ch.wait.remove(&customer);
+                lanes.push(LaneGrant {
+                    channel: channel.to_string(),
+                    customer,
+                    token,
+                });
+            }
+        }
+        Ok(Taken {
+            lanes,
+            // The script answers -1 for "none", which the Redis backend reads as `None`.
+            next_ready_ms: ch.ready.first().map(|(s, _)| s).filter(|s| *s >= 0),
+            reclaimed: u32::try_from(expired.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// `LINDEX lane 0`.
+    async fn head(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Option<QueuedMessage>, OutQueueError> {
+        let st = self.lock();
+        Ok(st
+            .channels
+            .get(channel)
+            .and_then(|ch| ch.lanes.get(customer))
+            .and_then(|lane| lane.front().cloned()))
+    }
+
+    /// `LRANGE lane 0 -1`.
+    async fn lane(
+        &self,
+        channel: &str,
+        customer: &str,
+    ) -> Result<Vec<QueuedMessage>, OutQueueError> {
+        let st = self.lock();
+        Ok(st
+            .channels
+            .get(channel)
+            .and_then(|ch| ch.lanes.get(customer))
+            .map(|lane| lane.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// `out_begin.lua`.
+    async fn begin(
+        &self,
+        grant: &LaneGrant,
+        head: &QueuedMessage,
+        now_ms: i64,
+    ) -> Result<bool, OutQueueError> {
+        let lease = ms(self.options.lane_lease_ms);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let clock = st.tick(now_ms);
+        let Some(ch) = st.channels.get_mut(&grant.channel) else {
+            return Ok(false);
+        };
+        if ch.owner.get(&grant.customer) != Some(&grant.token) {
+            return Ok(false);
+        }
+        ch.busy
+            .add_xx(&grant.customer, now_ms.saturating_add(lease));
+        ch.move_record(&head.msg.outbox_key, MessageStatus::Sending, now_ms, clock);
+        Ok(true)
+    }
+
     /// `out_settle.lua`: the queue's part under its lock, then the outbox's (marker, wamid
     /// index and, when the head was popped now, the audit entry).
-    pub(crate) async fn settle(
+    async fn settle(
         &self,
         grant: &LaneGrant,
         head: &QueuedMessage,
@@ -609,39 +642,8 @@ impl MemoryOutQueue {
             .map_err(outbox_error)
     }
 
-    /// Whether the outbox already holds `msg` as sent with `wamid` (and the index, for a
-    /// message that has one).
-    async fn marked(
-        &self,
-        msg: &crate::outbound::OutgoingMessage,
-        wamid: &str,
-        now_ms: i64,
-    ) -> Result<bool, OutQueueError> {
-        let marker = self
-            .outbox
-            .get(&msg.channel, &msg.outbox_key, now_ms)
-            .await
-            .map_err(outbox_error)?;
-        if marker.as_deref() != Some(format!("sent:{wamid}").as_str()) {
-            return Ok(false);
-        }
-        if !msg.reply.is_message() {
-            return Ok(true);
-        }
-        let found = self
-            .outbox
-            .lookup_message(&msg.channel, wamid, now_ms)
-            .await
-            .map_err(outbox_error)?;
-        Ok(found
-            == Some(SentRef {
-                outbox_key: msg.outbox_key.clone(),
-                conversation: msg.to.clone(),
-            }))
-    }
-
     /// `out_defer.lua`.
-    pub(crate) async fn defer(
+    async fn defer(
         &self,
         grant: &LaneGrant,
         until_ms: i64,
@@ -687,7 +689,7 @@ impl MemoryOutQueue {
 
     /// `out_advance.lua`. `at_ms` does not move the expiry clock: a status's own time may lie
     /// anywhere.
-    pub(crate) async fn advance(
+    async fn advance(
         &self,
         channel: &str,
         id: &str,
@@ -727,7 +729,7 @@ impl MemoryOutQueue {
     }
 
     /// `bc_create.lua`.
-    pub(crate) async fn create_broadcast(
+    async fn create_broadcast(
         &self,
         channel: &str,
         b: &NewBroadcast,
@@ -759,7 +761,7 @@ impl MemoryOutQueue {
         Ok(true)
     }
 
-    pub(crate) async fn broadcast(
+    async fn broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -772,10 +774,7 @@ impl MemoryOutQueue {
             .map(|b| b.to_record(id)))
     }
 
-    pub(crate) async fn running_broadcasts(
-        &self,
-        channel: &str,
-    ) -> Result<Vec<String>, OutQueueError> {
+    async fn running_broadcasts(&self, channel: &str) -> Result<Vec<String>, OutQueueError> {
         let st = self.lock();
         Ok(st
             .channels
@@ -784,7 +783,7 @@ impl MemoryOutQueue {
             .unwrap_or_default())
     }
 
-    pub(crate) async fn broadcast_recipients(
+    async fn broadcast_recipients(
         &self,
         channel: &str,
         id: &str,
@@ -808,7 +807,7 @@ impl MemoryOutQueue {
     }
 
     /// `bc_feed.lua`.
-    pub(crate) async fn feed_broadcast(
+    async fn feed_broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -844,18 +843,14 @@ impl MemoryOutQueue {
         Ok(Some(added))
     }
 
-    pub(crate) async fn retire_broadcast(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<(), OutQueueError> {
+    async fn retire_broadcast(&self, channel: &str, id: &str) -> Result<(), OutQueueError> {
         if let Some(ch) = self.lock().channels.get_mut(channel) {
             ch.running.remove(id);
         }
         Ok(())
     }
 
-    pub(crate) async fn cancel_broadcast(
+    async fn cancel_broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -878,7 +873,7 @@ impl MemoryOutQueue {
     }
 
     /// The wamid index (`keys.sent_message`), in the outbox.
-    pub(crate) async fn find_by_wamid(
+    async fn find_by_wamid(
         &self,
         channel: &str,
         wamid: &str,
@@ -893,11 +888,7 @@ impl MemoryOutQueue {
     }
 
     /// `HGETALL out:rec:<id>`.
-    pub(crate) async fn record(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<Option<OutRecord>, OutQueueError> {
+    async fn record(&self, channel: &str, id: &str) -> Result<Option<OutRecord>, OutQueueError> {
         let st = self.lock();
         Ok(st
             .channels
@@ -907,7 +898,7 @@ impl MemoryOutQueue {
     }
 
     /// The index trimmed to the TTL, newest first (`ZREVRANGE`), records at `status` only.
-    pub(crate) async fn list(
+    async fn list(
         &self,
         channel: &str,
         status: Option<MessageStatus>,
@@ -941,11 +932,7 @@ impl MemoryOutQueue {
     }
 
     /// Counts, as the Redis backend reads them.
-    pub(crate) async fn stats(
-        &self,
-        channel: &str,
-        now_ms: i64,
-    ) -> Result<OutStats, OutQueueError> {
+    async fn stats(&self, channel: &str, now_ms: i64) -> Result<OutStats, OutQueueError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         st.tick(now_ms);

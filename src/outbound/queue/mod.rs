@@ -18,8 +18,9 @@
 //! Each message also has a lifecycle record (`queued → sending → sent → delivered → read`, or
 //! `failed`), moved only forward, kept `record_ttl_ms` (`[sending] outbox_ttl_secs`).
 //!
-//! The Redis backend and the in-memory twin behave the same; `tests/outbound_queue.rs` runs one
-//! behaviour suite on both.
+//! The contract is the [`OutQueueBackend`] trait (docs there), one file per backend; [`OutQueue`]
+//! is an enum over the two, dispatched by `enum_dispatch`. The Redis backend and the in-memory
+//! twin behave the same; `tests/outbound_queue.rs` runs one behaviour suite on both.
 
 pub mod memory;
 pub mod redis;
@@ -28,6 +29,7 @@ pub use self::memory::MemoryOutQueue;
 pub use self::redis::RedisOutQueue;
 
 use super::message::OutgoingMessage;
+use enum_dispatch::enum_dispatch;
 use serde::{Deserialize, Serialize};
 
 /// One message in a lane (stored as JSON in the lane list).
@@ -36,7 +38,7 @@ pub struct QueuedMessage {
     pub msg: OutgoingMessage,
     /// When it was queued (ms): the age an operator sees.
     pub queued_at: i64,
-    /// Failed attempts so far (retryable errors); bumped by [`OutQueue::defer`].
+    /// Failed attempts so far (retryable errors); bumped by [`OutQueueBackend::defer`].
     #[serde(default)]
     pub attempts: u32,
 }
@@ -144,8 +146,8 @@ pub struct HistoryEntry {
     pub at: i64,
 }
 
-/// A lane a sender took: work its head, then give it back ([`OutQueue::release`] or
-/// [`OutQueue::defer`]).
+/// A lane a sender took: work its head, then give it back ([`OutQueueBackend::release`] or
+/// [`OutQueueBackend::defer`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaneGrant {
     pub channel: String,
@@ -154,7 +156,7 @@ pub struct LaneGrant {
     pub token: String,
 }
 
-/// What [`OutQueue::take`] found.
+/// What [`OutQueueBackend::take`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Taken {
     pub lanes: Vec<LaneGrant>,
@@ -310,7 +312,7 @@ pub struct Idempotency {
     pub ttl_ms: u64,
 }
 
-/// What [`OutQueue::submit`] did.
+/// What [`OutQueueBackend::submit`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Submitted {
     /// Queued now under this id.
@@ -377,129 +379,102 @@ pub enum OutQueueError {
     UnexpectedReply(String),
 }
 
-/// The outbound queue, Redis-backed or in memory.
-#[derive(Clone, Debug)]
-pub enum OutQueue {
-    Redis(RedisOutQueue),
-    Memory(MemoryOutQueue),
-}
-
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            OutQueue::Redis(q) => q.$method($($arg),*).await,
-            OutQueue::Memory(q) => q.$method($($arg),*).await,
-        }
-    };
-}
-
-impl OutQueue {
+/// What an outbound queue does, on either backend: one behaviour suite
+/// (`tests/outbound_queue.rs`) runs on both. Native `async fn`: every caller holds a concrete
+/// [`OutQueue`] (or backend), so the futures stay `Send` where the backend's are.
+#[allow(async_fn_in_trait)]
+#[enum_dispatch]
+pub trait OutQueueBackend {
     /// Queues messages to `customer` of `channel`, in order, each once per outbox key (a key
     /// already recorded is skipped). Creates each record (`queued`), appends to the lane, and
     /// makes the lane ready now unless it is taken or already waiting. Returns how many were
     /// new. (Replies of a handled event are queued by the worker's commit instead, in the same
     /// atomic step as the state; this is for messages with no inbound event.)
-    pub async fn push(
+    async fn push(
         &self,
         channel: &str,
         customer: &str,
         messages: &[QueuedMessage],
         now_ms: i64,
-    ) -> Result<usize, OutQueueError> {
-        dispatch!(self.push(channel, customer, messages, now_ms))
-    }
+    ) -> Result<usize, OutQueueError>;
 
     /// Queues one message that no inbound event produced (the send API), at most once per
     /// `idempotency` key, atomically: the key and the message are written together or not at
     /// all, so concurrent requests with one key queue one message.
-    pub async fn submit(
+    async fn submit(
         &self,
         message: &QueuedMessage,
         customer: &str,
         idempotency: Option<&Idempotency>,
         now_ms: i64,
-    ) -> Result<Submitted, OutQueueError> {
-        dispatch!(self.submit(message, customer, idempotency, now_ms))
-    }
+    ) -> Result<Submitted, OutQueueError>;
 
     /// Takes up to `max` lanes of `channel` whose ready time is `<= now_ms`, leased to `owner`
     /// for `lane_lease_ms`. First puts back as ready every lane whose lease expired.
-    pub async fn take(
+    async fn take(
         &self,
         channel: &str,
         owner: &str,
         now_ms: i64,
         max: usize,
-    ) -> Result<Taken, OutQueueError> {
-        dispatch!(self.take(channel, owner, now_ms, max))
-    }
+    ) -> Result<Taken, OutQueueError>;
 
     /// The head of a lane (the next message to send to that customer), if any.
-    pub async fn head(
+    async fn head(
         &self,
         channel: &str,
         customer: &str,
-    ) -> Result<Option<QueuedMessage>, OutQueueError> {
-        dispatch!(self.head(channel, customer))
-    }
+    ) -> Result<Option<QueuedMessage>, OutQueueError>;
 
     /// Everything waiting in a customer's lane, oldest first (for operators and tests).
-    pub async fn lane(
+    async fn lane(
         &self,
         channel: &str,
         customer: &str,
-    ) -> Result<Vec<QueuedMessage>, OutQueueError> {
-        dispatch!(self.lane(channel, customer))
-    }
+    ) -> Result<Vec<QueuedMessage>, OutQueueError>;
 
     /// The head is being sent: its record moves to `sending` (if it was `queued`), and the
     /// lane lease is extended. `false` when the grant is no longer valid (stop working the lane).
-    pub async fn begin(
+    async fn begin(
         &self,
         grant: &LaneGrant,
         head: &QueuedMessage,
         now_ms: i64,
-    ) -> Result<bool, OutQueueError> {
-        dispatch!(self.begin(grant, head, now_ms))
-    }
+    ) -> Result<bool, OutQueueError>;
 
     /// The head left its lane: pops it (only if it is still the head), records the outcome
     /// (sent: wamid, the idempotency marker `sent:<wamid>`, the wamid → message index; failed:
     /// code and error), moves the record forward, and extends the grant if still held.
     /// Idempotent: settling the same message twice changes nothing the second time.
-    pub async fn settle(
+    async fn settle(
         &self,
         grant: &LaneGrant,
         head: &QueuedMessage,
         outcome: &Settle,
         now_ms: i64,
-    ) -> Result<(), OutQueueError> {
-        dispatch!(self.settle(grant, head, outcome, now_ms))
-    }
+    ) -> Result<(), OutQueueError>;
 
     /// Gives the lane back, to be taken again at `until_ms` (`reason` says why it waits;
     /// `None` when it is simply ready). With `bump` the head's attempt count goes up by one
     /// (only if `head` is still the head). Fenced: nothing happens when the grant is stale.
     /// An empty lane is dropped instead of made ready. Returns whether the grant was valid.
-    pub async fn defer(
+    async fn defer(
         &self,
         grant: &LaneGrant,
         until_ms: i64,
         reason: Option<WaitReason>,
         bump: Option<&QueuedMessage>,
-    ) -> Result<bool, OutQueueError> {
-        dispatch!(self.defer(grant, until_ms, reason, bump))
-    }
+    ) -> Result<bool, OutQueueError>;
 
-    /// Gives the lane back ready now: [`OutQueue::defer`] with no wait.
-    pub async fn release(&self, grant: &LaneGrant, now_ms: i64) -> Result<bool, OutQueueError> {
+    /// Gives the lane back ready now: [`OutQueueBackend::defer`] with no wait.
+    async fn release(&self, grant: &LaneGrant, now_ms: i64) -> Result<bool, OutQueueError> {
         self.defer(grant, now_ms, None, None).await
     }
 
     /// A status webhook for message `id`: moves its record forward (never back; `failed` never
     /// after `read`), keeping `wamid` and `error` when given. `false` when nothing changed
     /// (unknown id, or not a move forward).
-    pub async fn advance(
+    async fn advance(
         &self,
         channel: &str,
         id: &str,
@@ -507,104 +482,85 @@ impl OutQueue {
         at_ms: i64,
         wamid: Option<&str>,
         error: Option<(&str, &str)>,
-    ) -> Result<bool, OutQueueError> {
-        dispatch!(self.advance(channel, id, status, at_ms, wamid, error))
-    }
+    ) -> Result<bool, OutQueueError>;
 
     /// The message id (outbox key) a provider message id belongs to, with its customer.
-    pub async fn find_by_wamid(
+    async fn find_by_wamid(
         &self,
         channel: &str,
         wamid: &str,
-    ) -> Result<Option<(String, String)>, OutQueueError> {
-        dispatch!(self.find_by_wamid(channel, wamid))
-    }
+    ) -> Result<Option<(String, String)>, OutQueueError>;
 
     /// One message's record.
-    pub async fn record(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<Option<OutRecord>, OutQueueError> {
-        dispatch!(self.record(channel, id))
-    }
+    async fn record(&self, channel: &str, id: &str) -> Result<Option<OutRecord>, OutQueueError>;
 
     /// The newest `limit` records of a channel (newest first), only those at `status` if given.
-    pub async fn list(
+    async fn list(
         &self,
         channel: &str,
         status: Option<MessageStatus>,
         limit: usize,
         now_ms: i64,
-    ) -> Result<Vec<OutRecord>, OutQueueError> {
-        dispatch!(self.list(channel, status, limit, now_ms))
-    }
+    ) -> Result<Vec<OutRecord>, OutQueueError>;
 
     /// Stores a broadcast whole (or nothing, on an error): `false` when its id exists.
-    pub async fn create_broadcast(
+    async fn create_broadcast(
         &self,
         channel: &str,
         broadcast: &NewBroadcast,
         now_ms: i64,
-    ) -> Result<bool, OutQueueError> {
-        dispatch!(self.create_broadcast(channel, broadcast, now_ms))
-    }
+    ) -> Result<bool, OutQueueError>;
 
     /// One broadcast, with its counts.
-    pub async fn broadcast(
+    async fn broadcast(
         &self,
         channel: &str,
         id: &str,
-    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
-        dispatch!(self.broadcast(channel, id))
-    }
+    ) -> Result<Option<BroadcastRecord>, OutQueueError>;
 
     /// The ids of the channel's running broadcasts, oldest first.
-    pub async fn running_broadcasts(&self, channel: &str) -> Result<Vec<String>, OutQueueError> {
-        dispatch!(self.running_broadcasts(channel))
-    }
+    async fn running_broadcasts(&self, channel: &str) -> Result<Vec<String>, OutQueueError>;
 
     /// `n` recipients of a broadcast from index `from` (their JSON).
-    pub async fn broadcast_recipients(
+    async fn broadcast_recipients(
         &self,
         channel: &str,
         id: &str,
         from: u64,
         n: usize,
-    ) -> Result<Vec<String>, OutQueueError> {
-        dispatch!(self.broadcast_recipients(channel, id, from, n))
-    }
+    ) -> Result<Vec<String>, OutQueueError>;
 
     /// Queues the next recipients' messages (`(customer, message)` each) if the broadcast is
     /// running and its cursor is still `cursor`; `None` when another feeder was first.
-    pub async fn feed_broadcast(
+    async fn feed_broadcast(
         &self,
         channel: &str,
         id: &str,
         cursor: u64,
         items: &[(String, QueuedMessage)],
         now_ms: i64,
-    ) -> Result<Option<usize>, OutQueueError> {
-        dispatch!(self.feed_broadcast(channel, id, cursor, items, now_ms))
-    }
+    ) -> Result<Option<usize>, OutQueueError>;
 
     /// Takes a broadcast off the running set (done, cancelled or gone).
-    pub async fn retire_broadcast(&self, channel: &str, id: &str) -> Result<(), OutQueueError> {
-        dispatch!(self.retire_broadcast(channel, id))
-    }
+    async fn retire_broadcast(&self, channel: &str, id: &str) -> Result<(), OutQueueError>;
 
     /// Cancels a running broadcast: nothing more is fed, and what is queued is skipped when its
     /// turn comes. The record after, `None` for an unknown id.
-    pub async fn cancel_broadcast(
+    async fn cancel_broadcast(
         &self,
         channel: &str,
         id: &str,
-    ) -> Result<Option<BroadcastRecord>, OutQueueError> {
-        dispatch!(self.cancel_broadcast(channel, id))
-    }
+    ) -> Result<Option<BroadcastRecord>, OutQueueError>;
 
     /// Backlog, lanes ready / busy / waiting by reason, oldest message age.
-    pub async fn stats(&self, channel: &str, now_ms: i64) -> Result<OutStats, OutQueueError> {
-        dispatch!(self.stats(channel, now_ms))
-    }
+    async fn stats(&self, channel: &str, now_ms: i64) -> Result<OutStats, OutQueueError>;
+}
+
+/// The outbound queue, Redis-backed or in memory; every [`OutQueueBackend`] method dispatches
+/// to the backend (`enum_dispatch`: no boxing, no forwarding written by hand).
+#[enum_dispatch(OutQueueBackend)]
+#[derive(Clone, Debug)]
+pub enum OutQueue {
+    Redis(RedisOutQueue),
+    Memory(MemoryOutQueue),
 }

@@ -3,8 +3,8 @@
 
 use super::{
     broadcast_of, BroadcastRecord, HistoryEntry, Idempotency, LaneGrant, MessageStatus,
-    NewBroadcast, OutQueueError, OutQueueOptions, OutRecord, OutStats, QueuedMessage, Settle,
-    Submitted, Taken, WaitReason,
+    NewBroadcast, OutQueueBackend, OutQueueError, OutQueueOptions, OutRecord, OutStats,
+    QueuedMessage, Settle, Submitted, Taken, WaitReason,
 };
 use crate::keys::Keys;
 use crate::redis_conn::RedisConn;
@@ -71,7 +71,17 @@ impl RedisOutQueue {
         self.options
     }
 
-    pub(crate) async fn push(
+    /// The hash counting a broadcast message's statuses, and whether `id` has one.
+    fn counter(&self, channel: &str, id: &str) -> (String, &'static str) {
+        match broadcast_of(id) {
+            Some(bc) => (self.keys.broadcast(channel, bc), "1"),
+            None => (self.keys.broadcast(channel, ""), "0"),
+        }
+    }
+}
+
+impl OutQueueBackend for RedisOutQueue {
+    async fn push(
         &self,
         channel: &str,
         customer: &str,
@@ -104,7 +114,7 @@ impl RedisOutQueue {
         Ok(added.max(0) as usize)
     }
 
-    pub(crate) async fn submit(
+    async fn submit(
         &self,
         message: &QueuedMessage,
         customer: &str,
@@ -151,7 +161,7 @@ impl RedisOutQueue {
         }
     }
 
-    pub(crate) async fn take(
+    async fn take(
         &self,
         channel: &str,
         owner: &str,
@@ -199,7 +209,7 @@ impl RedisOutQueue {
         })
     }
 
-    pub(crate) async fn head(
+    async fn head(
         &self,
         channel: &str,
         customer: &str,
@@ -213,7 +223,7 @@ impl RedisOutQueue {
         raw.as_deref().map(QueuedMessage::from_json).transpose()
     }
 
-    pub(crate) async fn lane(
+    async fn lane(
         &self,
         channel: &str,
         customer: &str,
@@ -228,7 +238,7 @@ impl RedisOutQueue {
         raw.iter().map(|s| QueuedMessage::from_json(s)).collect()
     }
 
-    pub(crate) async fn begin(
+    async fn begin(
         &self,
         grant: &LaneGrant,
         head: &QueuedMessage,
@@ -253,7 +263,7 @@ impl RedisOutQueue {
         Ok(held == 1)
     }
 
-    pub(crate) async fn settle(
+    async fn settle(
         &self,
         grant: &LaneGrant,
         head: &QueuedMessage,
@@ -307,15 +317,7 @@ impl RedisOutQueue {
         Ok(())
     }
 
-    /// The hash counting a broadcast message's statuses, and whether `id` has one.
-    fn counter(&self, channel: &str, id: &str) -> (String, &'static str) {
-        match broadcast_of(id) {
-            Some(bc) => (self.keys.broadcast(channel, bc), "1"),
-            None => (self.keys.broadcast(channel, ""), "0"),
-        }
-    }
-
-    pub(crate) async fn defer(
+    async fn defer(
         &self,
         grant: &LaneGrant,
         until_ms: i64,
@@ -350,7 +352,7 @@ impl RedisOutQueue {
         Ok(held == 1)
     }
 
-    pub(crate) async fn advance(
+    async fn advance(
         &self,
         channel: &str,
         id: &str,
@@ -376,7 +378,7 @@ impl RedisOutQueue {
         Ok(moved == 1)
     }
 
-    pub(crate) async fn create_broadcast(
+    async fn create_broadcast(
         &self,
         channel: &str,
         b: &NewBroadcast,
@@ -409,7 +411,7 @@ impl RedisOutQueue {
         Ok(created == 1)
     }
 
-    pub(crate) async fn broadcast(
+    async fn broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -422,10 +424,7 @@ impl RedisOutQueue {
         Ok(decode_broadcast(id, &fields))
     }
 
-    pub(crate) async fn running_broadcasts(
-        &self,
-        channel: &str,
-    ) -> Result<Vec<String>, OutQueueError> {
+    async fn running_broadcasts(&self, channel: &str) -> Result<Vec<String>, OutQueueError> {
         let mut con = self.con.clone();
         Ok(redis::cmd("ZRANGE")
             .arg(self.keys.broadcasts_running(channel))
@@ -435,7 +434,7 @@ impl RedisOutQueue {
             .await?)
     }
 
-    pub(crate) async fn broadcast_recipients(
+    async fn broadcast_recipients(
         &self,
         channel: &str,
         id: &str,
@@ -454,7 +453,7 @@ impl RedisOutQueue {
             .await?)
     }
 
-    pub(crate) async fn feed_broadcast(
+    async fn feed_broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -486,11 +485,7 @@ impl RedisOutQueue {
         Ok((added >= 0).then_some(added as usize))
     }
 
-    pub(crate) async fn retire_broadcast(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<(), OutQueueError> {
+    async fn retire_broadcast(&self, channel: &str, id: &str) -> Result<(), OutQueueError> {
         let mut con = self.con.clone();
         let _: i64 = redis::cmd("ZREM")
             .arg(self.keys.broadcasts_running(channel))
@@ -500,7 +495,7 @@ impl RedisOutQueue {
         Ok(())
     }
 
-    pub(crate) async fn cancel_broadcast(
+    async fn cancel_broadcast(
         &self,
         channel: &str,
         id: &str,
@@ -521,7 +516,7 @@ impl RedisOutQueue {
         self.broadcast(channel, id).await
     }
 
-    pub(crate) async fn find_by_wamid(
+    async fn find_by_wamid(
         &self,
         channel: &str,
         wamid: &str,
@@ -537,11 +532,7 @@ impl RedisOutQueue {
         }))
     }
 
-    pub(crate) async fn record(
-        &self,
-        channel: &str,
-        id: &str,
-    ) -> Result<Option<OutRecord>, OutQueueError> {
+    async fn record(&self, channel: &str, id: &str) -> Result<Option<OutRecord>, OutQueueError> {
         let mut con = self.con.clone();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.out_record(channel, id))
@@ -550,7 +541,7 @@ impl RedisOutQueue {
         Ok(decode_record(channel, id, &fields))
     }
 
-    pub(crate) async fn list(
+    async fn list(
         &self,
         channel: &str,
         status: Option<MessageStatus>,
@@ -596,11 +587,7 @@ impl RedisOutQueue {
         Ok(found)
     }
 
-    pub(crate) async fn stats(
-        &self,
-        channel: &str,
-        now_ms: i64,
-    ) -> Result<OutStats, OutQueueError> {
+    async fn stats(&self, channel: &str, now_ms: i64) -> Result<OutStats, OutQueueError> {
         let k = &self.keys;
         let mut con = self.con.clone();
         let (backlog, oldest, ready, busy, waits): (
