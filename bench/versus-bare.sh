@@ -89,14 +89,16 @@ run_one() {  # which seed -> prints webhooks/s
         --server-pid "$SERVER_PID" --redis-pid "$REDIS_PID" --label "$1" --json \
         >"$WORK/$1.json" 2>"$WORK/$1.loadgen.log"
     kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-    jq -r '.ok_per_sec' "$WORK/$1.json"
+    # webhooks/s, then CPU µs per webhook of the server and of Redis
+    jq -r '[.ok_per_sec, (.cpu_cores.server / .ok_per_sec * 1e6), (.cpu_cores.redis / .ok_per_sec * 1e6)] | @tsv' "$WORK/$1.json"
 }
 
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); $(date -u +%FT%TZ); $WORKERS HTTP worker(s) each"
-printf '%-6s %14s %14s %7s\n' round bare coexist ratio
+printf '%-6s %12s %12s %7s   %s\n' round bare/s coexist/s ratio "CPU µs per webhook: bare server, bare Redis | coexist server, coexist Redis"
 for r in $(seq "$ROUNDS"); do
-    bare=$(run_one bare "$r")
-    coexist=$(run_one coexist "$r")
-    printf '%-6s %14.0f %14.0f %7.2f\n' "$r" "$bare" "$coexist" \
-        "$(awk -v a="$coexist" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+    read -r bare bare_srv bare_redis < <(run_one bare "$r")
+    read -r cx cx_srv cx_redis < <(run_one coexist "$r")
+    printf '%-6s %12.0f %12.0f %7.2f   %5.1f %5.1f | %5.1f %5.1f\n' "$r" "$bare" "$cx" \
+        "$(awk -v a="$cx" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
+        "$bare_srv" "$bare_redis" "$cx_srv" "$cx_redis"
 done
