@@ -419,7 +419,8 @@ async fn backends(c: &Common, config: &Config) -> Result<Backends> {
             .await
             .context("connecting to Redis")?,
     );
-    let out = coexist::runtime::out_queue(config, &queue).context("no Redis outbound queue")?;
+    let backend = coexist::backend::Backend::new(queue.clone());
+    let out = coexist::runtime::out_queue(config, &backend).context("no Redis outbound queue")?;
     Ok(Backends { queue, out })
 }
 

@@ -4,6 +4,7 @@
 //! `wire`, `routing`, `verify` and the window rules never do I/O; `ingress` is the only module
 //! that knows HTTP servers exist.
 
+pub mod backend;
 pub mod channel;
 pub mod clock;
 pub mod config;

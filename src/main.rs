@@ -306,30 +306,31 @@ fn serve(config_path: &Path) -> Result<ExitCode> {
     actix_web::rt::System::new().block_on(async move {
         let metrics = coexist::metrics::Metrics::new();
         // Connect once up front so a wrong URL or a Redis that is down fails at start-up.
-        let queue = coexist::runtime::connect_queue(&config).await?;
+        let backend = coexist::runtime::connect(&config).await?;
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "ingress listening");
         let workers = Some(config.server.http_workers(config.redis.as_ref()));
-        let factory: coexist::ingress::StateFactory = match queue {
-            // One Redis connection per HTTP worker, made on the worker's own thread.
-            coexist::queue::Queue::Redis(_) => std::sync::Arc::new(move || {
-                let (config, metrics) = (config.clone(), metrics.clone());
-                Box::pin(async move {
-                    let queue = coexist::runtime::connect_queue(&config).await.map_err(|e| format!("{e:#}"))?;
-                    Ok(coexist::ingress::AppState {
-                        api: coexist::runtime::send_api(&config, &queue),
-                        ingest: coexist::runtime::ingest(&config, queue, metrics),
-                        max_body_bytes: config.server.max_body_bytes,
-                    })
-                })
-            }),
-            memory => coexist::ingress::shared_state(coexist::ingress::AppState {
-                ingest: coexist::runtime::ingest(&config, memory, metrics),
+        let factory: coexist::ingress::StateFactory = if backend.is_embedded() {
+            coexist::ingress::shared_state(coexist::ingress::AppState {
+                ingest: coexist::runtime::ingest(&config, &backend, metrics),
                 max_body_bytes: config.server.max_body_bytes,
                 // No sender runs in a `serve` on the embedded queue: the API lives in `run`.
                 api: None,
-            }),
+            })
+        } else {
+            // One Redis connection per HTTP worker, made on the worker's own thread.
+            std::sync::Arc::new(move || {
+                let (config, metrics) = (config.clone(), metrics.clone());
+                Box::pin(async move {
+                    let backend = coexist::runtime::connect(&config).await.map_err(|e| format!("{e:#}"))?;
+                    Ok(coexist::ingress::AppState {
+                        api: coexist::runtime::send_api(&config, &backend),
+                        ingest: coexist::runtime::ingest(&config, &backend, metrics),
+                        max_body_bytes: config.server.max_body_bytes,
+                    })
+                })
+            })
         };
         coexist::ingress::server_with(factory, listener, workers)?.await?;
         Ok(ExitCode::SUCCESS)
@@ -366,8 +367,9 @@ fn queues(config_path: &Path, json: bool) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let queue = coexist::runtime::connect_queue(&config).await?;
-        let report = coexist::ops::queues_report(&config, &queue, coexist::clock::now_ms()).await?;
+        let backend = coexist::runtime::connect(&config).await?;
+        let report =
+            coexist::ops::queues_report(&config, &backend, coexist::clock::now_ms()).await?;
         if json {
             println!("{}", report.to_json());
         } else {
@@ -459,8 +461,8 @@ fn send(
 /// The send API of a config (Redis only: the embedded queue lives inside `run`).
 async fn cli_api(config: &Config, path: &Path, what: &str) -> Result<coexist::api::SendApi> {
     require_redis(config, path, what)?;
-    let queue = coexist::runtime::connect_queue(config).await?;
-    coexist::runtime::send_api_of(config, &queue).context("no outbound queue")
+    let backend = coexist::runtime::connect(config).await?;
+    coexist::runtime::send_api_of(config, &backend).context("no outbound queue")
 }
 
 fn broadcast(action: BroadcastAction) -> Result<ExitCode> {
@@ -608,8 +610,8 @@ fn outbox(action: OutboxAction) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let queue = coexist::runtime::connect_queue(&config).await?;
-        let out = coexist::runtime::out_queue(&config, &queue).context("no outbound queue")?;
+        let backend = coexist::runtime::connect(&config).await?;
+        let out = coexist::runtime::out_queue(&config, &backend).context("no outbound queue")?;
         let records = out
             .list(&channel, status, count, coexist::ingest::now_ms())
             .await?;
@@ -651,7 +653,8 @@ fn dlq(action: DlqAction) -> Result<ExitCode> {
                 if config.channel(&channel).is_none() {
                     bail!("no channel {channel:?} in the config");
                 }
-                let queue = coexist::runtime::connect_queue(&config).await?;
+                let backend = coexist::runtime::connect(&config).await?;
+                let queue = backend.queue();
                 let dead = queue.dead_letters(&channel, count).await?;
                 if json {
                     println!("{}", serde_json::to_string(&dead)?);
@@ -669,7 +672,8 @@ fn dlq(action: DlqAction) -> Result<ExitCode> {
                 if config.channel(&channel).is_none() {
                     bail!("no channel {channel:?} in the config");
                 }
-                let queue = coexist::runtime::connect_queue(&config).await?;
+                let backend = coexist::runtime::connect(&config).await?;
+                let queue = backend.queue();
                 let all = ids.is_empty();
                 let mut pending = ids;
                 let mut replayed = 0;

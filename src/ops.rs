@@ -1,12 +1,13 @@
 //! The operator's views (`coexist queues`, `coexist dlq list`): fetched once into typed rows,
 //! then rendered as a table for people or JSON for scripts. Rendering is pure and tested here.
 
+use crate::backend::Backend;
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::outbound::queue::{OutQueueBackend, OutStats};
 use crate::outbound::{OutboxBackend, RateBackend};
 use crate::queue::QueueBackend;
-use crate::queue::{DeadLetter, PartitionStats, Queue, QueueError};
+use crate::queue::{DeadLetter, PartitionStats, QueueError};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -47,16 +48,14 @@ pub enum OpsError {
 /// Reads every configured channel's partitions, health and outbound side.
 pub async fn queues_report(
     config: &Config,
-    queue: &Queue,
+    backend: &Backend,
     now_ms: i64,
 ) -> Result<QueuesReport, OpsError> {
     // Channel health lives in the workers' outbox (e.g. "unhealthy" after Graph error 190).
-    let outbox = crate::runtime::ingress_outbox(queue);
-    let out = crate::runtime::out_queue(config, queue);
-    let rate = match queue {
-        Queue::Redis(q) => crate::outbound::RateLimiter::redis(q.conn(), q.keys().clone()),
-        Queue::Memory(_) => crate::outbound::RateLimiter::memory(crate::keys::Keys::default()),
-    };
+    let outbox = backend.shared_outbox();
+    let out = crate::runtime::out_queue(config, backend);
+    let rate = backend.rate_limiter();
+    let queue = backend.queue();
     let mut report = QueuesReport::default();
     for channel in &config.channels {
         let health = match &outbox {

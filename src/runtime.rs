@@ -1,12 +1,10 @@
 //! Wiring shared by the commands: build the queue, stores, bot and sender a config asks for.
 
+use crate::backend::Backend;
 use crate::bot::echo::EchoBot;
 use crate::bot::forward::ForwardBot;
 use crate::bot::{Bot, NoBot};
 use crate::config::{defaults, BotMode, Config};
-use crate::conversation::{
-    ConversationStore, MemoryConversationStore, MemoryLeases, RedisConversationStore,
-};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -18,8 +16,14 @@ use std::time::Duration;
 /// Connection attempts at start-up (0.5 s, 1 s, 1.5 s … apart: ~7.5 s in all).
 const CONNECT_ATTEMPTS: u32 = 6;
 
+/// The backend of this process, built once: Redis when `[redis]` is configured, else the
+/// embedded in-memory twins. Every store comes from it.
+pub async fn connect(config: &Config) -> anyhow::Result<Backend> {
+    Ok(Backend::new(connect_queue(config).await?))
+}
+
 /// The queue of this process: Redis when `[redis]` is configured, else the embedded twin.
-pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
+async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
     Ok(match &config.redis {
         Some(r) => {
             // A Redis that is still starting (loading its AOF after a restart) gets a few
@@ -63,23 +67,6 @@ pub async fn connect_queue(config: &Config) -> anyhow::Result<Queue> {
     })
 }
 
-/// The conversation store next to `queue`: the same Redis, or the in-memory twin.
-pub fn conversation_store(config: &Config, queue: &Queue) -> ConversationStore {
-    match queue {
-        Queue::Redis(q) => RedisConversationStore::new(
-            q.conn(),
-            q.keys().clone(),
-            config.worker.conversation_ttl_secs,
-        )
-        .into(),
-        Queue::Memory(q) => MemoryConversationStore::new(
-            MemoryLeases::of_queue(q.clone()),
-            Duration::from_secs(config.worker.conversation_ttl_secs),
-        )
-        .into(),
-    }
-}
-
 /// The configured bot (`[bot] mode`).
 pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
     match config.bot.mode {
@@ -108,29 +95,29 @@ pub fn bot(config: &Config, worker_id: &str) -> Arc<dyn Bot> {
     }
 }
 
-/// A worker for this process, sharing `queue` (and its Redis connection).
+/// A worker for this process on `backend` (sharing its queue and Redis connection).
 pub fn worker(
     config: &Config,
-    queue: Queue,
+    backend: &Backend,
     metrics: Metrics,
     id: String,
 ) -> anyhow::Result<Worker> {
     let bot = bot(config, &id);
-    worker_with_bot(config, queue, metrics, id, bot)
+    worker_with_bot(config, backend, metrics, id, bot)
 }
 
 /// A worker running your own bot (e.g. a [`crate::bot::Router`]) instead of `[bot] mode`.
 pub fn worker_with_bot(
     config: &Config,
-    queue: Queue,
+    backend: &Backend,
     metrics: Metrics,
     id: String,
     bot: Arc<dyn Bot>,
 ) -> anyhow::Result<Worker> {
-    let store = conversation_store(config, &queue);
-    let outbound = outbound(config, &queue, metrics.clone())?;
+    let store = backend.conversation_store(config);
+    let outbound = outbound(config, backend, metrics.clone())?;
     Ok(Worker::new(
-        config, queue, store, bot, outbound, metrics, id,
+        config, backend, store, bot, outbound, metrics, id,
     ))
 }
 
@@ -183,8 +170,8 @@ fn work_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()>
         tracing::info!(listen = %addr, "worker metrics at /metrics");
     }
     runtime.block_on(async move {
-        let queue = connect_queue(config).await?;
-        let worker = worker_with_bot(config, queue, metrics, id, bot)?;
+        let backend = connect(config).await?;
+        let worker = worker_with_bot(config, &backend, metrics, id, bot)?;
         worker.run(shutdown_signal()).await?;
         Ok(())
     })
@@ -213,15 +200,16 @@ fn run_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> 
     });
     system.block_on(async move {
         let metrics = Metrics::new();
-        let queue = connect_queue(config).await?;
-        let worker = worker_with_bot(config, queue.clone(), metrics.clone(), id, bot)?;
+        let backend = connect(config).await?;
+        let worker = worker_with_bot(config, &backend, metrics.clone(), id, bot)?;
         // Statuses of our own sends go into the worker's outbox as they arrive.
         let outbox = worker.outbox();
         // The send API queues into the worker's own outbound queue and wakes its sender.
         let api = worker.send_api(config);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker_task = tokio::spawn(worker.run(stopped));
-        let ingest = crate::ingest::Ingest::new(config, queue, metrics).with_outbox(outbox);
+        let ingest = crate::ingest::Ingest::new(config, backend.queue().clone(), metrics)
+            .with_outbox(outbox);
         let listener = std::net::TcpListener::bind(&config.server.listen)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, channels = config.channels.len(), "coexist running (ingress + worker + sender)");
@@ -235,69 +223,38 @@ fn run_as(config: &Config, id: String, bot: Arc<dyn Bot>) -> anyhow::Result<()> 
     })
 }
 
-/// The sender next to `queue`: outbox and rate limits in the same Redis, or in memory.
-pub fn outbound(config: &Config, queue: &Queue, metrics: Metrics) -> anyhow::Result<Outbound> {
-    let connection = match queue {
-        Queue::Redis(q) => Some(q.conn()),
-        Queue::Memory(_) => None,
-    };
-    Outbound::new(config, connection, metrics)
+/// The sender on `backend`: outbox and rate limits in the same Redis, or in memory.
+pub fn outbound(config: &Config, backend: &Backend, metrics: Metrics) -> anyhow::Result<Outbound> {
+    Outbound::new(config, backend, metrics)
         .map_err(|e| anyhow::anyhow!("cannot set up the sender: {e}"))
 }
 
-/// The outbox a stand-alone ingress (`serve`) records statuses of our own sends into: the
-/// workers' outbox in the same Redis. With the in-memory queue there is no worker in a
-/// `serve` process, so nothing to tell.
-pub fn ingress_outbox(queue: &Queue) -> Option<crate::outbound::Outbox> {
-    match queue {
-        Queue::Redis(q) => Some(crate::outbound::Outbox::redis(
-            q.conn(),
-            q.keys().clone(),
-            crate::outbound::OutboxOptions::default(),
-        )),
-        Queue::Memory(_) => None,
-    }
+/// The outbound queue in the Redis of `backend`, for operator commands (`None` in the
+/// embedded mode: it lives inside the `run` process).
+pub fn out_queue(config: &Config, backend: &Backend) -> Option<crate::outbound::OutQueue> {
+    backend.shared_out_queue(crate::outbound::OutQueueOptions::from_config(
+        &config.sending,
+    ))
 }
 
-/// The outbound queue in the same Redis as `queue`, for operator commands (`None` for the
-/// embedded queue: it lives inside the `run` process).
-pub fn out_queue(config: &Config, queue: &Queue) -> Option<crate::outbound::OutQueue> {
-    use crate::outbound::{queue::RedisOutQueue, OutQueue, OutQueueOptions};
-    match queue {
-        Queue::Redis(q) => {
-            let options = OutQueueOptions::from_config(&config.sending);
-            Some(OutQueue::Redis(RedisOutQueue::new(
-                q.conn(),
-                q.keys().clone(),
-                options,
-            )))
-        }
-        Queue::Memory(_) => None,
-    }
-}
-
-/// The send API over the Redis of `queue` (`None` without `[api]`, or on the embedded queue:
-/// a `serve` process has no sender of its own; `run` builds its API from its worker).
-pub fn send_api(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
+/// The send API over the Redis of `backend` (`None` without `[api]`, or in the embedded
+/// mode: a `serve` process has no sender of its own; `run` builds its API from its worker).
+pub fn send_api(config: &Config, backend: &Backend) -> Option<crate::api::SendApi> {
     config.api.as_ref()?;
-    send_api_of(config, queue)
+    send_api_of(config, backend)
 }
 
-/// The send API over the Redis of `queue` whatever `[api]` says (the CLI's `send`);
-/// `None` on the embedded queue.
-pub fn send_api_of(config: &Config, queue: &Queue) -> Option<crate::api::SendApi> {
-    let out = out_queue(config, queue)?;
+/// The send API over the Redis of `backend` whatever `[api]` says (the CLI's `send`);
+/// `None` in the embedded mode.
+pub fn send_api_of(config: &Config, backend: &Backend) -> Option<crate::api::SendApi> {
+    let out = out_queue(config, backend)?;
     let api = crate::api::SendApi::new(
         config,
-        queue.clone(),
-        conversation_store(config, queue),
+        backend.queue().clone(),
+        backend.conversation_store(config),
         out,
     );
-    let redis = match queue {
-        Queue::Redis(q) => Some(q.conn()),
-        Queue::Memory(_) => None,
-    };
-    match crate::media::MediaHub::new(config, redis) {
+    match crate::media::MediaHub::new(config, backend) {
         Ok(media) => Some(api.with_media(media)),
         Err(e) => {
             tracing::error!(error = %e, "media client not built: the media routes answer 404");
@@ -306,11 +263,11 @@ pub fn send_api_of(config: &Config, queue: &Queue) -> Option<crate::api::SendApi
     }
 }
 
-/// The ingress pipeline for `queue`, recording statuses of our own sends in its outbox.
-pub fn ingest(config: &Config, queue: Queue, metrics: Metrics) -> crate::ingest::Ingest {
-    let outbox = ingress_outbox(&queue);
-    let ingest = crate::ingest::Ingest::new(config, queue, metrics);
-    match outbox {
+/// The ingress pipeline on `backend`, recording statuses of our own sends in the workers'
+/// outbox (a `serve` process next to workers; nothing to record in the embedded mode).
+pub fn ingest(config: &Config, backend: &Backend, metrics: Metrics) -> crate::ingest::Ingest {
+    let ingest = crate::ingest::Ingest::new(config, backend.queue().clone(), metrics);
+    match backend.shared_outbox() {
         Some(outbox) => ingest.with_outbox(outbox),
         None => ingest,
     }

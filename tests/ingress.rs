@@ -106,8 +106,9 @@ fn start_ingress(config: Config) -> Ingress {
             .unwrap();
             let metrics = Metrics::new();
             let queue = Queue::Redis(queue);
-            let outbox =
-                coexist::runtime::ingress_outbox(&queue).expect("redis ingress has an outbox");
+            let outbox = coexist::backend::Backend::new(queue.clone())
+                .shared_outbox()
+                .expect("redis ingress has an outbox");
             let ingest = Ingest::new(&config, queue, metrics.clone()).with_outbox(outbox);
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();

@@ -4,6 +4,7 @@
 mod fakes;
 mod support;
 
+use coexist::backend::Backend;
 use coexist::channel::ChannelKind;
 use coexist::config::Config;
 use coexist::conversation::window::Window;
@@ -15,6 +16,7 @@ use coexist::outbound::{
     Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
     OutgoingMessage, RateBackend, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
 };
+use coexist::queue::{Queue, RedisQueue};
 use fakes::{Answer, FakeServer};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -126,11 +128,20 @@ async fn connection() -> coexist::redis_conn::RedisConn {
         .into()
 }
 
+/// A Redis backend on its own connection, keys under `prefix` (the config's `[redis] prefix`).
+async fn backend(prefix: &str) -> Backend {
+    let keys = Keys::new(prefix);
+    let queue = RedisQueue::connect(&support::shared_url(), keys, 3600, 0)
+        .await
+        .unwrap();
+    Backend::new(Queue::Redis(queue))
+}
+
 /// An `Outbound` on its own Redis connection.
 async fn outbound(prefix: &str, setup: &Setup<'_>, metrics: Metrics) -> Outbound {
     Outbound::with_options(
         &config(prefix, setup),
-        Some(connection().await),
+        &backend(prefix).await,
         metrics,
         fast_options(),
     )
@@ -707,7 +718,8 @@ async fn unknown_channel_and_memory_mode() {
         },
     );
     cfg.redis = None;
-    let out = Outbound::with_options(&cfg, None, Metrics::new(), fast_options()).unwrap();
+    let out =
+        Outbound::with_options(&cfg, &Backend::memory(), Metrics::new(), fast_options()).unwrap();
     let e = out
         .send(
             &OutgoingMessage::new("nope", "1", Reply::text("x"), "n:0"),
@@ -744,7 +756,7 @@ async fn rate_wait_too_long_returns_rate_limited() {
     let mut options = fast_options();
     options.max_rate_wait = Duration::from_millis(100);
     let out =
-        Outbound::with_options(&cfg, Some(connection().await), Metrics::new(), options).unwrap();
+        Outbound::with_options(&cfg, &backend(&prefix).await, Metrics::new(), options).unwrap();
     out.send(
         &waba_msg("1", Reply::text("a"), "rl:0"),
         ChannelKind::Waba,

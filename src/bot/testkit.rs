@@ -31,7 +31,7 @@ use crate::media::HeldUploadsBackend;
 use crate::metrics::Metrics;
 use crate::outbound::{OutQueueBackend, OutgoingMessage, Reply};
 use crate::queue::QueueBackend;
-use crate::queue::{DeadLetter, Enqueued, MemoryQueue, Queue};
+use crate::queue::{DeadLetter, Enqueued, Queue};
 use crate::routing;
 use crate::wire::{self, Format};
 use crate::worker::{Clock, Drained, SendObserver, Worker, WorkerSettings};
@@ -139,10 +139,11 @@ impl TestKit {
             .build()
             .expect("a tokio runtime");
         let clock = Clock::manual(START_MS);
-        let queue = Queue::Memory(MemoryQueue::new());
+        let backend = crate::backend::Backend::memory();
+        let queue = backend.queue().clone();
         let metrics = Metrics::new();
-        let store = crate::runtime::conversation_store(&config, &queue);
-        let outbound = crate::runtime::outbound(&config, &queue, metrics.clone())
+        let store = backend.conversation_store(&config);
+        let outbound = crate::runtime::outbound(&config, &backend, metrics.clone())
             .expect("the dry-run sender builds");
         let sent: Arc<Mutex<Vec<OutgoingMessage>>> = Arc::default();
         let refused: Arc<Mutex<Vec<Refused>>> = Arc::default();
@@ -164,7 +165,7 @@ impl TestKit {
         let media = outbound.media().clone();
         let worker = Worker::new(
             &config,
-            queue.clone(),
+            &backend,
             store.clone(),
             bot,
             outbound,

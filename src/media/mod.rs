@@ -19,7 +19,6 @@ pub mod waha;
 
 use crate::channel::ChannelKind;
 use crate::config::Config;
-use crate::keys::Keys;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::fmt;
@@ -286,23 +285,13 @@ pub struct MediaHub {
 }
 
 impl MediaHub {
-    /// Clients for every configured channel; Personal uploads are held in Redis when `redis`
-    /// is given, else in this process's memory.
+    /// Clients for every configured channel; Personal uploads are held in `backend` (Redis,
+    /// or this process's memory).
     pub fn new(
         config: &Config,
-        redis: Option<crate::redis_conn::RedisConn>,
+        backend: &crate::backend::Backend,
     ) -> Result<MediaHub, reqwest::Error> {
-        let keys = Keys::new(
-            config
-                .redis
-                .as_ref()
-                .map_or_else(|| "cx".to_string(), |r| r.prefix.clone()),
-        );
-        let ttl = config.media.upload_ttl_secs();
-        let held = match redis {
-            Some(con) => HeldUploads::redis(con, keys, ttl),
-            None => HeldUploads::memory(ttl),
-        };
+        let held = backend.held_uploads(config.media.upload_ttl_secs());
         let timeout = config.media.timeout();
         let http = reqwest::Client::builder()
             .timeout(timeout)

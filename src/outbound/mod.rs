@@ -31,12 +31,11 @@ pub use rate::{Bucket, Limits, RateBackend, RateLimiter, Take};
 pub use rules::RuleError;
 pub use waha::WahaSender;
 
+use crate::backend::Backend;
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::conversation::window::Window;
-use crate::keys::Keys;
 use crate::metrics::{Metric, Metrics};
-use crate::redis_conn::RedisConn;
 use enum_dispatch::enum_dispatch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,16 +173,16 @@ enum Claim {
 }
 
 impl Outbound {
-    /// Senders for every configured channel; outbox and limits in Redis when `redis` is
-    /// given (keys under `[redis] prefix`), else in memory (one process).
+    /// Senders for every configured channel; outbox and limits in `backend` (Redis, or this
+    /// process's memory).
     pub fn new(
         config: &Config,
-        redis: Option<RedisConn>,
+        backend: &Backend,
         metrics: Metrics,
     ) -> Result<Outbound, OutboundError> {
         Outbound::with_options(
             config,
-            redis,
+            backend,
             metrics,
             OutboundOptions::from_config(&config.sending),
         )
@@ -191,22 +190,15 @@ impl Outbound {
 
     pub fn with_options(
         config: &Config,
-        redis: Option<RedisConn>,
+        backend: &Backend,
         metrics: Metrics,
         options: OutboundOptions,
     ) -> Result<Outbound, OutboundError> {
-        let keys = Keys::new(
-            config
-                .redis
-                .as_ref()
-                .map(|r| r.prefix.clone())
-                .unwrap_or_else(|| "cx".into()),
-        );
         let http = reqwest::Client::builder()
             .timeout(options.http_timeout)
             .connect_timeout(options.http_timeout.min(Duration::from_secs(5)))
             .build()?;
-        let media = crate::media::MediaHub::new(config, redis.clone())?;
+        let media = crate::media::MediaHub::new(config, backend)?;
         let mut channels = HashMap::new();
         for c in &config.channels {
             let sender = match c.kind {
@@ -239,16 +231,7 @@ impl Outbound {
                 },
             );
         }
-        let (outbox, rate) = match redis {
-            Some(con) => (
-                Outbox::redis(con.clone(), keys.clone(), options.outbox),
-                RateLimiter::redis(con, keys),
-            ),
-            None => (
-                Outbox::memory(keys.clone(), options.outbox),
-                RateLimiter::memory(keys),
-            ),
-        };
+        let (outbox, rate) = (backend.outbox(options.outbox), backend.rate_limiter());
         Ok(Outbound {
             inner: Arc::new(Inner {
                 channels,

@@ -13,12 +13,13 @@
 pub(crate) mod commit;
 mod partition;
 
+use crate::backend::Backend;
 use crate::bot::Bot;
 use crate::config::{ChannelConfig, Config};
 use crate::conversation::window::leads_from_minutes;
 use crate::conversation::ConversationStore;
 use crate::metrics::{Metric, Metrics};
-use crate::outbound::queue::{MemoryOutQueue, RedisOutQueue};
+use crate::outbound::queue::MemoryOutQueue;
 use crate::outbound::{
     LaneSender, LaneSettings, OutQueue, OutQueueOptions, Outbound, OutgoingMessage, SendError, Sent,
 };
@@ -196,7 +197,7 @@ struct Held {
 impl Worker {
     pub fn new(
         config: &Config,
-        queue: Queue,
+        backend: &Backend,
         store: ConversationStore,
         bot: Arc<dyn Bot>,
         outbound: Outbound,
@@ -215,7 +216,8 @@ impl Worker {
             .collect();
         let settings = WorkerSettings::from_config(config);
         let out_options = OutQueueOptions::from_config(&config.sending);
-        let (committer, out) = backends(&queue, &store, &outbound, out_options);
+        let (committer, out) = commit_path(backend, &store, &outbound, out_options);
+        let queue = backend.queue().clone();
         Worker {
             shared: Arc::new(Shared {
                 id,
@@ -424,30 +426,32 @@ impl Worker {
     }
 }
 
-/// The commit path and the outbound queue next to `queue`: the same Redis, or the in-memory
+/// The commit path and the outbound queue of `backend`: the same Redis, or the in-memory
 /// twins of this process (the memory store, the memory queue's timers, the sender's outbox).
-fn backends(
-    queue: &Queue,
+fn commit_path(
+    backend: &Backend,
     store: &ConversationStore,
     outbound: &Outbound,
     options: OutQueueOptions,
 ) -> (Committer, OutQueue) {
-    match (queue, store) {
-        (Queue::Redis(q), store) => {
+    match (backend.redis(), backend.queue(), store) {
+        (Some(con), _, store) => {
             let state_ttl_ms = match store {
                 ConversationStore::Redis(s) => s.ttl_ms(),
                 ConversationStore::Memory(_) => 0,
             };
             let committer = Committer::Redis {
-                con: q.conn(),
-                keys: q.keys().clone(),
+                con,
+                keys: backend.keys(),
                 state_ttl_ms,
                 record_ttl_ms: options.record_ttl_ms,
             };
-            let out = OutQueue::Redis(RedisOutQueue::new(q.conn(), q.keys().clone(), options));
+            let out = backend
+                .shared_out_queue(options)
+                .expect("a Redis backend has a shared outbound queue");
             (committer, out)
         }
-        (Queue::Memory(q), ConversationStore::Memory(s)) => {
+        (None, Queue::Memory(q), ConversationStore::Memory(s)) => {
             let out = MemoryOutQueue::new(outbound.outbox().clone(), options);
             let committer = Committer::Memory {
                 store: s.clone(),
@@ -456,9 +460,7 @@ fn backends(
             };
             (committer, OutQueue::Memory(out))
         }
-        (Queue::Memory(_), ConversationStore::Redis(_)) => {
-            unreachable!("a Redis conversation store always comes with a Redis queue")
-        }
+        _ => unreachable!("the store and the queue come from the same backend"),
     }
 }
 
