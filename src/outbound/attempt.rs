@@ -82,6 +82,16 @@ pub fn failure_code(e: &SendError) -> &'static str {
     }
 }
 
+/// The `outcome` label of `coexist_messages_sent_total` for how a message left its lane.
+pub fn outcome_label(result: Result<&Sent, &SendError>) -> &'static str {
+    match result {
+        Ok(s) if s.duplicate => "duplicate",
+        Ok(s) if s.message_id.starts_with("dry-run:") => "dry_run",
+        Ok(_) => "sent",
+        Err(e) => failure_code(e),
+    }
+}
+
 /// Meta's or the gateway's own error code, when the error carries one.
 pub fn provider_code(e: &SendError) -> Option<i64> {
     match e {

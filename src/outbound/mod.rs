@@ -267,6 +267,11 @@ impl Outbound {
         &self.inner.outbox
     }
 
+    /// The metrics this sending step reports to (the channel health gauge).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Uploads and downloads of media on every channel.
     pub fn media(&self) -> &crate::media::MediaHub {
         &self.inner.media
