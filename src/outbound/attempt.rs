@@ -43,7 +43,7 @@ pub enum Attempt {
 }
 
 /// Every code a given-up message may carry (see [`failure_code`]).
-const CODES: [&str; 18] = [
+const CODES: [&str; 17] = [
     "window_closed",
     "templates_unsupported",
     "unsupported_on_channel",
@@ -56,7 +56,6 @@ const CODES: [&str; 18] = [
     "unauthorized",
     "rejected",
     "bad_response",
-    "in_flight",
     "store_error",
     "unknown_channel",
     "refused",
