@@ -1,5 +1,6 @@
 //! Outbound end to end: rules, outbox idempotency, rate limits and both senders, against a
-//! real redis-server and the fake Graph / WAHA servers in `tests/fakes`.
+//! real redis-server and the fake Graph / WAHA servers in `tests/fakes`. Messages go out the
+//! way the lane sender sends them: [`Outbound::attempt`] until sent or failed (`send_now`).
 
 mod fakes;
 mod support;
@@ -11,10 +12,13 @@ use coexist::conversation::window::Window;
 use coexist::keys::Keys;
 use coexist::metrics::Metric;
 use coexist::metrics::Metrics;
+use coexist::outbound::attempt::{failure_code, outcome_label};
+use coexist::outbound::now_ms;
 use coexist::outbound::outbox::{Outbox, OutboxBackend};
 use coexist::outbound::{
-    Backoff, Bucket, Limits, Outbound, OutboundOptions, OutboxOptions, OutboxState,
-    OutgoingMessage, RateBackend, RateLimiter, Reply, RuleError, SendError, Sent, SentRef, Take,
+    Attempt, Backoff, Bucket, LaneSettings, Limits, Outbound, OutboundOptions, OutboxOptions,
+    OutboxState, OutgoingMessage, QueuedMessage, RateBackend, RateLimiter, Reply, RuleError,
+    SendError, Sent, SentRef, Take, WaitReason,
 };
 use coexist::queue::{Queue, RedisQueue};
 use fakes::{Answer, FakeServer};
@@ -104,16 +108,13 @@ api_key = "${{WAHA_API_KEY}}"
 
 fn fast_options() -> OutboundOptions {
     OutboundOptions {
-        max_rate_wait: Duration::from_secs(5),
         max_attempts: 4,
         backoff: Backoff {
             base: Duration::from_millis(10),
             pair_base: Duration::from_millis(25),
             max: Duration::from_millis(200),
         },
-        max_retry_wait: Duration::from_secs(3),
         inflight_wait: Duration::from_millis(600),
-        inflight_poll: Duration::from_millis(20),
         http_timeout: Duration::from_millis(700),
         outbox: OutboxOptions::default(),
     }
@@ -156,6 +157,82 @@ fn personal_msg(to: &str, reply: Reply, key: &str) -> OutgoingMessage {
     OutgoingMessage::new(PERSONAL, to, reply, key)
 }
 
+/// The longest one [`send_now`] may take, all of its waits included.
+const SEND_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Sends `msg` the way the lane sender works a lane's head: [`Outbound::attempt`] (a slot up to
+/// the lane's inline wait away is waited for inside it), and on [`Attempt::Later`] the lane is
+/// set aside until `until_ms` (the attempt counted when `bump`) and tried again.
+async fn send_now(
+    out: &Outbound,
+    msg: &OutgoingMessage,
+    kind: ChannelKind,
+    window: Window,
+) -> Result<Sent, SendError> {
+    send_traced(out, msg, kind, window).await.0
+}
+
+/// [`send_now`], with every `Later` on the way: its reason and whether it counted an attempt.
+async fn send_traced(
+    out: &Outbound,
+    msg: &OutgoingMessage,
+    kind: ChannelKind,
+    window: Window,
+) -> (Result<Sent, SendError>, Vec<(WaitReason, bool)>) {
+    let inline = LaneSettings::default().max_inline_wait;
+    let mut head = QueuedMessage::new(msg.clone(), now_ms());
+    let mut waits = Vec::new();
+    let deadline = Instant::now() + SEND_DEADLINE;
+    let result = loop {
+        match out.attempt(&head, kind, window, now_ms(), inline).await {
+            Attempt::Sent(sent) => break Ok(sent),
+            Attempt::Failed(e) => break Err(e),
+            Attempt::Later {
+                until_ms,
+                reason,
+                bump,
+            } => {
+                waits.push((reason, bump));
+                if bump {
+                    head.attempts += 1;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: still not sent after {SEND_DEADLINE:?}: {waits:?}",
+                    msg.outbox_key
+                );
+                let wait = (until_ms - now_ms()).max(1) as u64;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    };
+    settle(out, msg, result.as_ref()).await;
+    (result, waits)
+}
+
+/// What the lane sender does with how a message left its lane: the outbox's part of
+/// `OutQueue::settle` (the calls its memory twin makes: the sent marker, message-id index and
+/// audit entry; an audit entry for a failure) and the `coexist_messages_sent_total` count.
+async fn settle(out: &Outbound, msg: &OutgoingMessage, result: Result<&Sent, &SendError>) {
+    let now = now_ms();
+    match result {
+        Ok(sent) if !sent.duplicate => out.outbox().mark_sent(msg, sent, now).await.unwrap(),
+        Ok(_) => {}
+        Err(e) => out
+            .outbox()
+            .log_outcome(msg, failure_code(e), &e.to_string(), now)
+            .await
+            .unwrap(),
+    }
+    out.metrics().inc(
+        Metric::MessagesSent,
+        &[
+            ("channel", &msg.channel),
+            ("outcome", outcome_label(result)),
+        ],
+    );
+}
+
 async fn get(key: &str) -> Option<String> {
     let mut con = support::connection(&support::shared_url()).await;
     redis::cmd("GET")
@@ -183,7 +260,7 @@ async fn waba_text_carries_auth_context_and_callback_data() {
     .await;
     let mut msg = waba_msg("16505551234", Reply::text("Hello"), "evt.1:0");
     msg.reply_to = Some("wamid.IN".into());
-    let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let sent = send_now(&out, &msg, ChannelKind::Waba, OPEN).await.unwrap();
     assert_eq!(sent.message_id, "wamid.fake1");
     assert!(!sent.duplicate);
 
@@ -261,7 +338,7 @@ async fn business_scoped_ids_use_recipient_and_every_body_shape() {
     ];
     for (i, reply) in replies.iter().enumerate() {
         let msg = waba_msg("US.13491208655302741918", reply.clone(), &format!("e:{i}"));
-        let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+        let sent = send_now(&out, &msg, ChannelKind::Waba, OPEN).await.unwrap();
         if matches!(reply, Reply::MarkRead { .. }) {
             assert_eq!(sent.message_id, "wamid.IN");
         }
@@ -301,9 +378,9 @@ async fn same_outbox_key_twice_sends_once() {
     let a = outbound(&prefix, &setup, metrics.clone()).await;
     let b = outbound(&prefix, &setup, metrics.clone()).await;
     let msg = waba_msg("1555", Reply::text("once"), "evt:0");
-    let first = a.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
-    let again = a.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
-    let other_process = b.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let first = send_now(&a, &msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let again = send_now(&a, &msg, ChannelKind::Waba, OPEN).await.unwrap();
+    let other_process = send_now(&b, &msg, ChannelKind::Waba, OPEN).await.unwrap();
     assert_eq!(graph.count(), 1);
     assert_eq!(again.message_id, first.message_id);
     assert!(again.duplicate && other_process.duplicate);
@@ -319,11 +396,12 @@ async fn same_outbox_key_twice_sends_once() {
     // waits for the first one's result instead of sending again.
     graph.push(Answer::slow(300));
     let msg = waba_msg("1555", Reply::text("race"), "evt:1");
-    let (ra, rb) = tokio::join!(a.send(&msg, ChannelKind::Waba, OPEN), async {
+    let (ra, (rb, waits)) = tokio::join!(send_now(&a, &msg, ChannelKind::Waba, OPEN), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        b.send(&msg, ChannelKind::Waba, OPEN).await
+        send_traced(&b, &msg, ChannelKind::Waba, OPEN).await
     });
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(waits, [(WaitReason::InFlight, false)]);
     assert_eq!(graph.count(), 2);
     assert_eq!(ra.message_id, rb.message_id);
     assert!(!ra.duplicate && rb.duplicate);
@@ -348,35 +426,60 @@ async fn in_flight_send_after_a_crash_waits_for_a_status_then_resends() {
         OutboxOptions::default(),
     );
 
-    // A sender claimed the key and crashed; its status arrives while we wait.
+    // A sender claimed the key and crashed; its status arrives while the lane waits. The lane
+    // looks again every second, so the in-flight wait here is longer than that: the status, not
+    // the end of the wait, settles it.
+    let inflight_wait = Duration::from_millis(3_000);
+    let patient = Outbound::with_options(
+        &config(
+            &prefix,
+            &Setup {
+                graph_url: graph.url(),
+                ..Setup::default()
+            },
+        ),
+        &backend(&prefix).await,
+        Metrics::new(),
+        OutboundOptions {
+            inflight_wait,
+            ..fast_options()
+        },
+    )
+    .unwrap();
     let msg = waba_msg("1555", Reply::text("x"), "crash:0");
-    let now = coexist::outbound::now_ms();
+    let now = now_ms();
     assert!(matches!(
         outbox.record(&msg, now).await.unwrap(),
         OutboxState::Claimed { .. }
     ));
     let started = Instant::now();
-    let (sent, _) = tokio::join!(out.send(&msg, ChannelKind::Waba, OPEN), async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        out.mark_status_seen(WABA, "crash:0", "wamid.BEFORE")
-            .await
-            .unwrap()
-    });
+    let ((sent, waits), _) = tokio::join!(
+        send_traced(&patient, &msg, ChannelKind::Waba, OPEN),
+        async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            out.mark_status_seen(WABA, "crash:0", "wamid.BEFORE")
+                .await
+                .unwrap()
+        }
+    );
     let sent = sent.unwrap();
     assert_eq!(sent.message_id, "wamid.BEFORE");
     assert!(sent.duplicate);
     assert_eq!(graph.count(), 0, "the status proved it was sent");
-    assert!(started.elapsed() < Duration::from_millis(600));
+    assert_eq!(waits, [(WaitReason::InFlight, false)]);
+    assert!(started.elapsed() < inflight_wait, "{:?}", started.elapsed());
 
     // No status ever comes: after the bounded wait the claim is taken over and sent again.
     let msg = waba_msg("1555", Reply::text("y"), "crash:1");
-    outbox
-        .record(&msg, coexist::outbound::now_ms())
-        .await
-        .unwrap();
+    outbox.record(&msg, now_ms()).await.unwrap();
     let started = Instant::now();
-    let sent = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
-    assert!(!sent.duplicate);
+    let (sent, waits) = send_traced(&out, &msg, ChannelKind::Waba, OPEN).await;
+    assert!(!sent.unwrap().duplicate);
+    assert!(!waits.is_empty());
+    assert!(
+        waits.iter().all(|w| *w == (WaitReason::InFlight, false)),
+        "{waits:?}"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(550),
         "{:?}",
@@ -405,14 +508,14 @@ async fn rules_refuse_before_any_request() {
     )
     .await;
     let closed = Window::Closed { since_ms: Some(42) };
-    let e = out
-        .send(
-            &waba_msg("1", Reply::text("late"), "r:0"),
-            ChannelKind::Waba,
-            closed,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &waba_msg("1", Reply::text("late"), "r:0"),
+        ChannelKind::Waba,
+        closed,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         e,
         SendError::Rule(RuleError::WindowClosed {
@@ -426,7 +529,8 @@ async fn rules_refuse_before_any_request() {
         language: "en_US".into(),
         components: vec![],
     };
-    out.send(
+    send_now(
+        &out,
         &waba_msg("1", template.clone(), "r:1"),
         ChannelKind::Waba,
         closed,
@@ -437,39 +541,39 @@ async fn rules_refuse_before_any_request() {
         message_id: "wamid.X".into(),
         typing: false,
     };
-    out.send(&waba_msg("1", read, "r:2"), ChannelKind::Waba, closed)
+    send_now(&out, &waba_msg("1", read, "r:2"), ChannelKind::Waba, closed)
         .await
         .unwrap();
     assert_eq!(graph.count(), 2);
 
-    let e = out
-        .send(
-            &personal_msg("1@c.us", template, "p:0"),
-            ChannelKind::Personal,
-            Window::NotApplicable,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &personal_msg("1@c.us", template, "p:0"),
+        ChannelKind::Personal,
+        Window::NotApplicable,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         e,
         SendError::Rule(RuleError::TemplatesUnsupported {
             kind: ChannelKind::Personal
         })
     );
-    let e = out
-        .send(
-            &personal_msg(
-                "1@c.us",
-                Reply::Interactive {
-                    interactive: json!({}),
-                },
-                "p:1",
-            ),
-            ChannelKind::Personal,
-            Window::NotApplicable,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &personal_msg(
+            "1@c.us",
+            Reply::Interactive {
+                interactive: json!({}),
+            },
+            "p:1",
+        ),
+        ChannelKind::Personal,
+        Window::NotApplicable,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(
         e,
         SendError::Rule(RuleError::UnsupportedOnChannel { .. })
@@ -497,35 +601,47 @@ async fn graph_error_paths() {
     let send = |key: &str| {
         let msg = waba_msg("1555", Reply::text("x"), key);
         let out = out.clone();
-        async move { out.send(&msg, ChannelKind::Waba, OPEN).await }
+        async move { send_traced(&out, &msg, ChannelKind::Waba, OPEN).await }
     };
+    let retried = |n: usize| vec![(WaitReason::Backoff, true); n];
 
-    // 131047: window closed, no retry, claim released.
+    // 131047: window closed, no retry; the key is given up (no sender tries it again).
     graph.push(Answer::window_closed());
-    let e = send("k:131047").await.unwrap_err();
+    let (e, waits) = send("k:131047").await;
+    let e = e.unwrap_err();
+    assert_eq!(waits, []);
     assert!(
         matches!(e, SendError::WindowClosed { code: 131047, .. }),
         "{e:?}"
     );
     assert!(e.closes_window());
     assert_eq!(graph.count(), 1);
-    assert_eq!(get(&keys.sent(WABA, "k:131047")).await, None);
+    assert_eq!(
+        get(&keys.sent(WABA, "k:131047")).await.as_deref(),
+        Some("failed:window_closed")
+    );
 
     // 131026: undeliverable, no retry.
     graph.push(Answer::undeliverable());
-    let e = send("k:131026").await.unwrap_err();
+    let (e, waits) = send("k:131026").await;
+    let e = e.unwrap_err();
     assert!(matches!(e, SendError::Undeliverable { .. }), "{e:?}");
+    assert_eq!(waits, []);
     assert_eq!(graph.count(), 2);
 
-    // 130429 then OK: retried.
+    // 130429 then OK: retried (the lane backs off, counting the attempt).
     graph.push(Answer::rate_limited());
-    send("k:130429").await.unwrap();
+    let (sent, waits) = send("k:130429").await;
+    sent.unwrap();
+    assert_eq!(waits, retried(1));
     assert_eq!(graph.count(), 4);
 
     // 131056 twice then OK: retried after 1x and 4x the pair base (25 ms, 100 ms).
     graph.push(Answer::pair_rate_limited());
     graph.push(Answer::pair_rate_limited());
-    send("k:131056").await.unwrap();
+    let (sent, waits) = send("k:131056").await;
+    sent.unwrap();
+    assert_eq!(waits, retried(2));
     let reqs = graph.requests();
     assert_eq!(reqs.len(), 7);
     let gap1 = reqs[5].at - reqs[4].at;
@@ -533,32 +649,46 @@ async fn graph_error_paths() {
     assert!(gap1 >= Duration::from_millis(25), "{gap1:?}");
     assert!(gap2 >= Duration::from_millis(100), "{gap2:?}");
 
-    // 500 then OK: retried; 500 every time: Transient after max_attempts, claim released.
+    // 500 then OK: retried; 500 every time: Transient after max_attempts (4 requests, 3
+    // backoffs), and the key is given up: trying it again sends nothing and reports the code.
     graph.push(Answer::server_error());
-    send("k:500").await.unwrap();
+    let (sent, waits) = send("k:500").await;
+    sent.unwrap();
+    assert_eq!(waits, retried(1));
     assert_eq!(graph.count(), 9);
     for _ in 0..4 {
         graph.push(Answer::server_error());
     }
-    let e = send("k:500x4").await.unwrap_err();
+    let (e, waits) = send("k:500x4").await;
+    let e = e.unwrap_err();
     assert!(
         matches!(e, SendError::Transient { .. }) && e.is_retryable(),
         "{e:?}"
     );
+    assert_eq!(waits, retried(3));
     assert_eq!(graph.count(), 13);
-    assert_eq!(get(&keys.sent(WABA, "k:500x4")).await, None);
-    send("k:500x4").await.unwrap();
-    assert_eq!(graph.count(), 14);
+    assert_eq!(
+        get(&keys.sent(WABA, "k:500x4")).await.as_deref(),
+        Some("failed:transient")
+    );
+    let (e, waits) = send("k:500x4").await;
+    assert_eq!(e.unwrap_err(), SendError::GivenUp { code: "transient" });
+    assert_eq!(waits, []);
+    assert_eq!(graph.count(), 13);
 
     // 131000 (something went wrong) is transient too.
     graph.push(Answer::graph_error(500, 131000, "Something went wrong"));
-    send("k:131000").await.unwrap();
-    assert_eq!(graph.count(), 16);
+    let (sent, waits) = send("k:131000").await;
+    sent.unwrap();
+    assert_eq!(waits, retried(1));
+    assert_eq!(graph.count(), 15);
 
     // A slow answer beyond the HTTP timeout: retried.
     graph.push(Answer::slow(2_000));
-    send("k:slow").await.unwrap();
-    assert_eq!(graph.count(), 18);
+    let (sent, waits) = send("k:slow").await;
+    sent.unwrap();
+    assert_eq!(waits, retried(1));
+    assert_eq!(graph.count(), 17);
 
     // Other 4xx: rejected, no retry; the code may arrive as a string.
     graph.push(Answer::GraphError {
@@ -566,9 +696,11 @@ async fn graph_error_paths() {
         code: json!("100"),
         message: "(#100) Invalid parameter".into(),
     });
-    let e = send("k:100").await.unwrap_err();
+    let (e, waits) = send("k:100").await;
+    let e = e.unwrap_err();
     assert!(matches!(e, SendError::Rejected { code: 100, .. }), "{e:?}");
-    assert_eq!(graph.count(), 19);
+    assert_eq!(waits, []);
+    assert_eq!(graph.count(), 18);
     let by = |outcome| {
         metrics.counter(
             Metric::MessagesSent,
@@ -580,9 +712,11 @@ async fn graph_error_paths() {
             by("window_closed"),
             by("undeliverable"),
             by("transient"),
-            by("rejected")
+            by("rejected"),
+            by("sent")
         ),
-        (1, 1, 1, 1)
+        // "transient" twice: the given-up key's second try reports its code again.
+        (1, 1, 2, 1, 5)
     );
     let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
     assert!(log.iter().any(|e| e.field("outcome") == "window_closed"
@@ -607,17 +741,17 @@ async fn token_refused_marks_the_channel_unhealthy() {
             .map(|l| l.rsplit(' ').next().unwrap().to_string())
     };
     assert_eq!(gauge(&metrics).as_deref(), Some("0"));
-    assert_eq!(out.channel_health(WABA).await.unwrap(), None);
+    assert_eq!(out.outbox().health(WABA, now_ms()).await.unwrap(), None);
 
     graph.push(Answer::unauthorized());
-    let e = out
-        .send(
-            &waba_msg("1", Reply::text("x"), "u:0"),
-            ChannelKind::Waba,
-            OPEN,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &waba_msg("1", Reply::text("x"), "u:0"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(e, SendError::Unauthorized { .. }) && !e.is_retryable(),
         "{e:?}"
@@ -626,24 +760,30 @@ async fn token_refused_marks_the_channel_unhealthy() {
     assert_eq!(gauge(&metrics).as_deref(), Some("1"));
     // The flag is in Redis: another process (an operator command) sees it.
     let other = outbound(&prefix, &setup, Metrics::new()).await;
-    let health = other.channel_health(WABA).await.unwrap().unwrap();
+    let health = other
+        .outbox()
+        .health(WABA, now_ms())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(health.starts_with("unhealthy since"), "{health}");
     assert!(!health.contains(TOKEN));
 
     // Plain HTTP 401 without a Graph body counts too.
     graph.push(Answer::Status(401));
-    let e = out
-        .send(
-            &waba_msg("1", Reply::text("x"), "u:1"),
-            ChannelKind::Waba,
-            OPEN,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &waba_msg("1", Reply::text("x"), "u:1"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, SendError::Unauthorized { .. }), "{e:?}");
 
     // A later success (token fixed) clears it.
-    out.send(
+    send_now(
+        &out,
         &waba_msg("1", Reply::text("x"), "u:2"),
         ChannelKind::Waba,
         OPEN,
@@ -651,7 +791,7 @@ async fn token_refused_marks_the_channel_unhealthy() {
     .await
     .unwrap();
     assert_eq!(gauge(&metrics).as_deref(), Some("0"));
-    assert_eq!(out.channel_health(WABA).await.unwrap(), None);
+    assert_eq!(out.outbox().health(WABA, now_ms()).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -669,23 +809,23 @@ async fn dry_run_without_credentials() {
         metrics.clone(),
     )
     .await;
-    let sent = out
-        .send(
-            &waba_msg("1", Reply::text("x"), "d:0"),
-            ChannelKind::Waba,
-            OPEN,
-        )
-        .await
-        .unwrap();
+    let sent = send_now(
+        &out,
+        &waba_msg("1", Reply::text("x"), "d:0"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap();
     assert_eq!(sent.message_id, "dry-run:d:0");
-    let sent = out
-        .send(
-            &personal_msg("1@s.whatsapp.net", Reply::text("x"), "d:1"),
-            ChannelKind::Personal,
-            Window::NotApplicable,
-        )
-        .await
-        .unwrap();
+    let sent = send_now(
+        &out,
+        &personal_msg("1@s.whatsapp.net", Reply::text("x"), "d:1"),
+        ChannelKind::Personal,
+        Window::NotApplicable,
+    )
+    .await
+    .unwrap();
     assert_eq!(sent.message_id, "dry-run:d:1");
     assert_eq!(graph.count(), 0);
     assert_eq!(
@@ -696,14 +836,14 @@ async fn dry_run_without_credentials() {
         1
     );
     // Still once per key.
-    let again = out
-        .send(
-            &waba_msg("1", Reply::text("x"), "d:0"),
-            ChannelKind::Waba,
-            OPEN,
-        )
-        .await
-        .unwrap();
+    let again = send_now(
+        &out,
+        &waba_msg("1", Reply::text("x"), "d:0"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap();
     assert!(again.duplicate);
 }
 
@@ -720,19 +860,19 @@ async fn unknown_channel_and_memory_mode() {
     cfg.redis = None;
     let out =
         Outbound::with_options(&cfg, &Backend::memory(), Metrics::new(), fast_options()).unwrap();
-    let e = out
-        .send(
-            &OutgoingMessage::new("nope", "1", Reply::text("x"), "n:0"),
-            ChannelKind::Waba,
-            OPEN,
-        )
-        .await
-        .unwrap_err();
+    let e = send_now(
+        &out,
+        &OutgoingMessage::new("nope", "1", Reply::text("x"), "n:0"),
+        ChannelKind::Waba,
+        OPEN,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e, SendError::UnknownChannel("nope".into()));
     let msg = waba_msg("1", Reply::text("x"), "m:0");
-    out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    send_now(&out, &msg, ChannelKind::Waba, OPEN).await.unwrap();
     assert!(
-        out.send(&msg, ChannelKind::Waba, OPEN)
+        send_now(&out, &msg, ChannelKind::Waba, OPEN)
             .await
             .unwrap()
             .duplicate
@@ -741,41 +881,58 @@ async fn unknown_channel_and_memory_mode() {
     assert_eq!(out.outbox().memory_log(WABA).len(), 1);
 }
 
+/// A channel slot further away than the lane's inline wait: the attempt claims nothing and
+/// sends nothing, and sets the lane aside (`Rate`, not counted as an attempt) until the slot;
+/// tried then, it is sent.
 #[tokio::test]
-async fn rate_wait_too_long_returns_rate_limited() {
+async fn rate_slot_too_far_sets_the_lane_aside_until_it() {
     let graph = FakeServer::graph();
     let prefix = support::prefix();
-    let cfg = config(
+    let out = outbound(
         &prefix,
         &Setup {
             graph_url: graph.url(),
             waba_extra: "pair_gap_ms = 0\nsend_rate_per_second = 1",
             ..Setup::default()
         },
-    );
-    let mut options = fast_options();
-    options.max_rate_wait = Duration::from_millis(100);
-    let out =
-        Outbound::with_options(&cfg, &backend(&prefix).await, Metrics::new(), options).unwrap();
-    out.send(
+        Metrics::new(),
+    )
+    .await;
+    send_now(
+        &out,
         &waba_msg("1", Reply::text("a"), "rl:0"),
         ChannelKind::Waba,
         OPEN,
     )
     .await
     .unwrap();
-    let msg = waba_msg("2", Reply::text("b"), "rl:1");
-    let e = out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap_err();
-    match e {
-        SendError::RateLimited {
-            retry_after: Some(d),
-        } => assert!(d > Duration::from_millis(500), "{d:?}"),
+    let head = QueuedMessage::new(waba_msg("2", Reply::text("b"), "rl:1"), now_ms());
+    let now = now_ms();
+    let inline = Duration::from_millis(100);
+    let until_ms = match out
+        .attempt(&head, ChannelKind::Waba, OPEN, now, inline)
+        .await
+    {
+        Attempt::Later {
+            until_ms,
+            reason: WaitReason::Rate,
+            bump: false,
+        } => until_ms,
         other => panic!("{other:?}"),
-    }
+    };
+    assert!(until_ms - now > 500, "{}", until_ms - now);
     assert_eq!(graph.count(), 1);
-    // The claim was released: a retry after the hinted wait sends it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+    // Nothing was claimed: tried again at the slot, it is sent.
+    assert_eq!(get(&Keys::new(&prefix).sent(WABA, "rl:1")).await, None);
+    tokio::time::sleep(Duration::from_millis((until_ms - now_ms()).max(0) as u64)).await;
+    assert!(matches!(
+        out.attempt(&head, ChannelKind::Waba, OPEN, now_ms(), inline)
+            .await,
+        Attempt::Sent(Sent {
+            duplicate: false,
+            ..
+        })
+    ));
     assert_eq!(graph.count(), 2);
 }
 
@@ -817,7 +974,7 @@ async fn token_bucket_holds_across_two_processes() {
                     Reply::text("x"),
                     &format!("{name}:{i}"),
                 );
-                out.send(&msg, ChannelKind::Waba, OPEN).await.unwrap();
+                send_now(&out, &msg, ChannelKind::Waba, OPEN).await.unwrap();
             }
         })
     };
@@ -858,7 +1015,9 @@ async fn waha_send_text_seen_typing_reaction() {
         "w:0",
     );
     msg.reply_to = Some("false_491711234567@c.us_AAA".into());
-    let sent = out.send(&msg, ChannelKind::Personal, na).await.unwrap();
+    let sent = send_now(&out, &msg, ChannelKind::Personal, na)
+        .await
+        .unwrap();
     assert_eq!(sent.message_id, "true_491711234567@c.us_FAKE1");
     let r = &waha.requests_to("/api/sendText")[0];
     assert_eq!(r.header("x-api-key"), Some(WAHA_KEY));
@@ -876,7 +1035,9 @@ async fn waha_send_text_seen_typing_reaction() {
         },
         "w:1",
     );
-    out.send(&read, ChannelKind::Personal, na).await.unwrap();
+    send_now(&out, &read, ChannelKind::Personal, na)
+        .await
+        .unwrap();
     let seen = waha.requests_to("/api/sendSeen");
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -893,7 +1054,9 @@ async fn waha_send_text_seen_typing_reaction() {
         },
         "w:2",
     );
-    out.send(&react, ChannelKind::Personal, na).await.unwrap();
+    send_now(&out, &react, ChannelKind::Personal, na)
+        .await
+        .unwrap();
     let r = &waha.requests_to("/api/reaction")[0];
     assert_eq!(r.method, "PUT");
     assert_eq!(
@@ -918,15 +1081,17 @@ async fn waha_error_paths() {
     let send = |key: &str| {
         let msg = personal_msg("1@c.us", Reply::text("x"), key);
         let out = out.clone();
-        async move {
-            out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
-                .await
-        }
+        async move { send_now(&out, &msg, ChannelKind::Personal, Window::NotApplicable).await }
     };
     waha.push(Answer::Status(401));
     let e = send("we:401").await.unwrap_err();
     assert!(matches!(e, SendError::Unauthorized { .. }), "{e:?}");
-    assert!(out.channel_health(PERSONAL).await.unwrap().is_some());
+    assert!(out
+        .outbox()
+        .health(PERSONAL, now_ms())
+        .await
+        .unwrap()
+        .is_some());
     waha.push(Answer::Status(500));
     send("we:500").await.unwrap();
     waha.push(Answer::Status(422));
@@ -958,7 +1123,7 @@ async fn personal_pacing_per_chat_gap_and_per_minute_cap() {
                     Reply::text("x"),
                     &format!("{name}:{i}"),
                 );
-                out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
+                send_now(&out, &msg, ChannelKind::Personal, Window::NotApplicable)
                     .await
                     .unwrap();
             }
@@ -1002,7 +1167,7 @@ async fn personal_pacing_per_chat_gap_and_per_minute_cap() {
             Reply::text("x"),
             &format!("c:{i}"),
         );
-        out.send(&msg, ChannelKind::Personal, Window::NotApplicable)
+        send_now(&out, &msg, ChannelKind::Personal, Window::NotApplicable)
             .await
             .unwrap();
     }
@@ -1018,6 +1183,9 @@ async fn personal_pacing_per_chat_gap_and_per_minute_cap() {
             w[1] - w[0]
         );
     }
+    // Every text after the first waited for its slot inside the lane, showing "typing…".
+    assert_eq!(waha.requests_to("/api/startTyping").len(), 3);
+    assert_eq!(waha.requests_to("/api/stopTyping").len(), 3);
 }
 
 // ---------------------------------------------------------------- one behaviour suite, two backends

@@ -95,9 +95,9 @@ pub struct SendingConfig {
     /// How long a reply whose earlier send may have left before a crash waits for its status
     /// before it is sent again (default 15000).
     pub inflight_wait_ms: Option<u64>,
-    /// Longest wait for a rate-limit slot inside one direct send (default 5000). The outbound
-    /// queue's lanes never wait that long: a lane whose slot is further than 1 s away is set
-    /// aside until then.
+    /// Ignored: it bounded the rate wait of a direct send, which is gone. Accepted so that
+    /// existing files still load; a lane waits at most 1 s for a slot, a further one sets the
+    /// lane aside until then.
     pub max_rate_wait_ms: Option<u64>,
     /// Customer lanes one process sends on at once (default 64).
     pub lanes: Option<usize>,

@@ -43,7 +43,7 @@ pub enum Attempt {
 }
 
 /// Every code a given-up message may carry (see [`failure_code`]).
-const CODES: [&str; 18] = [
+const CODES: [&str; 17] = [
     "window_closed",
     "templates_unsupported",
     "unsupported_on_channel",
@@ -56,7 +56,6 @@ const CODES: [&str; 18] = [
     "unauthorized",
     "rejected",
     "bad_response",
-    "in_flight",
     "store_error",
     "unknown_channel",
     "refused",
@@ -79,6 +78,16 @@ pub fn failure_code(e: &SendError) -> &'static str {
         SendError::Rule(RuleError::UnsupportedOnChannel { .. }) => "unsupported_on_channel",
         SendError::Rule(RuleError::InvalidReply { .. }) => "invalid_reply",
         other => other.outcome(),
+    }
+}
+
+/// The `outcome` label of `coexist_messages_sent_total` for how a message left its lane.
+pub fn outcome_label(result: Result<&Sent, &SendError>) -> &'static str {
+    match result {
+        Ok(s) if s.duplicate => "duplicate",
+        Ok(s) if s.message_id.starts_with("dry-run:") => "dry_run",
+        Ok(_) => "sent",
+        Err(e) => failure_code(e),
     }
 }
 

@@ -44,10 +44,6 @@ pub enum SendError {
     /// A 2xx answer we cannot read (no message id): it may have been sent, so never resent.
     #[error("unexpected response from the send API: {detail}")]
     BadResponse { detail: String },
-    /// An earlier attempt of this outbox key may have been sent (crash before its result was
-    /// recorded) and no status has confirmed it yet: try again later.
-    #[error("an earlier send of this reply (since {since_ms} ms) is still unconfirmed")]
-    InFlight { since_ms: i64 },
     /// Redis (outbox or rate limiter) failed before anything was sent.
     #[error("outbox store: {detail}")]
     Store { detail: String },
@@ -96,7 +92,6 @@ impl Backoff {
             SendError::RateLimited { retry_after: None }
             | SendError::Transient { .. }
             | SendError::Store { .. }
-            | SendError::InFlight { .. }
             | SendError::Media {
                 retryable: true, ..
             } => exp(self.base, 2).min(self.max),
@@ -113,7 +108,6 @@ impl SendError {
             SendError::RateLimited { .. }
                 | SendError::PairRateLimited
                 | SendError::Transient { .. }
-                | SendError::InFlight { .. }
                 | SendError::Store { .. }
                 | SendError::Media {
                     retryable: true,
@@ -150,7 +144,6 @@ impl SendError {
             SendError::Rejected { .. } => "rejected",
             SendError::Media { .. } => "media_failed",
             SendError::BadResponse { .. } => "bad_response",
-            SendError::InFlight { .. } => "in_flight",
             SendError::Store { .. } => "store_error",
             SendError::UnknownChannel(_) => "unknown_channel",
             SendError::GivenUp { code } => code,
@@ -188,7 +181,6 @@ mod tests {
             SendError::RateLimited { retry_after: None },
             SendError::PairRateLimited,
             SendError::Transient { detail: "".into() },
-            SendError::InFlight { since_ms: 0 },
             SendError::Store { detail: "".into() },
         ];
         assert!(retryable.iter().all(SendError::is_retryable));

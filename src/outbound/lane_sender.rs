@@ -13,7 +13,7 @@
 //! conversation's partition (queued before the message is settled, with a stable id, so a crash
 //! in between neither loses it nor doubles it).
 
-use super::attempt::{failure_code, provider_code, Attempt, Prepared};
+use super::attempt::{failure_code, outcome_label, provider_code, Attempt, Prepared};
 use super::message::{OutgoingMessage, Reply};
 use super::queue::broadcast_of;
 use super::queue::{LaneGrant, OutQueue, OutQueueBackend, QueuedMessage, Settle};
@@ -572,15 +572,12 @@ impl LaneSender {
     }
 
     fn record_outcome(&self, head: &QueuedMessage, result: Result<&Sent, &SendError>) {
-        let outcome = match result {
-            Ok(s) if s.duplicate => "duplicate",
-            Ok(s) if s.message_id.starts_with("dry-run:") => "dry_run",
-            Ok(_) => "sent",
-            Err(e) => failure_code(e),
-        };
         self.metrics.inc(
             Metric::MessagesSent,
-            &[("channel", &head.msg.channel), ("outcome", outcome)],
+            &[
+                ("channel", &head.msg.channel),
+                ("outcome", outcome_label(result)),
+            ],
         );
         if let Some(observe) = &self.observer {
             observe(&head.msg, result);

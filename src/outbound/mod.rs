@@ -1,10 +1,10 @@
 //! What reaches WhatsApp users: rules, outbox, rate limits, senders.
 //!
-//! [`Outbound::send`] is the one step a worker calls per reply:
-//! rules (window, templates, channel capabilities) → outbox claim (once per outbox key) →
-//! rate limits shared by all processes (bounded wait) → HTTP send with bounded retries →
-//! `mark_sent`. Each step's failure comes back as a [`SendError`] that says whether a retry
-//! can help.
+//! [`Outbound::attempt`] is the one step the lane sender ([`lane_sender`]) takes per queued
+//! message: rules (window, templates, channel capabilities) → rate limits shared by all
+//! processes (a short wait inline, anything longer sets the lane aside) → outbox claim (once per
+//! outbox key) → one HTTP request. What it comes to ([`Attempt`]) says whether the message was
+//! sent, must wait (and why), or failed for good.
 
 pub mod attempt;
 pub mod error;
@@ -34,31 +34,23 @@ pub use waha::WahaSender;
 use crate::backend::Backend;
 use crate::channel::ChannelKind;
 use crate::config::Config;
-use crate::conversation::window::Window;
 use crate::metrics::{Metric, Metrics};
 use enum_dispatch::enum_dispatch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Bounds on waiting and retrying inside one [`Outbound::send`]; the worker's own retries
-/// (with the partition waiting) take over beyond them.
+/// Bounds on retrying and waiting of [`Outbound::attempt`] (the lane sender backs off between
+/// attempts).
 #[derive(Clone, Debug)]
 pub struct OutboundOptions {
-    /// Longest wait for a rate-limit slot; beyond it `send` returns `RateLimited`.
-    pub max_rate_wait: Duration,
-    /// HTTP attempts per message (retryable errors only): per `send`, or per queued message
-    /// across the lane's backoffs.
+    /// HTTP attempts per queued message (retryable errors only), across the lane's backoffs.
     pub max_attempts: u32,
     pub backoff: Backoff,
-    /// Longest total sleep between attempts of one `send`.
-    pub max_retry_wait: Duration,
     /// How long an unconfirmed earlier send of the same outbox key is given for its status to
-    /// arrive before this send takes over and sends again.
+    /// arrive before it is sent again.
     pub inflight_wait: Duration,
-    /// How often the outbox key is re-read while waiting for that status.
-    pub inflight_poll: Duration,
     /// Timeout of one HTTP request.
     pub http_timeout: Duration,
     pub outbox: OutboxOptions,
@@ -70,7 +62,6 @@ impl OutboundOptions {
         let d = OutboundOptions::default();
         let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
         OutboundOptions {
-            max_rate_wait: ms(c.max_rate_wait_ms, d.max_rate_wait),
             max_attempts: c.attempts.unwrap_or(d.max_attempts).max(1),
             backoff: Backoff {
                 base: ms(c.retry_base_ms, d.backoff.base),
@@ -87,12 +78,9 @@ impl OutboundOptions {
 impl Default for OutboundOptions {
     fn default() -> Self {
         OutboundOptions {
-            max_rate_wait: Duration::from_secs(5),
             max_attempts: 6,
             backoff: Backoff::default(),
-            max_retry_wait: Duration::from_secs(30),
             inflight_wait: Duration::from_secs(15),
-            inflight_poll: Duration::from_millis(250),
             http_timeout: Duration::from_secs(15),
             outbox: OutboxOptions::default(),
         }
@@ -166,11 +154,6 @@ struct Inner {
 }
 
 pub use crate::clock::now_ms;
-
-enum Claim {
-    Mine(String),
-    Done(String),
-}
 
 impl Outbound {
     /// Senders for every configured channel; outbox and limits in `backend` (Redis, or this
@@ -250,6 +233,11 @@ impl Outbound {
         &self.inner.outbox
     }
 
+    /// The metrics this sending step reports to (the channel health gauge).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Uploads and downloads of media on every channel.
     pub fn media(&self) -> &crate::media::MediaHub {
         &self.inner.media
@@ -262,222 +250,6 @@ impl Outbound {
     /// The limits in force on a channel.
     pub fn limits(&self, channel: &str) -> Option<&Limits> {
         self.inner.channels.get(channel).map(|c| &c.limits)
-    }
-
-    /// Sends one reply at most once per outbox key. `kind` and `window` are the channel's kind
-    /// and the conversation's service window now (`conversation::window::window`).
-    ///
-    /// `Ok` with `duplicate: true`: the key had already been sent (nothing sent now).
-    /// `Err(e)`: `e.is_retryable()` says whether handling the event again can help;
-    /// `e.closes_window()` says the window is closed (record it, suggest a template).
-    pub async fn send(
-        &self,
-        msg: &OutgoingMessage,
-        kind: ChannelKind,
-        window: Window,
-    ) -> Result<Sent, SendError> {
-        let result = self.send_inner(msg, kind, window).await;
-        let outcome = match &result {
-            Ok(s) if s.duplicate => "duplicate",
-            Ok(s) if s.message_id.starts_with("dry-run:") => "dry_run",
-            Ok(_) => "sent",
-            Err(e) => e.outcome(),
-        };
-        self.inner.metrics.inc(
-            Metric::MessagesSent,
-            &[("channel", &msg.channel), ("outcome", outcome)],
-        );
-        match &result {
-            Ok(s) => tracing::debug!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                message_id = %s.message_id, outcome, "reply sent"),
-            Err(e) => tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                error = %e, outcome, "reply not sent"),
-        }
-        result
-    }
-
-    async fn send_inner(
-        &self,
-        msg: &OutgoingMessage,
-        kind: ChannelKind,
-        window: Window,
-    ) -> Result<Sent, SendError> {
-        rules::check(kind, window, &msg.reply)?;
-        let ch = self
-            .inner
-            .channels
-            .get(&msg.channel)
-            .ok_or_else(|| SendError::UnknownChannel(msg.channel.clone()))?;
-        let marker = match self.claim(msg).await? {
-            Claim::Done(message_id) => {
-                return Ok(Sent {
-                    message_id,
-                    duplicate: true,
-                })
-            }
-            Claim::Mine(marker) => marker,
-        };
-        match self.deliver(ch, msg).await {
-            Ok(sent) => {
-                if let Err(e) = self.inner.outbox.mark_sent(msg, &sent, now_ms()).await {
-                    // Sent, but not recorded: the key stays pending, so a re-handled event
-                    // waits for the status carrying the key instead of sending blindly.
-                    tracing::error!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                        error = %e, "sent, but recording it in the outbox failed");
-                }
-                if ch.unhealthy.swap(false, Ordering::Relaxed) {
-                    self.set_healthy(&msg.channel).await;
-                }
-                Ok(sent)
-            }
-            Err(e) => {
-                if let SendError::Unauthorized { detail } = &e {
-                    self.set_unhealthy(ch, &msg.channel, detail).await;
-                }
-                // A 2xx we could not read may have been sent: keep the claim pending.
-                let release = if matches!(e, SendError::BadResponse { .. }) {
-                    ""
-                } else {
-                    marker.as_str()
-                };
-                if let Err(store) = self
-                    .inner
-                    .outbox
-                    .mark_failed(msg, release, &e, now_ms())
-                    .await
-                {
-                    tracing::error!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                        error = %store, "could not release the outbox claim");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Claims the outbox key, waiting a bounded time on an unconfirmed earlier send.
-    async fn claim(&self, msg: &OutgoingMessage) -> Result<Claim, SendError> {
-        let outbox = &self.inner.outbox;
-        let opts = &self.inner.options;
-        let wait_ms = opts.inflight_wait.as_millis() as i64;
-        let started = Instant::now();
-        let mut state = outbox.record(msg, now_ms()).await.map_err(store_error)?;
-        loop {
-            match state {
-                OutboxState::Claimed { marker } => return Ok(Claim::Mine(marker)),
-                OutboxState::AlreadySent(id) => return Ok(Claim::Done(id)),
-                OutboxState::GivenUp(code) => {
-                    return Err(SendError::GivenUp {
-                        code: attempt::static_code(&code),
-                    })
-                }
-                OutboxState::InFlight { since_ms, marker } => {
-                    let age = now_ms() - since_ms;
-                    if age >= wait_ms {
-                        tracing::warn!(channel = %msg.channel, outbox_key = %msg.outbox_key,
-                            since_ms, "no status for an earlier send of this reply: sending again");
-                        state = outbox
-                            .take_over(msg, &marker, now_ms())
-                            .await
-                            .map_err(store_error)?;
-                        continue;
-                    }
-                    // Someone keeps taking it over: let the worker retry later.
-                    if started.elapsed() > opts.inflight_wait.saturating_mul(2) {
-                        return Err(SendError::InFlight { since_ms });
-                    }
-                    let left = Duration::from_millis((wait_ms - age).max(1) as u64);
-                    tokio::time::sleep(left.min(opts.inflight_poll)).await;
-                    state = outbox.record(msg, now_ms()).await.map_err(store_error)?;
-                }
-            }
-        }
-    }
-
-    /// Paced HTTP attempts with bounded retries on retryable errors.
-    async fn deliver(&self, ch: &ChannelOut, msg: &OutgoingMessage) -> Result<Sent, SendError> {
-        let opts = &self.inner.options;
-        let mut slept = Duration::ZERO;
-        let mut attempt = 0;
-        loop {
-            self.pace(ch, msg).await?;
-            let error = match ch.sender.send(msg).await {
-                Ok(sent) => return Ok(sent),
-                Err(e) => e,
-            };
-            attempt += 1;
-            if !error.is_retryable() || attempt >= opts.max_attempts.max(1) {
-                return Err(error);
-            }
-            let delay = opts.backoff.delay(&error, attempt - 1);
-            if slept + delay > opts.max_retry_wait {
-                return Err(error);
-            }
-            tracing::info!(channel = %msg.channel, outbox_key = %msg.outbox_key, attempt,
-                delay_ms = delay.as_millis() as u64, error = %error, "send failed, retrying");
-            tokio::time::sleep(delay).await;
-            slept += delay;
-        }
-    }
-
-    /// Waits for a slot in the channel's limits (plus jitter on Personal channels), showing
-    /// "typing…" on WAHA while a text waits, or returns `RateLimited` when the slot is further
-    /// away than `max_rate_wait`.
-    async fn pace(&self, ch: &ChannelOut, msg: &OutgoingMessage) -> Result<(), SendError> {
-        let contact = msg.reply.is_message().then_some(msg.to.as_str());
-        let budget = self.inner.options.max_rate_wait;
-        let started = Instant::now();
-        let typing = match (&ch.sender, &msg.reply) {
-            (Sender::Waha(w), Reply::Text { .. }) => Some(w),
-            _ => None,
-        };
-        let mut typing_shown = false;
-        let result = loop {
-            let jitter = if contact.is_some() && ch.limits.jitter_ms > 0 {
-                rand::random_range(0..=ch.limits.jitter_ms)
-            } else {
-                0
-            };
-            let left = budget.saturating_sub(started.elapsed()).as_millis() as u64;
-            let take = self
-                .inner
-                .rate
-                .take(&msg.channel, contact, &ch.limits, now_ms(), jitter, left)
-                .await
-                .map_err(|e| SendError::Store {
-                    detail: e.to_string(),
-                });
-            let (wait_ms, done) = match take {
-                Err(e) => break Err(e),
-                Ok(Take::Ready { wait_ms: 0 }) => break Ok(()),
-                Ok(Take::Ready { wait_ms }) => (wait_ms, true),
-                Ok(Take::NotYet { wait_ms }) if wait_ms > left => {
-                    break Err(SendError::RateLimited {
-                        retry_after: Some(Duration::from_millis(wait_ms)),
-                    })
-                }
-                Ok(Take::NotYet { wait_ms }) => (wait_ms.max(1), false),
-            };
-            if let (Some(w), false) = (typing, typing_shown) {
-                typing_shown = true;
-                // Best effort: a failed receipt or typing bubble must not stop the message.
-                if let Err(e) = w.send_seen(msg).await {
-                    tracing::debug!(error = %e, "sendSeen failed");
-                }
-                if let Err(e) = w.start_typing(msg).await {
-                    tracing::debug!(error = %e, "startTyping failed");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            if done {
-                break Ok(());
-            }
-        };
-        if let (Some(w), true) = (typing, typing_shown) {
-            if let Err(e) = w.stop_typing(msg).await {
-                tracing::debug!(error = %e, "stopTyping failed");
-            }
-        }
-        result
     }
 
     async fn set_unhealthy(&self, ch: &ChannelOut, channel: &str, detail: &str) {
@@ -533,16 +305,5 @@ impl Outbound {
             .outbox
             .lookup_message(channel, message_id, now_ms())
             .await
-    }
-
-    /// `None` when healthy; else why the channel was marked unhealthy (operator commands).
-    pub async fn channel_health(&self, channel: &str) -> Result<Option<String>, OutboxError> {
-        self.inner.outbox.health(channel, now_ms()).await
-    }
-}
-
-fn store_error(e: OutboxError) -> SendError {
-    SendError::Store {
-        detail: e.to_string(),
     }
 }
