@@ -463,6 +463,55 @@ async fn every_write_sets_the_ttl(mut f: Fixture) {
     }
 }
 
+/// A conversation that expired starts over: its old outbound time (noted beside the state by
+/// the send API) goes with it, even when nothing loaded it in between.
+async fn an_expired_conversation_forgets_its_outbound_note(mut f: Fixture) {
+    let holder = fence("shop", "w1", 1);
+    f.grant(&holder).await;
+    let mut short = match &f.leases {
+        Leases::Redis { .. } => None,
+        Leases::Memory(_) => Some(Fixture::memory_with_ttl(Duration::from_millis(300))),
+    };
+    let f = match short.as_mut() {
+        Some(s) => {
+            s.grant(&holder).await;
+            s
+        }
+        None => &mut f,
+    };
+    assert!(matches!(
+        f.save(&holder, "1555", &ConversationState::default()).await,
+        SaveOutcome::Saved { version: 1 }
+    ));
+    f.store.note_outbound("shop", "1555", NOW).await.unwrap();
+    assert_eq!(
+        f.load("shop", "1555").await.unwrap().last_outbound_ms,
+        Some(NOW)
+    );
+    match &mut f.leases {
+        Leases::Redis { con, keys } => {
+            let _: () = redis::cmd("PEXPIRE")
+                .arg(keys.conversation("shop", "1555"))
+                .arg(50)
+                .query_async(con)
+                .await
+                .unwrap();
+        }
+        Leases::Memory(_) => {}
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // No load in between: the next save finds the expired state.
+    assert!(matches!(
+        f.save(&holder, "1555", &ConversationState::default()).await,
+        SaveOutcome::Saved { version: 1 }
+    ));
+    assert_eq!(
+        f.load("shop", "1555").await.unwrap().last_outbound_ms,
+        None,
+        "the outbound time expired with its conversation"
+    );
+}
+
 async fn corrupt_state_is_a_typed_error(mut f: Fixture) {
     // Only Redis can hold bytes we did not write; the memory twin always stores our JSON.
     let Leases::Redis { con, keys } = &mut f.leases else {
@@ -522,6 +571,7 @@ on_both_backends!(
     fence_of_another_channel_is_an_error,
     two_channels_same_contact_are_independent,
     every_write_sets_the_ttl,
+    an_expired_conversation_forgets_its_outbound_note,
     corrupt_state_is_a_typed_error,
 );
 

@@ -108,14 +108,26 @@ impl Entry {
 #[derive(Default)]
 struct MemoryStates {
     map: HashMap<(String, String), Entry>,
-    /// Last outbound times noted beside the states (the `lo` field in Redis).
+    /// Last outbound times noted beside the states (the `lo` field in Redis); only for keys
+    /// in `map`, and swept with it.
     outbound: HashMap<(String, String), i64>,
-    saves: u64,
+    /// Expired states are swept once the map has doubled since the last sweep (and dropped on
+    /// load), so a save costs O(1) amortized, never a scan of every conversation.
+    sweep: crate::clock::SweepSchedule,
 }
 
-/// Expired states are swept once per this many saves (and dropped on load), so a save is not
-/// a scan of every conversation.
-const SWEEP_EVERY: u64 = 1024;
+impl MemoryStates {
+    /// Drops expired states, and the outbound times noted beside them, when a sweep is due.
+    fn sweep_if_due(&mut self, now: Instant) {
+        if !self.sweep.due(self.map.len(), 1024) {
+            return;
+        }
+        let MemoryStates { map, outbound, .. } = self;
+        map.retain(|_, e| e.live(now));
+        outbound.retain(|k, _| map.contains_key(k));
+        self.sweep.swept(self.map.len());
+    }
+}
 
 /// States in memory, stored as JSON (so bot state round-trips as it would through Redis),
 /// with the same TTL, versioning and fencing rules.
@@ -166,16 +178,15 @@ impl MemoryConversationStore {
         };
         let state_version = version;
         let now = Instant::now();
-        states.saves += 1;
-        if states.saves % SWEEP_EVERY == 0 {
-            states.map.retain(|_, e| e.live(now));
-        }
+        states.sweep_if_due(now);
         let key = (channel.to_owned(), contact.to_owned());
-        let stored = states
-            .map
-            .get(&key)
-            .filter(|e| e.live(now))
-            .map_or(0, |e| e.version);
+        if states.map.get(&key).is_some_and(|e| !e.live(now)) {
+            // Expired, not yet swept: it starts over without the old outbound time, as a
+            // Redis hash that expired takes its `lo` field with it.
+            states.map.remove(&key);
+            states.outbound.remove(&key);
+        }
+        let stored = states.map.get(&key).map_or(0, |e| e.version);
         if stored != state_version {
             return Ok(SaveOutcome::Conflict {
                 stored_version: stored,
@@ -214,6 +225,7 @@ impl ConversationBackend for MemoryConversationStore {
             }
             Some(_) => {
                 states.map.remove(&key);
+                states.outbound.remove(&key);
                 Ok(None)
             }
             None => Ok(None),
@@ -237,11 +249,6 @@ impl ConversationBackend for MemoryConversationStore {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         let mut states = self.lock();
-        if states.outbound.len() > 100_000 {
-            let live: std::collections::HashSet<(String, String)> =
-                states.map.keys().cloned().collect();
-            states.outbound.retain(|k, _| live.contains(k));
-        }
         let key = (channel.to_owned(), contact.to_owned());
         if states.map.contains_key(&key) {
             let noted = states.outbound.entry(key).or_insert(at_ms);
