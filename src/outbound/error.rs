@@ -116,12 +116,6 @@ impl SendError {
         )
     }
 
-    /// How long to wait before attempt `attempt + 1` (0-based), with the default schedule;
-    /// zero for errors that are not retryable.
-    pub fn retry_after(&self, attempt: u32) -> Duration {
-        Backoff::default().delay(self, attempt)
-    }
-
     /// The conversation's window is closed (refused by our rules or by Meta): the worker
     /// records it (`window::mark_window_closed`) and the bot should send a template.
     pub fn closes_window(&self) -> bool {
@@ -158,21 +152,26 @@ mod tests {
     #[test]
     fn retry_schedule() {
         let pair = SendError::PairRateLimited;
-        let secs: Vec<u64> = (0..3).map(|a| pair.retry_after(a).as_secs()).collect();
+        let secs: Vec<u64> = (0..3)
+            .map(|a| Backoff::default().delay(&pair, a).as_secs())
+            .collect();
         assert_eq!(secs, [1, 4, 16]);
         let t = SendError::Transient { detail: "x".into() };
-        assert_eq!(t.retry_after(0), Duration::from_millis(500));
-        assert_eq!(t.retry_after(2), Duration::from_secs(2));
-        assert_eq!(t.retry_after(30), Duration::from_secs(60));
+        assert_eq!(Backoff::default().delay(&t, 0), Duration::from_millis(500));
+        assert_eq!(Backoff::default().delay(&t, 2), Duration::from_secs(2));
+        assert_eq!(Backoff::default().delay(&t, 30), Duration::from_secs(60));
         let hinted = SendError::RateLimited {
             retry_after: Some(Duration::from_millis(1500)),
         };
-        assert_eq!(hinted.retry_after(5), Duration::from_millis(1500));
+        assert_eq!(
+            Backoff::default().delay(&hinted, 5),
+            Duration::from_millis(1500)
+        );
         let final_ = SendError::Undeliverable {
             message: "x".into(),
         };
         assert!(!final_.is_retryable());
-        assert_eq!(final_.retry_after(0), Duration::ZERO);
+        assert_eq!(Backoff::default().delay(&final_, 0), Duration::ZERO);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use super::{
     OutboxBackend, OutboxError, OutboxOptions, OutboxState, SentRef,
 };
 use crate::keys::Keys;
-use crate::outbound::error::SendError;
 use crate::outbound::message::{OutgoingMessage, Sent};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,28 +157,6 @@ impl OutboxBackend for MemoryOutbox {
         if !reference.is_empty() {
             let message_key = self.keys.sent_message(&msg.channel, &sent.message_id);
             st.set(message_key, reference, ttl, now_ms);
-        }
-        st.log(
-            self.keys.outbox(&msg.channel),
-            entry,
-            self.options.audit_maxlen,
-        );
-        Ok(())
-    }
-
-    /// `outbox_fail.lua`.
-    async fn mark_failed(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        error: &SendError,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let key = self.keys.sent(&msg.channel, &msg.outbox_key);
-        let entry = audit_entry(msg, error.outcome(), "", &error.to_string(), now_ms);
-        let mut st = self.state();
-        if !marker.is_empty() {
-            st.remove_own(&key, marker, now_ms);
         }
         st.log(
             self.keys.outbox(&msg.channel),

@@ -21,7 +21,6 @@ pub mod redis;
 pub use self::memory::MemoryOutbox;
 pub use self::redis::RedisOutbox;
 
-use super::error::SendError;
 use super::message::{OutgoingMessage, Sent};
 use crate::keys::Keys;
 use crate::redis_conn::RedisConn;
@@ -100,16 +99,6 @@ pub trait OutboxBackend {
         &self,
         msg: &OutgoingMessage,
         sent: &Sent,
-        now_ms: i64,
-    ) -> Result<(), OutboxError>;
-
-    /// The send failed for good: release our claim (`marker`, from
-    /// [`OutboxState::Claimed`]; empty when nothing was claimed) and log the error.
-    async fn mark_failed(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        error: &SendError,
         now_ms: i64,
     ) -> Result<(), OutboxError>;
 
@@ -341,8 +330,7 @@ mod tests {
         let OutboxState::Claimed { marker } = o.record(&m, 1).await.unwrap() else {
             panic!()
         };
-        let err = SendError::Transient { detail: "x".into() };
-        o.mark_failed(&m, &marker, &err, 2).await.unwrap();
+        assert!(o.release(&m, &marker, 2).await.unwrap(), "our claim");
         let OutboxState::Claimed { .. } = o.record(&m, 3).await.unwrap() else {
             panic!("released claim is free again")
         };

@@ -6,7 +6,6 @@ use super::{
     OutboxBackend, OutboxError, OutboxOptions, OutboxState, SentRef,
 };
 use crate::keys::Keys;
-use crate::outbound::error::SendError;
 use crate::outbound::message::{OutgoingMessage, Sent};
 use crate::redis_conn::RedisConn;
 use std::sync::LazyLock;
@@ -20,7 +19,6 @@ macro_rules! script {
 
 script!(CLAIM, "outbox_claim.lua");
 script!(SENT, "outbox_sent.lua");
-script!(FAIL, "outbox_fail.lua");
 script!(RELEASE, "outbox_release.lua");
 script!(GIVE_UP, "outbox_give_up.lua");
 script!(STATUS, "outbox_status.lua");
@@ -109,25 +107,6 @@ impl OutboxBackend for RedisOutbox {
             inv.arg(k).arg(v);
         }
         let _: String = inv.invoke_async(&mut self.con.clone()).await?;
-        Ok(())
-    }
-
-    async fn mark_failed(
-        &self,
-        msg: &OutgoingMessage,
-        marker: &str,
-        error: &SendError,
-        now_ms: i64,
-    ) -> Result<(), OutboxError> {
-        let mut inv = FAIL.prepare_invoke();
-        inv.key(self.keys.sent(&msg.channel, &msg.outbox_key))
-            .key(self.keys.outbox(&msg.channel))
-            .arg(marker)
-            .arg(self.options.audit_maxlen);
-        for (k, v) in &audit_entry(msg, error.outcome(), "", &error.to_string(), now_ms) {
-            inv.arg(k).arg(v);
-        }
-        let _: i64 = inv.invoke_async(&mut self.con.clone()).await?;
         Ok(())
     }
 
