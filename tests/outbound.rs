@@ -1589,10 +1589,7 @@ async fn outbox_suite_redis() {
     // logs nothing: the outbound queue logs the final outcome).
     let log = support::xrange(&support::shared_url(), &keys.outbox(WABA)).await;
     let outcomes: Vec<&str> = log.iter().map(|e| e.field("outcome")).collect();
-    assert_eq!(
-        outcomes,
-        ["sent", "sent", "skipped"]
-    );
+    assert_eq!(outcomes, ["sent", "sent", "skipped"]);
     assert_eq!(log[0].field("reply"), r#"{"type":"text","text":"x"}"#);
     assert_eq!(log[0].field("to"), "1555");
     assert_eq!(log[2].field("key"), "ev:4");
@@ -1615,10 +1612,7 @@ async fn outbox_suite_memory() {
             .unwrap_or_default()
     };
     let outcomes: Vec<String> = (0..log.len()).map(|i| field(i, "outcome")).collect();
-    assert_eq!(
-        outcomes,
-        ["sent", "sent", "skipped"]
-    );
+    assert_eq!(outcomes, ["sent", "sent", "skipped"]);
     assert_eq!(field(0, "reply"), r#"{"type":"text","text":"x"}"#);
     assert_eq!(field(0, "to"), "1555");
     assert_eq!(field(2, "key"), "ev:4");
