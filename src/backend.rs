@@ -60,8 +60,9 @@ impl Backend {
     }
 
     /// The conversation store: Redis, or memory fenced by the embedded queue's own leases
-    /// (expiry and release included).
-    pub fn conversation_store(&self, config: &Config) -> ConversationStore {
+    /// (expiry and release included). In memory every call makes a new, empty store: build it
+    /// once and share it (the worker and the test kit do).
+    pub(crate) fn conversation_store(&self, config: &Config) -> ConversationStore {
         let ttl_secs = config.worker.conversation_ttl_secs;
         match &self.queue {
             Queue::Redis(q) => {
@@ -77,7 +78,7 @@ impl Backend {
 
     /// The outbox (idempotency keys and lifecycle records of sent messages). In memory it is
     /// a new one: the process keeps the one it builds (the worker's `Outbound`).
-    pub fn outbox(&self, options: OutboxOptions) -> Outbox {
+    pub(crate) fn outbox(&self, options: OutboxOptions) -> Outbox {
         match &self.queue {
             Queue::Redis(q) => Outbox::redis(q.conn(), q.keys().clone(), options),
             Queue::Memory(_) => Outbox::memory(self.keys(), options),
@@ -91,8 +92,9 @@ impl Backend {
         (!self.is_embedded()).then(|| self.outbox(OutboxOptions::default()))
     }
 
-    /// The send-rate limiter (channel buckets, pair gaps, messaging-limit reach).
-    pub fn rate_limiter(&self) -> RateLimiter {
+    /// The send-rate limiter (channel buckets, pair gaps, messaging-limit reach). In memory a
+    /// new one each call, like the outbox: the process keeps the one its `Outbound` built.
+    pub(crate) fn rate_limiter(&self) -> RateLimiter {
         match &self.queue {
             Queue::Redis(q) => RateLimiter::redis(q.conn(), q.keys().clone()),
             Queue::Memory(_) => RateLimiter::memory(self.keys()),
@@ -113,7 +115,7 @@ impl Backend {
     }
 
     /// Where a Personal channel holds uploaded files until they are sent (`ttl_secs`).
-    pub fn held_uploads(&self, ttl_secs: u64) -> HeldUploads {
+    pub(crate) fn held_uploads(&self, ttl_secs: u64) -> HeldUploads {
         match &self.queue {
             Queue::Redis(q) => HeldUploads::redis(q.conn(), q.keys().clone(), ttl_secs),
             Queue::Memory(_) => HeldUploads::memory(ttl_secs),
