@@ -1044,3 +1044,103 @@ mod redis_failures {
         assert!(next.is_none(), "lease survived the restart");
     }
 }
+
+/// Group commit (`queue/redis/enqueue.rs`): webhooks that arrive while a round trip is in
+/// flight share the next one, and each still gets exactly its own outcomes.
+mod group_commit {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The events of caller `i`: 1–3 of them, for one of 7 contacts. Callers 200.. re-send the
+    /// events of caller `i - 200` (a retry racing its original).
+    fn batch_of(i: usize) -> Vec<NewEvent> {
+        let origin = if i >= 200 { i - 200 } else { i };
+        (0..1 + origin % 3)
+            .map(|j| {
+                let contact = format!("1555{}", origin % 7);
+                event(&format!("gc.{origin}.{j}"), 4, &[contact.as_str()])
+            })
+            .collect()
+    }
+
+    /// Stream entry ids `<ms>-<seq>` in order.
+    fn entry_id_before(a: &str, b: &str) -> bool {
+        let parse = |id: &str| -> (u64, u64) {
+            let (ms, seq) = id.split_once('-').expect("stream entry id");
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        };
+        parse(a) < parse(b)
+    }
+
+    async fn evalsha_calls(url: &str) -> u64 {
+        let info: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut support::connection(url).await)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn concurrent_webhooks_share_round_trips_and_get_their_own_outcomes() {
+        let server = RedisServer::start(RedisOptions::default());
+        let url = server.url();
+        let keys = support::keys();
+        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
+            .await
+            .unwrap();
+        let before = evalsha_calls(&url).await;
+        let batches: Vec<Vec<NewEvent>> = (0..300).map(batch_of).collect();
+        let outcomes = futures_util::future::join_all(batches.iter().map(|b| q.enqueue(b))).await;
+        let calls = evalsha_calls(&url).await - before;
+        assert!(
+            calls < 100,
+            "300 concurrent webhooks went out in {calls} script calls: no round trip was shared"
+        );
+
+        // Every caller got one outcome per event; every id was added exactly once.
+        let mut added_by_id: HashMap<String, (u32, String)> = HashMap::new();
+        for (batch, out) in batches.iter().zip(&outcomes) {
+            let out = out.as_ref().expect("enqueued");
+            assert_eq!(out.len(), batch.len());
+            let mut last_entry_of_partition: HashMap<u32, String> = HashMap::new();
+            for (ev, o) in batch.iter().zip(out) {
+                if let Enqueued::Added { .. } = o {
+                    let (partition, conversation, entry_id) = added(o);
+                    assert_eq!(conversation, ev.contact_ids[0], "{}", ev.id);
+                    if let Some(prev) = last_entry_of_partition.insert(partition, entry_id.clone())
+                    {
+                        assert!(
+                            entry_id_before(&prev, &entry_id),
+                            "a webhook's events keep their order: {prev} then {entry_id}"
+                        );
+                    }
+                    let first = added_by_id.insert(ev.id.clone(), (partition, entry_id));
+                    assert!(first.is_none(), "{} added twice", ev.id);
+                }
+            }
+        }
+        let unique: HashSet<&str> = batches.iter().flatten().map(|e| e.id.as_str()).collect();
+        assert_eq!(added_by_id.len(), unique.len(), "every id added once");
+
+        // The entry each caller was told about holds that caller's event, not another's.
+        let mut total = 0;
+        for p in 0..4 {
+            let entries = support::xrange(&url, &keys.stream(CH, p)).await;
+            total += entries.len();
+            for entry in entries {
+                let payload = entry.field("e");
+                // (Entry ids are per stream: two partitions can hold the same one.)
+                let (id, _) = added_by_id
+                    .iter()
+                    .find(|(_, (partition, e))| *partition == p && *e == entry.id)
+                    .expect("every stream entry was reported to its caller");
+                assert!(payload.contains(&format!("\"id\":\"{id}\"")), "{payload}");
+            }
+        }
+        assert_eq!(total, unique.len());
+    }
+}

@@ -1,5 +1,7 @@
-//! Redis Streams queue: one stream per channel partition, dedupe and alias resolution in one
-//! Lua script per event, a whole webhook's events in one pipeline.
+//! Redis Streams queue: one stream per channel partition; dedupe and alias resolution in one
+//! Lua script call per channel and round trip (see [`enqueue`]).
+
+mod enqueue;
 
 use super::{
     DeadLetter, Enqueued, Entry, Lease, NewEvent, PartitionStats, QueueBackend, QueueError,
@@ -7,11 +9,10 @@ use super::{
 use crate::config::Durability;
 use crate::keys::{Keys, GROUP};
 use crate::redis_conn::{ConnectOptions, Endpoint, RedisConn};
-use crate::routing::partition_of;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, RedisError, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, RedisError, Value};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ struct Inner {
     /// command on a shared socket, and needs a response timeout longer than its BLOCK.
     /// A read takes one out and puts it back only after a clean answer.
     blocking: Mutex<Vec<BlockingConn>>,
+    /// Enqueues waiting for the round trip in flight go out together in the next one.
+    commit: enqueue::GroupCommit,
 }
 
 /// Opens connections for blocking reads.
@@ -135,6 +138,7 @@ impl RedisQueue {
                 stream_maxlen,
                 replication_timeout_ms: None,
                 blocking: Mutex::new(Vec::new()),
+                commit: enqueue::GroupCommit::default(),
             }),
         })
     }
@@ -193,24 +197,96 @@ impl RedisQueue {
         self.inner.conn.clone()
     }
 
-    fn push_enqueue(&self, pipe: &mut redis::Pipeline, ev: &NewEvent) {
-        let keys = &self.inner.keys;
-        let partitions = ev.partitions.max(1);
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(ENQUEUE.get_hash())
-            .arg(2 + partitions);
-        cmd.arg(keys.seen(&ev.channel, &ev.id))
-            .arg(keys.aliases(&ev.channel));
-        for p in 0..partitions {
-            cmd.arg(keys.stream(&ev.channel, p));
+    /// Enqueues `events` in one round trip (one script call per channel, see
+    /// [`enqueue::plan`]) and returns one outcome per event, in order. Err when the round trip
+    /// itself failed; an event whose own write failed carries its error.
+    async fn enqueue_round(
+        &self,
+        events: &[&NewEvent],
+    ) -> Result<Vec<Result<Enqueued, QueueError>>, QueueError> {
+        let calls = enqueue::plan(events);
+        let mut outcomes: Vec<Option<Result<Enqueued, QueueError>>> =
+            events.iter().map(|_| None).collect();
+        let mut todo: Vec<&enqueue::Call> = calls.iter().collect();
+        let mut conn = self.conn();
+        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
+        // script, then re-send just the calls that were refused; the others already ran.
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for call in &todo {
+                enqueue::push_call(
+                    &mut pipe,
+                    ENQUEUE.get_hash(),
+                    &self.inner.keys,
+                    self.inner.dedupe_ttl_secs,
+                    self.inner.stream_maxlen,
+                    events,
+                    call,
+                );
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            if replies.len() != todo.len() {
+                return Err(QueueError::Other(format!(
+                    "pipeline returned {} replies for {} script calls",
+                    replies.len(),
+                    todo.len()
+                )));
+            }
+            let mut again = Vec::new();
+            for (call, reply) in todo.into_iter().zip(replies) {
+                match enqueue::decode_call(reply, call.members.len())? {
+                    enqueue::CallReply::NoScript => again.push(call),
+                    enqueue::CallReply::Outcomes(results) => {
+                        for (&i, r) in call.members.iter().zip(results) {
+                            outcomes[i] = Some(r);
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if round == 1 {
+                return Err(QueueError::Other(
+                    "enqueue script missing even after SCRIPT LOAD".into(),
+                ));
+            }
+            ENQUEUE.load_async(&mut conn).await?;
+            todo = again;
         }
-        cmd.arg(self.inner.dedupe_ttl_secs)
-            .arg(self.inner.stream_maxlen)
-            .arg(&ev.payload);
-        for id in &ev.contact_ids {
-            cmd.arg(id).arg(partition_of(id, partitions));
+        // Duplicates too: their first copy may be the write a replica has not acknowledged.
+        self.confirm_durable_channels(events.iter().map(|e| e.channel.as_str()))
+            .await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|r| r.expect("every event answered"))
+            .collect())
+    }
+}
+
+impl RedisQueue {
+    /// One round trip for `own` events and the waiting callers' `others`; answers each of
+    /// them, then passes the lead on. Returns `own`'s outcomes.
+    async fn lead_round(
+        &self,
+        own: &[NewEvent],
+        others: Vec<enqueue::Waiter>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let _lead = self.inner.commit.leading();
+        let mut events: Vec<&NewEvent> = own.iter().collect();
+        let mut sizes = vec![own.len()];
+        for w in &others {
+            events.extend(w.events());
+            sizes.push(w.events().len());
         }
+        let round = self.enqueue_round(&events).await;
+        let mut answers = enqueue::split_outcomes(round, &sizes).into_iter();
+        let mine = answers.next().expect("one answer per caller");
+        for (waiter, answer) in others.into_iter().zip(answers) {
+            waiter.answer(answer);
+        }
+        mine
     }
 }
 
@@ -390,26 +466,6 @@ fn dead_letter_of(sid: &StreamId) -> DeadLetter {
     }
 }
 
-/// Decodes enqueue.lua's reply: `{0}` or `{1, partition, conversation, entry id}`.
-fn parse_enqueued(v: Value) -> Result<Enqueued, QueueError> {
-    let items: Vec<Value> = redis::from_redis_value(v).map_err(RedisError::from)?;
-    let mut it = items.into_iter();
-    let flag: i64 = match it.next() {
-        Some(v) => redis::from_redis_value(v).map_err(RedisError::from)?,
-        None => return Err(QueueError::Other("empty reply from enqueue.lua".into())),
-    };
-    if flag == 0 {
-        return Ok(Enqueued::Duplicate);
-    }
-    let (partition, conversation, entry_id): (u32, String, String) =
-        redis::from_redis_value(Value::Array(it.collect())).map_err(RedisError::from)?;
-    Ok(Enqueued::Added {
-        partition,
-        conversation,
-        entry_id,
-    })
-}
-
 /// Is this error Redis saying a consumer group or its stream is gone (restart without
 /// persistence)? Also when raised inside a script.
 fn is_nogroup(e: &RedisError) -> bool {
@@ -442,60 +498,25 @@ fn owner_of(value: &str) -> String {
 }
 
 impl QueueBackend for RedisQueue {
-    /// Enqueues a webhook's events: one EVALSHA each, all in one pipeline. Returns one outcome
-    /// per input, in order. Any error means some events may not be durable: the caller must not
-    /// acknowledge the webhook (a retry is safe, dedupe makes it land once).
+    /// Enqueues a webhook's events: in the next round trip to Redis, together with every other
+    /// caller's that arrived while the previous one was in flight (group commit, one script
+    /// call per channel). Returns one outcome per input, in order. Any error means some events
+    /// may not be durable: the caller must not acknowledge the webhook (a retry is safe, dedupe
+    /// makes it land once).
     async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn();
-        let mut results: Vec<Option<Enqueued>> = vec![None; batch.len()];
-        let mut todo: Vec<usize> = (0..batch.len()).collect();
-        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
-        // script, then re-send just the events that were refused; the others already ran.
-        for round in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &todo {
-                self.push_enqueue(&mut pipe, &batch[i]);
-            }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            if replies.len() != todo.len() {
-                return Err(QueueError::Other(format!(
-                    "pipeline returned {} replies for {} events",
-                    replies.len(),
-                    todo.len()
-                )));
-            }
-            let mut again = Vec::new();
-            for (&i, reply) in todo.iter().zip(replies) {
-                match reply {
-                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                        again.push(i)
-                    }
-                    Value::ServerError(e) => return Err(RedisError::from(e).into()),
-                    v => results[i] = Some(parse_enqueued(v)?),
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            if round == 1 {
-                return Err(QueueError::Other(
-                    "enqueue script missing even after SCRIPT LOAD".into(),
-                ));
-            }
-            ENQUEUE.load_async(&mut conn).await?;
-            todo = again;
+        match self.inner.commit.join(batch) {
+            enqueue::Joined::Lead => self.lead_round(batch, Vec::new()).await,
+            enqueue::Joined::Wait(turn) => match turn.await {
+                Ok(enqueue::Turn::Done(outcomes)) => outcomes,
+                Ok(enqueue::Turn::Lead { own, others }) => self.lead_round(&own, others).await,
+                Err(_) => Err(QueueError::Other(
+                    "the enqueue round trip carrying these events was abandoned".into(),
+                )),
+            },
         }
-        // Duplicates too: their first copy may be the write a replica has not acknowledged.
-        self.confirm_durable_channels(batch.iter().map(|e| e.channel.as_str()))
-            .await?;
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every event answered"))
-            .collect())
     }
 
     async fn acquire_lease(
@@ -851,26 +872,5 @@ mod tests {
                 "{src}"
             );
         }
-    }
-
-    #[test]
-    fn enqueue_reply_decoding() {
-        let dup = Value::Array(vec![Value::Int(0)]);
-        assert_eq!(parse_enqueued(dup).unwrap(), Enqueued::Duplicate);
-        let added = Value::Array(vec![
-            Value::Int(1),
-            Value::Int(3),
-            Value::BulkString(b"1555".to_vec()),
-            Value::BulkString(b"1-0".to_vec()),
-        ]);
-        assert_eq!(
-            parse_enqueued(added).unwrap(),
-            Enqueued::Added {
-                partition: 3,
-                conversation: "1555".into(),
-                entry_id: "1-0".into()
-            }
-        );
-        assert!(parse_enqueued(Value::Array(vec![])).is_err());
     }
 }
