@@ -9,6 +9,8 @@
 #
 #   bench/versus-bare.sh                 # build, 3 rounds of 10 s each
 #   SKIP_BUILD=1 ROUNDS=5 DURATION=15 bench/versus-bare.sh
+#   BEFORE_BIN=/tmp/old/target/release/coexist SKIP_BUILD=1 bench/versus-bare.sh
+#                                        # also an earlier build of coexist, in every round
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -72,6 +74,7 @@ start_server() {  # which -> sets SERVER_PID
     case $1 in
     bare) BARE_WORKERS=$WORKERS "$BIN/coexist-bare" "127.0.0.1:$BENCH_HTTP_PORT" "$BENCH_REDIS_URL" 2>"$WORK/bare.log" & ;;
     coexist) "$BIN/coexist" serve --config "$WORK/coexist.toml" 2>"$WORK/coexist.log" & ;;
+    before) "$BEFORE_BIN" serve --config "$WORK/coexist.toml" 2>"$WORK/before.log" & ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 200); do
@@ -101,4 +104,10 @@ for r in $(seq "$ROUNDS"); do
     printf '%-6s %12.0f %12.0f %7.2f   %5.1f %5.1f | %5.1f %5.1f\n' "$r" "$bare" "$cx" \
         "$(awk -v a="$cx" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
         "$bare_srv" "$bare_redis" "$cx_srv" "$cx_redis"
+    if [[ -n ${BEFORE_BIN:-} ]]; then
+        read -r old old_srv old_redis < <(run_one before "$r")
+        printf '%-6s %12s %12.0f %7.2f   %11s | %5.1f %5.1f   (BEFORE_BIN)\n' "$r" "" "$old" \
+            "$(awk -v a="$old" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')" "" \
+            "$old_srv" "$old_redis"
+    fi
 done
