@@ -105,7 +105,8 @@ for r in $(seq "$ROUNDS"); do
         "$(awk -v a="$cx" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
         "$bare_srv" "$bare_redis" "$cx_srv" "$cx_redis"
     if [[ -n ${BEFORE_BIN:-} ]]; then
-        read -r old old_srv old_redis < <(run_one before "$r")
+        # Its own seed: the same wamids again would all be duplicates (cheaper to enqueue).
+        read -r old old_srv old_redis < <(run_one before "$((r + 1000))")
         printf '%-6s %12s %12.0f %7.2f   %11s | %5.1f %5.1f   (BEFORE_BIN)\n' "$r" "" "$old" \
             "$(awk -v a="$old" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')" "" \
             "$old_srv" "$old_redis"
