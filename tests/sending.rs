@@ -84,6 +84,9 @@ async fn closed_window_refuses_free_form_before_http_while_the_template_is_sent(
     let _w = d.spawn_worker("w0");
 
     d.wait_drained(WABA, contact, Duration::from_secs(15)).await;
+    // The template leaves after the commit (sending drains): wait for it, then a moment for
+    // anything that should not come.
+    wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reqs = d.graph.requests();
     assert_eq!(
@@ -191,6 +194,9 @@ async fn graph_131047_is_final_and_closes_the_window_for_the_next_free_form_repl
     );
     d.enqueue(&[&s]).await;
     d.wait_drained(WABA, contact, Duration::from_secs(10)).await;
+    // The template leaves after the commit (sending drains): wait for it, then a moment for
+    // anything that should not come.
+    wait_requests(&d.graph, MESSAGES, 2, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let reqs = d.graph.requests();
     let kinds: Vec<(&str, &str)> = reqs
@@ -718,6 +724,9 @@ async fn forward_protocol_signature_event_id_empty_answers_and_state() {
         );
         assert_eq!(c.status, 200);
     }
+    // Sending drains after the commit, so the reply may leave after the stream is drained:
+    // wait for it. A reply of m[0] or m[1] would sit ahead of it in the customer's lane.
+    wait_requests(&d.graph, MESSAGES, 1, Duration::from_secs(15)).await;
     let reqs = d.graph.requests();
     assert_eq!(reqs.len(), 1, "{{}} and an empty body send nothing");
     assert_eq!(key_of(&reqs[0]), "wamid.proto.2:0");
