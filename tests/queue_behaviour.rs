@@ -1143,4 +1143,29 @@ mod group_commit {
         }
         assert_eq!(total, unique.len());
     }
+    /// A webhook dropped while it waits or while its round trip runs (the client hung up)
+    /// hands the lead on: the webhooks after it still go through, and nothing stalls.
+    #[tokio::test]
+    async fn dropped_webhooks_do_not_stall_the_line() {
+        let url = support::shared_url();
+        let keys = support::keys();
+        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
+            .await
+            .unwrap();
+        let batches: Vec<Vec<NewEvent>> = (0..200)
+            .map(|i| vec![event(&format!("dropped.{i}"), 4, &["15557777"])])
+            .collect();
+        // Cut off after 0–2 ms: leaders mid-round and callers still in line are dropped.
+        let cut = futures_util::future::join_all(batches.iter().enumerate().map(|(i, b)| {
+            tokio::time::timeout(Duration::from_micros((i as u64 * 10) % 2_000), q.enqueue(b))
+        }))
+        .await;
+        assert!(cut.iter().any(|r| r.is_err()), "some callers were dropped");
+        let after = event("after-the-drops", 4, &["15557777"]);
+        let out = tokio::time::timeout(Duration::from_secs(5), q.enqueue(&[after]))
+            .await
+            .expect("the line moves on after dropped callers")
+            .unwrap();
+        assert!(matches!(out[0], Enqueued::Added { .. }), "{out:?}");
+    }
 }

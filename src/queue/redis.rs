@@ -263,9 +263,7 @@ impl RedisQueue {
             .map(|r| r.expect("every event answered"))
             .collect())
     }
-}
 
-impl RedisQueue {
     /// One round trip for `own` events and the waiting callers' `others`; answers each of
     /// them, then passes the lead on. Returns `own`'s outcomes.
     async fn lead_round(

@@ -24,8 +24,8 @@ pub(super) struct Call {
 
 /// Groups `events` into script calls: one per channel (and partition count), in order of first
 /// appearance, keeping each channel's events in their given order, at most
-/// [`MAX_EVENTS_PER_CALL`] per call. Pure: the order of events of one conversation is decided
-/// here and nowhere else.
+/// [`MAX_EVENTS_PER_CALL`] per call. Pure; the calls of one round trip run in this order, so a
+/// channel's events reach Redis in the order they were given.
 pub(super) fn plan(events: &[&NewEvent]) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::new();
     // Index of the open (not yet full) call of each (channel, partitions).
@@ -140,8 +140,7 @@ fn decode_outcome(v: Value) -> Result<Enqueued, QueueError> {
 /// arrive while all are taken wait in line, and when one returns, the first of them leads the
 /// next round trip for all of them at once. Under load a round trip carries the events of many
 /// webhooks in one script call per channel (Redis pays the script's fixed cost once, and one
-/// socket write and read serve them all), and Redis always has the next round queued behind
-/// the one it runs; an idle receiver still sends each webhook at once. Every caller gets back
+/// socket write and read serve them all); an idle receiver still sends each webhook at once. Every caller gets back
 /// exactly its own outcomes, and nobody is answered before Redis answered for its events.
 /// Events of one webhook stay together and in order; separate webhooks were never ordered
 /// against each other (Meta does not order its POSTs either).
@@ -150,8 +149,9 @@ pub(super) struct GroupCommit {
     state: Mutex<Line>,
 }
 
-/// Round trips one receiver keeps in flight at most: one being run by Redis, one queued
-/// behind it (measured: with one, Redis and the receiver took turns and the machine idled).
+/// Round trips one receiver keeps in flight at most: one being run by Redis, one queued behind
+/// it. One to sixteen measured the same within noise (BENCHMARKS.md, "Group commit"); two keeps
+/// Redis from waiting for the receiver between rounds without splitting the groups finer.
 pub(super) const ROUNDS_IN_FLIGHT: usize = 2;
 
 #[derive(Default)]
@@ -255,12 +255,8 @@ impl Drop for LeaderGuard<'_> {
 }
 
 /// The same failure for another caller of a shared round trip (`RedisError` is not `Clone`).
-pub(super) fn shared_error(e: &QueueError) -> QueueError {
+fn shared_error(e: &QueueError) -> QueueError {
     match e {
-        QueueError::LeaseLost { channel, partition } => QueueError::LeaseLost {
-            channel: channel.clone(),
-            partition: *partition,
-        },
         QueueError::NotReplicated {
             channel,
             timeout_ms,
@@ -280,9 +276,8 @@ pub(super) fn split_outcomes(
 ) -> Vec<Result<Vec<Enqueued>, QueueError>> {
     match round {
         Err(e) => {
-            let mut answers: Vec<_> = sizes[1..].iter().map(|_| Err(shared_error(&e))).collect();
-            answers.insert(0, Err(e));
-            answers
+            let others: Vec<_> = sizes[1..].iter().map(|_| Err(shared_error(&e))).collect();
+            std::iter::once(Err(e)).chain(others).collect()
         }
         Ok(outcomes) => {
             let mut it = outcomes.into_iter();
