@@ -1143,8 +1143,63 @@ mod group_commit {
         }
         assert_eq!(total, unique.len());
     }
+    /// The round trip leaves and comes back while the receiver's thread is busy (parsing other
+    /// webhooks, say): it is sent from a thread of its own, so Redis never waits for the
+    /// receiver's runtime to get round to it. Led from the caller's runtime, nothing reached
+    /// Redis until that runtime was free again.
+    #[test]
+    fn round_trips_go_out_while_the_receivers_thread_is_busy() {
+        let url = support::shared_url();
+        let keys = support::keys();
+        let receiver = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        receiver.block_on(async {
+            let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
+                .await
+                .unwrap();
+            let batch = vec![event("busy.1", 4, &["15558888"])];
+            let mut enqueue = Box::pin(q.enqueue(&batch));
+            assert!(
+                futures_util::FutureExt::now_or_never(&mut enqueue).is_none(),
+                "joined the line"
+            );
+            // This thread is now busy (blocked in `join`) until the event is seen in Redis.
+            let (url, keys) = (url.clone(), keys.clone());
+            let landed = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < deadline {
+                        let mut n = 0;
+                        for p in 0..4 {
+                            n += support::xlen(&url, &keys.stream(CH, p)).await;
+                        }
+                        if n > 0 {
+                            return true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    false
+                })
+            })
+            .join()
+            .unwrap();
+            assert!(
+                landed,
+                "the event reached Redis while the caller's thread was busy"
+            );
+            let out = enqueue.await.unwrap();
+            assert!(matches!(out[0], Enqueued::Added { .. }), "{out:?}");
+        });
+    }
+
     /// A webhook dropped while it waits or while its round trip runs (the client hung up)
-    /// hands the lead on: the webhooks after it still go through, and nothing stalls.
+    /// stalls nothing: the webhooks after it still go through.
     #[tokio::test]
     async fn dropped_webhooks_do_not_stall_the_line() {
         let url = support::shared_url();

@@ -1,6 +1,8 @@
 //! Redis Streams queue: one stream per channel partition; dedupe and alias resolution in one
-//! Lua script call per channel and round trip (see [`enqueue`]).
+//! Lua script call per channel and round trip (see [`enqueue`]), sent by a thread of its own
+//! (see [`committer`]).
 
+mod committer;
 mod enqueue;
 
 use super::{
@@ -12,7 +14,7 @@ use crate::redis_conn::{ConnectOptions, Endpoint, RedisConn};
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, RedisError, Value};
+use redis::{AsyncConnectionConfig, RedisError};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -55,7 +57,6 @@ struct Inner {
     blocking_source: BlockingSource,
     conn: RedisConn,
     keys: Keys,
-    dedupe_ttl_secs: u64,
     stream_maxlen: u64,
     /// `durability = "replicated"`: how long a write may wait for one replica (`WAIT 1 t`).
     replication_timeout_ms: Option<u64>,
@@ -63,8 +64,9 @@ struct Inner {
     /// command on a shared socket, and needs a response timeout longer than its BLOCK.
     /// A read takes one out and puts it back only after a clean answer.
     blocking: Mutex<Vec<BlockingConn>>,
-    /// Enqueues waiting for the round trip in flight go out together in the next one.
-    commit: enqueue::GroupCommit,
+    /// Enqueues waiting for the round trip in flight go out together in the next one, sent
+    /// from the committer's own thread and connection.
+    committer: committer::Committer,
 }
 
 /// Opens connections for blocking reads.
@@ -129,16 +131,21 @@ impl RedisQueue {
         };
         let mut conn = RedisConn::connect(endpoint, options).await?;
         ENQUEUE.load_async(&mut conn).await?;
+        let rounds = enqueue::Rounds {
+            keys: keys.clone(),
+            dedupe_ttl_secs: dedupe_ttl_secs.max(1),
+            stream_maxlen,
+        };
+        let committer = committer::Committer::start(endpoint, options, rounds).await?;
         Ok(RedisQueue {
             inner: Arc::new(Inner {
                 blocking_source,
                 conn,
                 keys,
-                dedupe_ttl_secs: dedupe_ttl_secs.max(1),
                 stream_maxlen,
                 replication_timeout_ms: None,
                 blocking: Mutex::new(Vec::new()),
-                commit: enqueue::GroupCommit::default(),
+                committer,
             }),
         })
     }
@@ -154,138 +161,64 @@ impl RedisQueue {
         let inner = Arc::get_mut(&mut self.inner).expect("with_durability before any clone");
         inner.replication_timeout_ms =
             (durability == Durability::Replicated).then_some(timeout_ms.max(1));
+        inner
+            .committer
+            .set_replication_timeout(inner.replication_timeout_ms);
         self
     }
 
     /// Waits for one replica of each node holding one of `channels` to have every write made
-    /// so far on this connection (the WAIT runs on the connection that carried the writes, so
-    /// it covers them). Nothing to do with `durability = "local"`.
+    /// so far on the shared connection (the WAIT runs on the connection that carried the
+    /// writes, so it covers them; enqueues wait on their own, see [`enqueue::Rounds`]). Nothing
+    /// to do with `durability = "local"`.
     pub async fn confirm_durable_channels<'a>(
         &self,
         channels: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), QueueError> {
-        let Some(timeout_ms) = self.inner.replication_timeout_ms else {
-            return Ok(());
-        };
-        let mut channels: Vec<&str> = channels.into_iter().collect();
-        channels.sort_unstable();
-        channels.dedup();
-        // One WAIT per slot, all at once (on a cluster, several masters wait in parallel; on
-        // one node each WAIT after the first finds the replica already there).
-        let waits = channels.iter().map(|ch| {
-            let mut conn = self.conn();
-            let key = self.inner.keys.aliases(ch);
-            async move {
-                let acked = conn.wait_for_replicas(&key, 1, timeout_ms).await?;
-                if acked < 1 {
-                    return Err(QueueError::NotReplicated {
-                        channel: ch.to_string(),
-                        timeout_ms,
-                    });
-                }
-                Ok(())
+        match self.inner.replication_timeout_ms {
+            None => Ok(()),
+            Some(timeout_ms) => {
+                confirm_durable_on(&self.conn(), &self.inner.keys, timeout_ms, channels).await
             }
-        });
-        for r in futures_util::future::join_all(waits).await {
-            r?;
         }
-        Ok(())
     }
 
     /// The shared multiplexed connection (cheap clone).
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
+}
 
-    /// Enqueues `events` in one round trip (one script call per channel, see
-    /// [`enqueue::plan`]) and returns one outcome per event, in order. Err when the round trip
-    /// itself failed; an event whose own write failed carries its error.
-    async fn enqueue_round(
-        &self,
-        events: &[&NewEvent],
-    ) -> Result<Vec<Result<Enqueued, QueueError>>, QueueError> {
-        let calls = enqueue::plan(events);
-        let mut outcomes: Vec<Option<Result<Enqueued, QueueError>>> =
-            events.iter().map(|_| None).collect();
-        let mut todo: Vec<&enqueue::Call> = calls.iter().collect();
-        let mut conn = self.conn();
-        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
-        // script, then re-send just the calls that were refused; the others already ran.
-        for round in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for call in &todo {
-                enqueue::push_call(
-                    &mut pipe,
-                    ENQUEUE.get_hash(),
-                    &self.inner.keys,
-                    self.inner.dedupe_ttl_secs,
-                    self.inner.stream_maxlen,
-                    events,
-                    call,
-                );
+/// One WAIT per slot of `channels` on `conn`, all at once (on a cluster, several masters wait
+/// in parallel; on one node each WAIT after the first finds the replica already there): Err
+/// unless one replica has every write `conn` made so far.
+async fn confirm_durable_on<'a>(
+    conn: &RedisConn,
+    keys: &Keys,
+    timeout_ms: u64,
+    channels: impl IntoIterator<Item = &'a str>,
+) -> Result<(), QueueError> {
+    let mut channels: Vec<&str> = channels.into_iter().collect();
+    channels.sort_unstable();
+    channels.dedup();
+    let waits = channels.iter().map(|ch| {
+        let mut conn = conn.clone();
+        let key = keys.aliases(ch);
+        async move {
+            let acked = conn.wait_for_replicas(&key, 1, timeout_ms).await?;
+            if acked < 1 {
+                return Err(QueueError::NotReplicated {
+                    channel: ch.to_string(),
+                    timeout_ms,
+                });
             }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            if replies.len() != todo.len() {
-                return Err(QueueError::Other(format!(
-                    "pipeline returned {} replies for {} script calls",
-                    replies.len(),
-                    todo.len()
-                )));
-            }
-            let mut again = Vec::new();
-            for (call, reply) in todo.into_iter().zip(replies) {
-                match enqueue::decode_call(reply, call.members.len())? {
-                    enqueue::CallReply::NoScript => again.push(call),
-                    enqueue::CallReply::Outcomes(results) => {
-                        for (&i, r) in call.members.iter().zip(results) {
-                            outcomes[i] = Some(r);
-                        }
-                    }
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            if round == 1 {
-                return Err(QueueError::Other(
-                    "enqueue script missing even after SCRIPT LOAD".into(),
-                ));
-            }
-            ENQUEUE.load_async(&mut conn).await?;
-            todo = again;
+            Ok(())
         }
-        // Duplicates too: their first copy may be the write a replica has not acknowledged.
-        self.confirm_durable_channels(events.iter().map(|e| e.channel.as_str()))
-            .await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|r| r.expect("every event answered"))
-            .collect())
+    });
+    for r in futures_util::future::join_all(waits).await {
+        r?;
     }
-
-    /// One round trip for `own` events and the waiting callers' `others`; answers each of
-    /// them, then passes the lead on. Returns `own`'s outcomes.
-    async fn lead_round(
-        &self,
-        own: &[NewEvent],
-        others: Vec<enqueue::Waiter>,
-    ) -> Result<Vec<Enqueued>, QueueError> {
-        let _lead = self.inner.commit.leading();
-        let mut events: Vec<&NewEvent> = own.iter().collect();
-        let mut sizes = vec![own.len()];
-        for w in &others {
-            events.extend(w.events());
-            sizes.push(w.events().len());
-        }
-        let round = self.enqueue_round(&events).await;
-        let mut answers = enqueue::split_outcomes(round, &sizes).into_iter();
-        let mine = answers.next().expect("one answer per caller");
-        for (waiter, answer) in others.into_iter().zip(answers) {
-            waiter.answer(answer);
-        }
-        mine
-    }
+    Ok(())
 }
 
 /// Consumer side: leases, reads, acks, dead letters, timers, stats.
@@ -505,16 +438,7 @@ impl QueueBackend for RedisQueue {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        match self.inner.commit.join(batch) {
-            enqueue::Joined::Lead => self.lead_round(batch, Vec::new()).await,
-            enqueue::Joined::Wait(turn) => match turn.await {
-                Ok(enqueue::Turn::Done(outcomes)) => outcomes,
-                Ok(enqueue::Turn::Lead { own, others }) => self.lead_round(&own, others).await,
-                Err(_) => Err(QueueError::Other(
-                    "the enqueue round trip carrying these events was abandoned".into(),
-                )),
-            },
-        }
+        self.inner.committer.commit(batch).await
     }
 
     async fn acquire_lease(

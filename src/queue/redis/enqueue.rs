@@ -1,15 +1,15 @@
 //! The Redis side of enqueueing: events go to Redis in groups, one `enqueue.lua` call per
 //! channel, so the script's fixed cost (and one HMGET of aliases) is paid once per group rather
 //! than once per event. A group is every event of one channel in one round trip: a batched
-//! POST, and with [`GroupCommit`] also the events of every other webhook that arrived while the
-//! previous round trip was in flight.
+//! POST, and with the [`super::committer`] also the events of every other webhook that arrived
+//! while the previous round trip was in flight.
 
 use super::super::{Enqueued, NewEvent, QueueError};
+use super::{confirm_durable_on, ENQUEUE};
 use crate::keys::Keys;
+use crate::redis_conn::RedisConn;
 use crate::routing::partition_of;
 use redis::{RedisError, ServerErrorKind, Value};
-use std::sync::Mutex;
-use tokio::sync::oneshot;
 
 /// At most this many events go into one script call (bounds its argument list and the time
 /// Redis spends in one script; a larger group is split into several calls).
@@ -136,121 +136,84 @@ fn decode_outcome(v: Value) -> Result<Enqueued, QueueError> {
     }
 }
 
-/// Group commit for enqueues. Up to [`ROUNDS_IN_FLIGHT`] round trips run at once; callers that
-/// arrive while all are taken wait in line, and when one returns, the first of them leads the
-/// next round trip for all of them at once. Under load a round trip carries the events of many
-/// webhooks in one script call per channel (Redis pays the script's fixed cost once, and one
-/// socket write and read serve them all); an idle receiver still sends each webhook at once. Every caller gets back
-/// exactly its own outcomes, and nobody is answered before Redis answered for its events.
-/// Events of one webhook stay together and in order; separate webhooks were never ordered
-/// against each other (Meta does not order its POSTs either).
-#[derive(Default)]
-pub(super) struct GroupCommit {
-    state: Mutex<Line>,
+/// What one round trip needs besides its events and connection: key names and the stream
+/// limits. Runs on the committer thread.
+pub(in crate::queue) struct Rounds {
+    pub keys: Keys,
+    pub dedupe_ttl_secs: u64,
+    pub stream_maxlen: u64,
 }
 
-/// Round trips one receiver keeps in flight at most: one being run by Redis, one queued behind
-/// it. One to sixteen measured the same within noise (BENCHMARKS.md, "Group commit"); two keeps
-/// Redis from waiting for the receiver between rounds without splitting the groups finer.
-pub(super) const ROUNDS_IN_FLIGHT: usize = 2;
-
-#[derive(Default)]
-struct Line {
-    /// Round trips in flight (or whose leaders are about to send them).
-    leading: usize,
-    waiting: Vec<Waiter>,
-}
-
-pub(super) struct Waiter {
-    events: Vec<NewEvent>,
-    turn: oneshot::Sender<Turn>,
-}
-
-impl Waiter {
-    pub(super) fn events(&self) -> &[NewEvent] {
-        &self.events
-    }
-
-    /// Hands the outcomes of this waiter's events back to it.
-    pub(super) fn answer(self, outcomes: Result<Vec<Enqueued>, QueueError>) {
-        // Its caller may be gone (the client hung up): its events went in all the same.
-        let _ = self.turn.send(Turn::Done(outcomes));
-    }
-}
-
-/// What a waiting caller is woken with.
-pub(super) enum Turn {
-    Done(Result<Vec<Enqueued>, QueueError>),
-    /// Lead the next round trip: your own events, then everybody else's who waited.
-    Lead {
-        own: Vec<NewEvent>,
-        others: Vec<Waiter>,
-    },
-}
-
-/// How a caller joins the line.
-pub(super) enum Joined {
-    /// Nothing in flight: send your events now.
-    Lead,
-    /// Wait for your turn.
-    Wait(oneshot::Receiver<Turn>),
-}
-
-impl GroupCommit {
-    pub(super) fn join(&self, events: &[NewEvent]) -> Joined {
-        let mut line = self.line();
-        if line.leading < ROUNDS_IN_FLIGHT {
-            line.leading += 1;
-            return Joined::Lead;
-        }
-        let (turn, rx) = oneshot::channel();
-        line.waiting.push(Waiter {
-            events: events.to_vec(),
-            turn,
-        });
-        Joined::Wait(rx)
-    }
-
-    /// Held by a leader while its round trip runs; dropping it (done, or the leader's future
-    /// dropped halfway) passes the lead to the first waiter, so the line never stalls.
-    pub(super) fn leading(&self) -> LeaderGuard<'_> {
-        LeaderGuard { commit: self }
-    }
-
-    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn hand_off(&self) {
-        let mut line = self.line();
-        loop {
-            if line.waiting.is_empty() {
-                line.leading -= 1;
-                return;
+impl Rounds {
+    /// Enqueues `events` in one round trip (one script call per channel, see [`plan`]) and
+    /// returns one outcome per event, in order. Err when the round trip itself failed; an
+    /// event whose own write failed carries its error. With `replication_timeout_ms`, waits
+    /// for one replica on `conn`, the connection that carried the writes.
+    pub(super) async fn run(
+        &self,
+        mut conn: RedisConn,
+        replication_timeout_ms: Option<u64>,
+        events: &[&NewEvent],
+    ) -> Result<Vec<Result<Enqueued, QueueError>>, QueueError> {
+        let calls = plan(events);
+        let mut outcomes: Vec<Option<Result<Enqueued, QueueError>>> =
+            events.iter().map(|_| None).collect();
+        let mut todo: Vec<&Call> = calls.iter().collect();
+        // Second round only after NOSCRIPT (Redis restarted and lost its script cache): load the
+        // script, then re-send just the calls that were refused; the others already ran.
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for call in &todo {
+                push_call(
+                    &mut pipe,
+                    ENQUEUE.get_hash(),
+                    &self.keys,
+                    self.dedupe_ttl_secs,
+                    self.stream_maxlen,
+                    events,
+                    call,
+                );
             }
-            let mut others = std::mem::take(&mut line.waiting);
-            let first = others.remove(0);
-            match first.turn.send(Turn::Lead {
-                own: first.events,
-                others,
-            }) {
-                Ok(()) => return,
-                // That caller is gone: the next one leads, with the gone caller's events
-                // dropped (nobody waits for their outcome; the sender will retry them).
-                Err(Turn::Lead { others, .. }) => line.waiting = others,
-                Err(Turn::Done(_)) => unreachable!("a lead turn comes back as sent"),
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            if replies.len() != todo.len() {
+                return Err(QueueError::Other(format!(
+                    "pipeline returned {} replies for {} script calls",
+                    replies.len(),
+                    todo.len()
+                )));
             }
+            let mut again = Vec::new();
+            for (call, reply) in todo.into_iter().zip(replies) {
+                match decode_call(reply, call.members.len())? {
+                    CallReply::NoScript => again.push(call),
+                    CallReply::Outcomes(results) => {
+                        for (&i, r) in call.members.iter().zip(results) {
+                            outcomes[i] = Some(r);
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if round == 1 {
+                return Err(QueueError::Other(
+                    "enqueue script missing even after SCRIPT LOAD".into(),
+                ));
+            }
+            ENQUEUE.load_async(&mut conn).await?;
+            todo = again;
         }
-    }
-}
-
-pub(super) struct LeaderGuard<'a> {
-    commit: &'a GroupCommit,
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        self.commit.hand_off();
+        if let Some(timeout_ms) = replication_timeout_ms {
+            // Duplicates too: their first copy may be the write a replica has not acknowledged.
+            let channels = events.iter().map(|e| e.channel.as_str());
+            confirm_durable_on(&conn, &self.keys, timeout_ms, channels).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|r| r.expect("every event answered"))
+            .collect())
     }
 }
 
@@ -392,47 +355,5 @@ mod tests {
         let failed = split_outcomes(Err(QueueError::Other("down".into())), &[1, 3]);
         assert!(failed.iter().all(|a| a.is_err()));
         assert_eq!(failed.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn the_line_hands_the_lead_on_and_skips_callers_that_left() {
-        let commit = GroupCommit::default();
-        let e = ev("a", "1");
-        for _ in 0..ROUNDS_IN_FLIGHT {
-            assert!(matches!(
-                commit.join(std::slice::from_ref(&e)),
-                Joined::Lead
-            ));
-        }
-        let Joined::Wait(gone) = commit.join(std::slice::from_ref(&e)) else {
-            panic!("second caller waits")
-        };
-        let Joined::Wait(next) = commit.join(&[e.clone(), e.clone()]) else {
-            panic!("third caller waits")
-        };
-        drop(gone);
-        drop(commit.leading());
-        match next.await.unwrap() {
-            Turn::Lead { own, others } => {
-                assert_eq!(
-                    own.len(),
-                    2,
-                    "the first caller still there leads with its events"
-                );
-                assert!(others.is_empty());
-            }
-            Turn::Done(_) => panic!("expected the lead"),
-        }
-        // The new leader finishes: nobody waits, so the next caller leads at once, and only
-        // that one (the other rounds are still in flight).
-        drop(commit.leading());
-        assert!(matches!(
-            commit.join(std::slice::from_ref(&e)),
-            Joined::Lead
-        ));
-        assert!(matches!(
-            commit.join(std::slice::from_ref(&e)),
-            Joined::Wait(_)
-        ));
     }
 }
