@@ -1045,7 +1045,7 @@ mod redis_failures {
     }
 }
 
-/// Group commit (`queue/redis/enqueue.rs`): webhooks that arrive while a round trip is in
+/// Group commit (`queue/redis/committer.rs`): webhooks that arrive while a round trip is in
 /// flight share the next one, and each still gets exactly its own outcomes.
 mod group_commit {
     use super::*;
