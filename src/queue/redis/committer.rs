@@ -36,6 +36,9 @@ struct Line {
     /// Wakes the committer: someone joined the line, or the queue was dropped.
     joined: Notify,
     closed: AtomicBool,
+    /// The committer thread is gone (it could not start, or it panicked): nobody will answer,
+    /// so callers are turned away at once instead of waiting forever.
+    stopped: AtomicBool,
     /// `durability = "replicated"`: WAIT timeout in ms (0: local durability).
     replication_timeout_ms: AtomicU64,
 }
@@ -61,6 +64,7 @@ impl Committer {
         std::thread::Builder::new()
             .name("coexist-enqueue".into())
             .spawn(move || {
+                let _stopped = StopOnExit(shared.clone());
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -122,10 +126,29 @@ impl Drop for Committer {
     }
 }
 
+/// Marks the line stopped when the committer thread ends, however it ends.
+struct StopOnExit(Arc<Line>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 impl Line {
     fn join(&self, waiter: Waiter) {
         self.lock().push(waiter);
+        if self.stopped.load(Ordering::Acquire) {
+            // Dropping the waiters answers their callers with an error.
+            self.take_all();
+        }
         self.joined.notify_one();
+    }
+
+    /// No committer any more: turns away everybody in line now and everybody who joins later.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.take_all();
     }
 
     /// Everybody in line, in the order they joined; empty if nobody is.
@@ -240,6 +263,23 @@ mod tests {
         line.joined.notify_one();
         assert_eq!(line.next_group().await.unwrap().len(), 1);
         assert!(line.next_group().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn callers_are_turned_away_once_the_committer_is_gone() {
+        let line = Line::default();
+        let (waiting, in_line) = waiter("waiting");
+        line.join(waiting);
+        line.stop();
+        let answered = |rx| tokio::time::timeout(std::time::Duration::from_secs(1), rx);
+        let in_line = answered(in_line)
+            .await
+            .expect("the caller in line is answered");
+        assert!(in_line.is_err(), "with an error");
+        let (late, after) = waiter("late");
+        line.join(late);
+        let after = answered(after).await.expect("a later caller does not wait");
+        assert!(after.is_err(), "with an error");
     }
 
     #[test]
