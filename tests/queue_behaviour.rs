@@ -94,6 +94,13 @@ fn event(id: &str, partitions: u32, contacts: &[&str]) -> NewEvent {
     }
 }
 
+/// A Redis queue on `url` under `keys`: dedupe for an hour, streams uncapped.
+async fn queue_at(url: &str, keys: &Keys) -> RedisQueue {
+    RedisQueue::connect(url, keys.clone(), 3600, 0)
+        .await
+        .unwrap()
+}
+
 fn added(e: &Enqueued) -> (u32, String, String) {
     match e {
         Enqueued::Added {
@@ -806,9 +813,7 @@ mod redis_failures {
     async fn down_is_an_error_and_retry_lands_once() {
         let server = RedisServer::start(RedisOptions { appendonly: true });
         let keys = support::keys();
-        let q = RedisQueue::connect(&server.url(), keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &keys).await;
         let all = batch(6);
         // The first webhook got half its events in before the failure...
         let first = q.enqueue(&all[..3]).await.unwrap();
@@ -853,9 +858,7 @@ mod redis_failures {
         // pipeline gets NOSCRIPT and must be reloaded, not reported as a failure.
         let server = RedisServer::start(RedisOptions::default());
         let keys = support::keys();
-        let q = RedisQueue::connect(&server.url(), keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &keys).await;
         q.enqueue(&batch(2)).await.unwrap();
         server.kill();
         assert!(q.enqueue(&batch(4)).await.is_err());
@@ -871,9 +874,7 @@ mod redis_failures {
     async fn script_flush_is_recovered() {
         let server = RedisServer::start(RedisOptions::default());
         let keys = support::keys();
-        let q = RedisQueue::connect(&server.url(), keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &keys).await;
         let mut con = support::connection(&server.url()).await;
         let _: () = ::redis::cmd("SCRIPT")
             .arg("FLUSH")
@@ -929,9 +930,7 @@ mod redis_failures {
     async fn a_failed_append_leaves_no_dedupe_marker() {
         let url = support::shared_url();
         let keys = support::keys();
-        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&url, &keys).await;
         let mut con = support::connection(&url).await;
         let stream = keys.stream(CH, 0);
         let _: () = ::redis::cmd("SET")
@@ -968,9 +967,7 @@ mod redis_failures {
     async fn restart_without_persistence_recreates_the_group() {
         let server = RedisServer::start(RedisOptions::default());
         let keys = support::keys();
-        let q = RedisQueue::connect(&server.url(), keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &keys).await;
         q.ensure_group(CH, 0).await.unwrap();
         q.enqueue(&[event("before", 1, &["1555"])]).await.unwrap();
         let l = q.acquire_lease(CH, 0, "w", 30_000).await.unwrap().unwrap();
@@ -999,9 +996,7 @@ mod redis_failures {
     #[tokio::test]
     async fn blocked_read_fails_cleanly_when_redis_dies() {
         let server = RedisServer::start(RedisOptions::default());
-        let q = RedisQueue::connect(&server.url(), support::keys(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &support::keys()).await;
         q.ensure_group(CH, 0).await.unwrap();
         let l = q.acquire_lease(CH, 0, "w", 60_000).await.unwrap().unwrap();
         let q2 = q.clone();
@@ -1019,9 +1014,7 @@ mod redis_failures {
     async fn appendonly_restart_keeps_leases_and_pending() {
         // With AOF, a restart loses nothing: the lease, the fence and the PEL survive.
         let server = RedisServer::start(RedisOptions { appendonly: true });
-        let q = RedisQueue::connect(&server.url(), support::keys(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&server.url(), &support::keys()).await;
         q.enqueue(&[event("a1", 1, &["1555"]), event("a2", 1, &["1555"])])
             .await
             .unwrap();
@@ -1089,9 +1082,7 @@ mod group_commit {
         let server = RedisServer::start(RedisOptions::default());
         let url = server.url();
         let keys = support::keys();
-        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&url, &keys).await;
         let before = evalsha_calls(&url).await;
         let batches: Vec<Vec<NewEvent>> = (0..300).map(batch_of).collect();
         let outcomes = futures_util::future::join_all(batches.iter().map(|b| q.enqueue(b))).await;
@@ -1156,9 +1147,7 @@ mod group_commit {
             .build()
             .unwrap();
         receiver.block_on(async {
-            let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
-                .await
-                .unwrap();
+            let q = queue_at(&url, &keys).await;
             let batch = vec![event("busy.1", 4, &["15558888"])];
             let mut enqueue = Box::pin(q.enqueue(&batch));
             assert!(
@@ -1199,18 +1188,18 @@ mod group_commit {
     }
 
     /// A webhook dropped while it waits or while its round trip runs (the client hung up)
-    /// stalls nothing: the webhooks after it still go through.
+    /// stalls nothing: the webhooks after it still go through, and the dropped one's events
+    /// went in all the same (its sender's retry is then a duplicate).
     #[tokio::test]
     async fn dropped_webhooks_do_not_stall_the_line() {
         let url = support::shared_url();
         let keys = support::keys();
-        let q = RedisQueue::connect(&url, keys.clone(), 3600, 0)
-            .await
-            .unwrap();
+        let q = queue_at(&url, &keys).await;
         let batches: Vec<Vec<NewEvent>> = (0..200)
             .map(|i| vec![event(&format!("dropped.{i}"), 4, &["15557777"])])
             .collect();
-        // Cut off after 0–2 ms: leaders mid-round and callers still in line are dropped.
+        // Cut off after 0–2 ms: callers in line and callers whose round trip is out are
+        // dropped (each was polled once, so each joined the line).
         let cut = futures_util::future::join_all(batches.iter().enumerate().map(|(i, b)| {
             tokio::time::timeout(Duration::from_micros((i as u64 * 10) % 2_000), q.enqueue(b))
         }))
@@ -1222,5 +1211,8 @@ mod group_commit {
             .expect("the line moves on after dropped callers")
             .unwrap();
         assert!(matches!(out[0], Enqueued::Added { .. }), "{out:?}");
+        // Round trips leave and are answered in order: every earlier one has run by now.
+        let stream = keys.stream(CH, partition_of("15557777", 4));
+        assert_eq!(support::xlen(&url, &stream).await, 201, "no event was lost");
     }
 }
