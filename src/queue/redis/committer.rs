@@ -59,37 +59,10 @@ impl Committer {
     ) -> Result<Committer, QueueError> {
         let line = Arc::new(Line::default());
         let (connected, outcome) = oneshot::channel();
-        let endpoint = endpoint.clone();
-        let shared = line.clone();
+        let (endpoint, shared) = (endpoint.clone(), line.clone());
         std::thread::Builder::new()
             .name("coexist-enqueue".into())
-            .spawn(move || {
-                let _stopped = StopOnExit(shared.clone());
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = connected.send(Err(QueueError::Other(format!(
-                            "could not start the enqueue thread's runtime: {e}"
-                        ))));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let conn = match RedisConn::connect(&endpoint, options).await {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            let _ = connected.send(Err(e.into()));
-                            return;
-                        }
-                    };
-                    if connected.send(Ok(())).is_ok() {
-                        commit_loop(shared, Arc::new(rounds), conn).await;
-                    }
-                });
-            })
+            .spawn(move || committer_thread(shared, endpoint, options, rounds, connected))
             .map_err(|e| QueueError::Other(format!("could not start the enqueue thread: {e}")))?;
         outcome.await.map_err(|_| {
             QueueError::Other("the enqueue thread stopped while connecting".into())
@@ -178,6 +151,42 @@ impl Line {
             self.joined.notified().await;
         }
     }
+}
+
+/// The committer thread: its own runtime and connection (reported on `connected`), then the
+/// commit loop until the queue is dropped. However it ends, the line is stopped.
+fn committer_thread(
+    line: Arc<Line>,
+    endpoint: Endpoint,
+    options: ConnectOptions,
+    rounds: Rounds,
+    connected: oneshot::Sender<Result<(), QueueError>>,
+) {
+    let _stopped = StopOnExit(line.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = connected.send(Err(QueueError::Other(format!(
+                "could not start the enqueue thread's runtime: {e}"
+            ))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match RedisConn::connect(&endpoint, options).await {
+            Err(e) => {
+                let _ = connected.send(Err(e.into()));
+            }
+            Ok(conn) => {
+                if connected.send(Ok(())).is_ok() {
+                    commit_loop(line, Arc::new(rounds), conn).await;
+                }
+            }
+        }
+    });
 }
 
 /// Sends whoever is in line as soon as a round may leave, until the queue is dropped; then
