@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 BROADCAST=${BROADCAST:-100000}
@@ -29,7 +30,6 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
 fi
 BIN=$ROOT/target/release/coexist
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 WORK=$(mktemp -d /tmp/coexist-apibench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -44,10 +44,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --appendonly yes --appendfsync everysec \
-    --save "" --auto-aof-rewrite-min-size 64gb --daemonize no --logfile "$WORK/redis.log" &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" aof-norewrite
 HTTP_PORT=$(free_port)
 cat >"$WORK/api.toml" <<EOT
 [server]

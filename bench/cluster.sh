@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 MASTERS=${MASTERS:-3}
 CHANNELS=${CHANNELS:-3}
@@ -31,7 +32,6 @@ fi
 BIN=$ROOT/target/release/coexist
 LOADGEN=$ROOT/target/release/coexist-loadgen
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 # A free port P with P + 10000 free too (the cluster bus; redis-server refuses P > 55535).
 free_cluster_port() { python3 -c '
 import random, socket
@@ -60,10 +60,7 @@ trap 'exit 130' INT TERM
 start_node() {  # port [extra args...]
     local port=$1; shift
     local dir; dir=$(mktemp -d "$WORK/redis-$port.XXXX")
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync everysec \
-        --save "" --auto-aof-rewrite-min-size 64gb --daemonize no --logfile "$WORK/redis-$port.log" "$@" &
-    PIDS+=($!)
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    start_redis "$port" "$dir" "$WORK/redis-$port.log" aof-norewrite "$@"
 }
 
 REDIS_PORTS=()

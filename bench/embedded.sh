@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 ROUNDS=${ROUNDS:-5}
 ROUND_SECS=${ROUND_SECS:-60}
@@ -25,10 +26,6 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
 fi
 BIN=$ROOT/target/release/coexist
 LOADGEN=$ROOT/target/release/coexist-loadgen
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 WORK=$(mktemp -d /tmp/coexist-embedded.XXXXXX)
 PIDS=()
@@ -95,10 +92,7 @@ kill "$RUN_PID"; wait "$RUN_PID" 2>/dev/null || true
 
 if [[ $SERVE_ROUND == 1 ]]; then
     REDIS_PORT=$(free_port)
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --appendonly yes \
-        --appendfsync everysec --save "" --daemonize no --logfile "$WORK/redis.log" &
-    PIDS+=("$!")
-    for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" aof
     config "
 [redis]
 url = \"redis://127.0.0.1:$REDIS_PORT\"

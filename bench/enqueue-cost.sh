@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 ROUNDS=${ROUNDS:-3}
 CALLS=${CALLS:-3000}
 PER_CALL=${PER_CALL:-16}   # events per script call (~17 in a versus-bare.sh run, by the committer's rounds)
@@ -22,26 +23,23 @@ VARIANTS=${VARIANTS:-"xadd set-xadd script-writes enqueue"}
 ENQUEUE_LUA=${ENQUEUE_LUA:-src/lua/enqueue.lua}
 
 WORK=$(mktemp -d /tmp/coexist-enqueue-cost.XXXXXX)
-REDIS_PID=
+PORT=$(free_port)
+PIDS=()
+cli() { redis-cli -p "$PORT" "$@"; }
 cleanup() {
-    [[ -n $REDIS_PID ]] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
+    # Each cell runs in a subshell ($(measure ...)) with its own redis-server: stop whichever runs.
+    cli shutdown nosave >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-cli() { redis-cli -p "$PORT" "$@"; }
 cpu_secs() { cli info cpu | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.6f", s }'; }
 
 measure() {  # variant -> prints µs of Redis CPU per event
     local variant=$1 sha=""
     rm -rf "$WORK/data"; mkdir -p "$WORK/data"
-    redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK/data" --appendonly yes \
-        --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb \
-        --daemonize no --logfile "$WORK/redis.log" &
-    REDIS_PID=$!
-    for _ in $(seq 100); do cli ping >/dev/null 2>&1 && break; sleep 0.05; done
+    start_redis "$PORT" "$WORK/data" "$WORK/redis.log" aof-norewrite
     case $variant in
     script-writes) sha=$(cli script load "$(cat bench/enqueue-writes.lua)") ;;
     enqueue) sha=$(cli script load "$(cat "$ENQUEUE_LUA")") ;;
@@ -57,7 +55,7 @@ measure() {  # variant -> prints µs of Redis CPU per event
     if ! grep -q 'errors: 0' "$WORK/pipe.log" || [[ $stored -ne $events ]]; then
         echo "$variant: $stored of $events events stored" >&2; cat "$WORK/pipe.log" >&2; exit 1
     fi
-    kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=
+    kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
     awk -v a="$before" -v b="$after" -v n="$events" 'BEGIN { printf "%.1f", (b - a) / n * 1e6 }'
 }
 

@@ -13,6 +13,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 DURATION=${DURATION:-15}         # measured seconds per mode
 WARMUP=${WARMUP:-2}              # seconds of load before each measured phase
@@ -50,10 +51,6 @@ for b in "$SERVER_BIN" "$LOADGEN"; do
 done
 command -v redis-server >/dev/null || { echo "redis-server not found" >&2; exit 1; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 WORK=$(mktemp -d /tmp/coexist-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -77,16 +74,7 @@ HTTP_PORT=$(free_port)
 export BENCH_REDIS_PORT=$REDIS_PORT BENCH_HTTP_PORT=$HTTP_PORT
 
 # ---------------------------------------------------------------- redis
-case $REDIS_PERSIST in
-aof) persist=(--appendonly yes --appendfsync everysec --save "") ;;
-# The same durability, with the background AOF rewrite (a fork that compresses the whole data
-# set) deferred past the run: a 15 s run grows the data set by ~1 GB and would otherwise fork a
-# rewrite at 64, 128, 256 MB ... each taking a full core of this 2-core machine.
-aof-norewrite) persist=(--appendonly yes --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb) ;;
-none) persist=(--appendonly no --save "") ;;
-default) persist=() ;;
-*) echo "REDIS_PERSIST must be aof, none or default" >&2; exit 2 ;;
-esac
+# REDIS_PERSIST is one of bench/lib.sh's start_redis modes (aof, aof-norewrite, none, default).
 # REDIS_SOCKET=1: coexist talks to Redis over a Unix socket (Redis on the same machine), which
 # skips the loopback TCP stack on the server <-> Redis hop.
 REDIS_SOCKET=${REDIS_SOCKET:-0}
@@ -96,15 +84,7 @@ if [[ $REDIS_SOCKET == 1 ]]; then
     socket_args=(--unixsocket "$WORK/redis.sock" --unixsocketperm 700)
     BENCH_REDIS_URL="unix://$WORK/redis.sock"
 fi
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" "${persist[@]}" "${socket_args[@]}" \
-    --daemonize no --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
-for _ in $(seq 100); do
-    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-    sleep 0.05
-done
-redis-cli -p "$REDIS_PORT" ping >/dev/null
+start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" "$REDIS_PERSIST" "${socket_args[@]}"
 
 # ---------------------------------------------------------------- config
 CONFIG=$ROOT/bench/bench.toml

@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 SCENARIOS=${SCENARIOS:-"throughput isolation"}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
@@ -41,7 +42,6 @@ fi
 BIN=$ROOT/target/release/coexist
 SENDBENCH=$ROOT/target/release/coexist-sendbench
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 WORK=$(mktemp -d /tmp/coexist-sbench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -58,15 +58,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_redis() {
+fresh_redis() {  # a new redis-server in a fresh data dir: sets REDIS_PORT, REDIS_PID
     REDIS_PORT=$(free_port)
     local dir; dir=$(mktemp -d "$WORK/redis.XXXX")   # a fresh data dir: nothing to load
-    local persist=(--appendonly no --save "")
-    [[ $REDIS_PERSIST == aof ]] && persist=(--appendonly yes --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb)
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" "${persist[@]}" --daemonize no \
-        --logfile "$WORK/redis.log" &
-    REDIS_PID=$!; PIDS+=("$REDIS_PID")
-    for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    local persist=none
+    [[ $REDIS_PERSIST == aof ]] && persist=aof-norewrite
+    start_redis "$REDIS_PORT" "$dir" "$WORK/redis.log" "$persist"
 }
 
 stop_redis() {
@@ -104,7 +101,7 @@ for scenario in $SCENARIOS; do
     throughput)
         for workers in $WORKER_COUNTS; do
             name="throughput-${workers}w"
-            start_redis
+            fresh_redis
             echo
             mapfile -t args < <(common "$name")
             "$SENDBENCH" throughput "${args[@]}" --workers "$workers" --messages "$MESSAGES" \
@@ -115,7 +112,7 @@ for scenario in $SCENARIOS; do
         ;;
     isolation)
         name=isolation
-        start_redis
+        fresh_redis
         echo
         mapfile -t args < <(common "$name")
         "$SENDBENCH" isolation "${args[@]}" --workers 1 --chatty "$CHATTY" --others "$OTHERS" \

@@ -28,6 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 SOAK_SECS=${SOAK_SECS:-600}
 RATE=${RATE:-2000}
@@ -59,7 +60,6 @@ LOADGEN=$BIN_DIR/coexist-loadgen
 for b in "$BIN" "$LOADGEN"; do [[ -x $b ]] || { echo "missing $b" >&2; exit 1; }; done
 HELPER=$ROOT/bench/soakbot.py
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 WORK=$(mktemp -d /tmp/coexist-soak.XXXXXX)
 PIDS=()
 cleanup() {
@@ -158,13 +158,10 @@ for mode in $MODES; do
     check=()
     if [[ $mode == split ]]; then
         export SOAK_REDIS_PORT=$(free_port)
-        persist=(--appendonly no --save "")
-        [[ $REDIS_PERSIST == aof ]] && persist=(--appendonly yes --appendfsync everysec --save "")
+        persist=none
+        [[ $REDIS_PERSIST == aof ]] && persist=aof
         mkdir -p "$WORK/redis"
-        redis-server --port "$SOAK_REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" "${persist[@]}" \
-            --daemonize no --logfile "$WORK/redis.log" &
-        REDIS_PID=$!; PIDS+=("$REDIS_PID")
-        for _ in $(seq 100); do redis-cli -p "$SOAK_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+        start_redis "$SOAK_REDIS_PORT" "$WORK/redis" "$WORK/redis.log" "$persist"
         SOAK_METRICS_PORT=$(free_port) "$BIN" serve --config "$cfg" 2>"$WORK/serve.log" &
         INGRESS_PID=$!; PIDS+=("$INGRESS_PID")
         wait_http "http://127.0.0.1:$SOAK_HTTP_PORT/readyz" "$INGRESS_PID" || { cat "$WORK/serve.log" >&2; exit 1; }

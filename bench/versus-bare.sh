@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -28,9 +29,6 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release --bin coexist --bin coexist-loadgen --bin coexist-bare
 fi
 BIN=$ROOT/target/release
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 WORK=$(mktemp -d /tmp/coexist-versus.XXXXXX)
 PIDS=()
@@ -43,12 +41,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --appendonly yes \
-    --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb \
-    --daemonize no --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" aof-norewrite
 
 export BENCH_HTTP_PORT BENCH_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 cat >"$WORK/coexist.toml" <<EOF

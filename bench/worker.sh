@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 PARTITIONS=${PARTITIONS:-16}
 CONTACTS=${CONTACTS:-5000}
@@ -34,7 +35,6 @@ fi
 BIN=$ROOT/target/release/coexist
 LOADGEN=$ROOT/target/release/coexist-loadgen
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 WORK=$(mktemp -d /tmp/coexist-wbench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -48,15 +48,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_redis() {
+fresh_redis() {  # a new redis-server in a fresh data dir: sets REDIS_PORT, REDIS_PID
     REDIS_PORT=$(free_port)
     local dir; dir=$(mktemp -d "$WORK/redis.XXXX")   # a fresh data dir: nothing to load
-    local persist=(--appendonly no --save "")
-    [[ $REDIS_PERSIST == aof ]] && persist=(--appendonly yes --appendfsync everysec --save "" --auto-aof-rewrite-min-size 64gb)
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" "${persist[@]}" --daemonize no \
-        --logfile "$WORK/redis.log" &
-    REDIS_PID=$!; PIDS+=("$REDIS_PID")
-    for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    local persist=none
+    [[ $REDIS_PERSIST == aof ]] && persist=aof-norewrite
+    start_redis "$REDIS_PORT" "$dir" "$WORK/redis.log" "$persist"
 }
 
 write_config() {  # http_port metrics_port
@@ -105,7 +102,7 @@ echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g
 echo "redis $(redis-server --version | awk '{print $3}'), persistence: $REDIS_PERSIST; $PARTITIONS partitions; bot mode none"
 
 for workers in $WORKER_COUNTS; do
-    start_redis
+    fresh_redis
     HTTP_PORT=$(free_port); METRICS_PORT=$(free_port)
     write_config "$HTTP_PORT" "$METRICS_PORT"
     start_serve
@@ -162,7 +159,7 @@ for workers in $WORKER_COUNTS; do
 done
 
 # ---------------------------------------------------------------- latency at a steady rate
-start_redis
+fresh_redis
 HTTP_PORT=$(free_port); METRICS_PORT=$(free_port)
 write_config "$HTTP_PORT" "$METRICS_PORT"
 start_serve
