@@ -48,6 +48,7 @@ OUT=${OUT:-$ROOT/target/soak}
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 export RUST_LOG=${RUST_LOG:-warn}
 export META_APP_SECRET=${META_APP_SECRET:-soak-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}
+export META_VERIFY_TOKEN=${META_VERIFY_TOKEN:-soak-verify}
 export FORWARD_SECRET=${FORWARD_SECRET:-fwd-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}
 export SOAK_WABA_TOKEN=${SOAK_WABA_TOKEN:-tok-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}
 mkdir -p "$OUT"
@@ -107,10 +108,9 @@ EOT
         cat <<EOT
 
 [meta]
-verify_token = "soak-verify"
+verify_token = "\${META_VERIFY_TOKEN}"
 app_secrets = ["\${META_APP_SECRET}"]
-# the port written out: meta.graph_api_url is not \${VAR}-expanded (as of aee6822)
-graph_api_url = "http://127.0.0.1:$SOAK_GRAPH_PORT/v23.0"
+graph_api_url = "http://127.0.0.1:\${SOAK_GRAPH_PORT}/v23.0"
 
 [[channels]]
 id = "shop"
