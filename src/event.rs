@@ -263,6 +263,10 @@ pub struct Media {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// Where the worker kept its copy of the file (`[media] store`), set before the bot runs;
+    /// absent when no store is configured or the copy could not be made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_path: Option<String>,
 }
 
 /// Delivery status of a message the business sent.

@@ -73,6 +73,7 @@ metrics! {
     EventsHandled => "coexist_events_handled_total", Counter, "Events handled by workers, by channel, type and outcome.";
     HandlerSeconds => "coexist_handler_seconds", Histogram, "Handler latency per event.";
     HandlerRetries => "coexist_handler_retries_total", Counter, "Handler attempts that failed and were retried.";
+    MediaStored => "coexist_media_stored_total", Counter, "Inbound media files handled with `[media] store` on, by outcome (`kept`, or the error code when no copy was made).";
     DeadLetters => "coexist_dead_letters_total", Counter, "Events moved to a dead-letter stream.";
     LeasesHeld => "coexist_leases_held", Gauge, "Partition leases held by this process.";
     TimersFired => "coexist_timers_fired_total", Counter, "Window timers promoted into partition streams.";

@@ -1597,51 +1597,18 @@ async fn a_forward_bot_opens_inbound_media_by_the_id_in_its_event() {
     let (_serve, _work) = serve_and_work(&d).await;
     d.recorder.answer_all(json!({}));
     let photo = bytes_of(120_000, 17);
-    d.waha
-        .add_file("3EB0C0FFEE0123456789.jpeg", photo.clone(), "image/jpeg");
-
-    let mut body: Value = serde_json::from_slice(
-        &std::fs::read("fixtures/personal/waha_message_image.json").unwrap(),
-    )
-    .unwrap();
-    // The gateway announces itself by another host name: coexist still asks its api_url.
-    body["payload"]["media"]["url"] =
-        json!("http://localhost:3000/api/files/default/3EB0C0FFEE0123456789.jpeg");
-    let bytes = body.to_string().into_bytes();
-    let sig =
-        coexist::verify::header_value(coexist::verify::Algorithm::Sha512, b"waha-hmac", &bytes);
-    let res = client()
-        .post(format!("http://{}/webhooks/personal/{PERSONAL}", d.listen))
-        .header("content-type", "application/json")
-        .header("x-webhook-hmac", sig)
-        .header("x-webhook-hmac-algorithm", "sha512")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    d.recorder
-        .wait_for("the WAHA image event", Duration::from_secs(20), |c| {
-            c.iter().any(|c| c.event["channel"] == PERSONAL)
-        })
-        .await;
-    let call = d
-        .recorder
-        .calls()
-        .into_iter()
-        .find(|c| c.event["channel"] == PERSONAL)
-        .unwrap();
-    let media = &call.event["message"]["media"];
-    assert_eq!(call.event["message"]["type"], "image", "{}", call.event);
-    assert_eq!(media["id"], "3EB0C0FFEE0123456789.jpeg", "{}", call.event);
-    assert_eq!(media["mime_type"], "image/jpeg", "{}", call.event);
+    let event = waha_image_event(&d, &photo).await;
+    let media = &event["message"]["media"];
+    assert_eq!(event["message"]["type"], "image", "{event}");
+    assert_eq!(media["id"], WAHA_FILE, "{event}");
+    assert_eq!(media["mime_type"], "image/jpeg", "{event}");
     let r = download(&d, PERSONAL, media["id"].as_str().unwrap(), Some(API_KEY)).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.bytes == photo);
     assert_eq!(r.header("content-type"), "image/jpeg");
     let got = d
         .waha
-        .requests_to("/api/files/default/3EB0C0FFEE0123456789.jpeg");
+        .requests_to(&format!("/api/files/default/{WAHA_FILE}"));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].header("x-api-key"), Some(WAHA_KEY));
 
@@ -1650,20 +1617,7 @@ async fn a_forward_bot_opens_inbound_media_by_the_id_in_its_event() {
     d.graph
         .add_media("1003383421387256", jpeg.clone(), "image/jpeg");
     let body = std::fs::read("fixtures/meta/image_message.json").unwrap();
-    let sig = coexist::verify::header_value(
-        coexist::verify::Algorithm::Sha256,
-        APP_SECRET.as_bytes(),
-        &body,
-    );
-    let res = client()
-        .post(format!("http://{}/webhooks/meta", d.listen))
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
+    post_meta(&d, &serde_json::from_slice(&body).unwrap()).await;
     d.recorder
         .wait_for("the Meta image event", Duration::from_secs(20), |c| {
             c.iter().any(|c| c.event["channel"] == WABA)
@@ -1694,4 +1648,199 @@ async fn a_forward_bot_opens_inbound_media_by_the_id_in_its_event() {
         ids,
         BTreeSet::from([PERSONAL.to_string(), WABA.to_string()])
     );
+}
+
+/// POSTs a Meta webhook body, signed, and expects 200.
+async fn post_meta(d: &Deployment, body: &Value) {
+    let bytes = body.to_string().into_bytes();
+    let sig = coexist::verify::header_value(
+        coexist::verify::Algorithm::Sha256,
+        APP_SECRET.as_bytes(),
+        &bytes,
+    );
+    let res = client()
+        .post(format!("http://{}/webhooks/meta", d.listen))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sig)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+/// The forward bot's view of the event with message id `id`, once it arrived.
+async fn bot_event(d: &Deployment, id: &str) -> Value {
+    let found = |c: &[recorder::Call]| c.iter().any(|c| c.event["message"]["id"] == id);
+    d.recorder
+        .wait_for(id, Duration::from_secs(20), found)
+        .await;
+    d.recorder
+        .calls()
+        .into_iter()
+        .find(|c| c.event["message"]["id"] == id)
+        .unwrap()
+        .event
+}
+
+/// The gateway's file name of the WAHA image fixture.
+const WAHA_FILE: &str = "3EB0C0FFEE0123456789.jpeg";
+
+/// Puts `photo` at the fake WAHA, POSTs the WAHA image fixture pointing at it (signed) and
+/// answers the event the forward bot got.
+async fn waha_image_event(d: &Deployment, photo: &[u8]) -> Value {
+    d.waha.add_file(WAHA_FILE, photo.to_vec(), "image/jpeg");
+    let mut body: Value = serde_json::from_slice(
+        &std::fs::read("fixtures/personal/waha_message_image.json").unwrap(),
+    )
+    .unwrap();
+    // The gateway announces itself by another host name: coexist still asks its api_url.
+    body["payload"]["media"]["url"] = json!(format!(
+        "http://localhost:3000/api/files/default/{WAHA_FILE}"
+    ));
+    let bytes = body.to_string().into_bytes();
+    let sig =
+        coexist::verify::header_value(coexist::verify::Algorithm::Sha512, b"waha-hmac", &bytes);
+    let res = client()
+        .post(format!("http://{}/webhooks/personal/{PERSONAL}", d.listen))
+        .header("content-type", "application/json")
+        .header("x-webhook-hmac", sig)
+        .header("x-webhook-hmac-algorithm", "sha512")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let id = body["payload"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let event = bot_event(d, &id).await;
+    assert_eq!(event["channel"], PERSONAL, "{event}");
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_store_keeps_inbound_files_before_the_bot_runs() {
+    let dir = std::env::temp_dir().join(format!("coexist-media-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = deployment(
+        Opts::default(),
+        &format!("store = \"dir:{}\"\nretention_days = 3\n", dir.display()),
+    )
+    .await;
+    let (_serve, _work) = serve_and_work(&d).await;
+    d.recorder.answer_all(json!({}));
+
+    // ---- Meta: the copy is the provider's bytes, and outlives the provider's URL.
+    let jpeg = bytes_of(300_000, 31);
+    d.graph
+        .add_media("1003383421387256", jpeg.clone(), "image/jpeg");
+    let body: Value =
+        serde_json::from_slice(&std::fs::read("fixtures/meta/image_message.json").unwrap())
+            .unwrap();
+    post_meta(&d, &body).await;
+    let wamid = body["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        .as_str()
+        .unwrap();
+    let event = bot_event(&d, wamid).await;
+    let path = event["message"]["media"]["stored_path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no stored_path in {event}"));
+    let path = std::path::PathBuf::from(path);
+    assert!(path.starts_with(dir.join(WABA)), "{path:?}");
+    assert_eq!(path.extension().unwrap(), "jpg");
+    assert!(
+        std::fs::read(&path).unwrap() == jpeg,
+        "the copy holds the provider's bytes"
+    );
+    d.graph.expire_media("1003383421387256");
+    assert!(
+        std::fs::read(&path).unwrap() == jpeg,
+        "the copy outlives the provider"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join(WABA))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // ---- Meta, media already gone at the provider: the bot still gets the message, with
+    // no stored_path, and nothing half-written stays behind.
+    let mut gone = body.clone();
+    let message = &mut gone["entry"][0]["changes"][0]["value"]["messages"][0];
+    message["id"] = json!("wamid.GONE0000000000000000000000000000000000000000000000000001");
+    message["image"]["id"] = json!("9999999999999999");
+    post_meta(&d, &gone).await;
+    let event = bot_event(
+        &d,
+        "wamid.GONE0000000000000000000000000000000000000000000000000001",
+    )
+    .await;
+    assert_eq!(
+        event["message"]["media"]["id"], "9999999999999999",
+        "{event}"
+    );
+    assert!(
+        event["message"]["media"].get("stored_path").is_none(),
+        "{event}"
+    );
+    assert_eq!(std::fs::read_dir(dir.join(WABA)).unwrap().count(), 1);
+
+    // ---- Handled again after a crash: a finished copy is reused without asking the provider
+    // (which no longer has the file), and a half-written one is replaced.
+    let again = |id: &str, media_id: &str| {
+        let mut b = body.clone();
+        let m = &mut b["entry"][0]["changes"][0]["value"]["messages"][0];
+        m["id"] = json!(id);
+        m["image"]["id"] = json!(media_id);
+        b
+    };
+    let finished = dir.join(WABA).join("wamid.AGAIN0001.jpg");
+    std::fs::write(&finished, b"the copy made before the crash").unwrap();
+    post_meta(&d, &again("wamid.AGAIN0001", "9999999999999998")).await;
+    let event = bot_event(&d, "wamid.AGAIN0001").await;
+    assert_eq!(
+        event["message"]["media"]["stored_path"],
+        finished.display().to_string(),
+        "{event}"
+    );
+    assert_eq!(
+        std::fs::read(&finished).unwrap(),
+        b"the copy made before the crash"
+    );
+    let half = dir.join(WABA).join("wamid.AGAIN0002.jpg.part");
+    std::fs::write(&half, b"half of a file").unwrap();
+    let png = bytes_of(50_000, 33);
+    d.graph
+        .add_media("9999999999999997", png.clone(), "image/jpeg");
+    post_meta(&d, &again("wamid.AGAIN0002", "9999999999999997")).await;
+    let event = bot_event(&d, "wamid.AGAIN0002").await;
+    let path = dir.join(WABA).join("wamid.AGAIN0002.jpg");
+    assert_eq!(
+        event["message"]["media"]["stored_path"],
+        path.display().to_string(),
+        "{event}"
+    );
+    assert!(std::fs::read(&path).unwrap() == png);
+    assert!(!half.exists(), "the half-written copy was replaced");
+
+    // ---- WAHA: the gateway's file, fetched with its API key.
+    let photo = bytes_of(120_000, 32);
+    let event = waha_image_event(&d, &photo).await;
+    let path = event["message"]["media"]["stored_path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no stored_path in {event}"));
+    assert!(
+        std::path::Path::new(path).starts_with(dir.join(PERSONAL)),
+        "{path}"
+    );
+    assert!(std::fs::read(path).unwrap() == photo);
+    let got = d
+        .waha
+        .requests_to(&format!("/api/files/default/{WAHA_FILE}"));
+    assert_eq!(got.len(), 1, "one download for the copy");
+    assert_eq!(got[0].header("x-api-key"), Some(WAHA_KEY));
+    let _ = std::fs::remove_dir_all(&dir);
 }

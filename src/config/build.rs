@@ -6,6 +6,7 @@ use super::raw::*;
 use super::*;
 use crate::channel::UNROUTED_CHANNEL;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use toml::Spanned;
 
 pub(super) struct Ctx<'a> {
@@ -188,8 +189,35 @@ impl Ctx<'_> {
             bot: self.bot(raw.bot.as_ref())?,
             worker: self.worker(&raw.worker)?,
             sending: raw.sending.clone(),
-            media: raw.media.clone(),
+            media: self.media(&raw.media)?,
             api: self.api(&raw.api)?,
+        })
+    }
+
+    /// `[media]`: `store` must be `dir:<path>` (the one kind of store there is).
+    fn media(&self, m: &RawMedia) -> Result<MediaConfig, ConfigError> {
+        let store = match &m.store {
+            None => None,
+            Some(value) => {
+                let spec = self.required(value, "media.store")?;
+                match spec.strip_prefix("dir:") {
+                    Some(path) if !path.trim().is_empty() => Some(PathBuf::from(path)),
+                    _ => {
+                        return self.err(
+                            value.span(),
+                            "media.store",
+                            format!("{spec:?} is not a store; write \"dir:<path>\""),
+                        )
+                    }
+                }
+            }
+        };
+        Ok(MediaConfig {
+            max_download_bytes: m.max_download_bytes,
+            timeout_ms: m.timeout_ms,
+            upload_ttl_secs: m.upload_ttl_secs,
+            store,
+            retention_days: m.retention_days,
         })
     }
 

@@ -84,3 +84,5 @@ pub const MAX_DOWNLOAD_BYTES: u64 = 100 * 1024 * 1024;
 pub const MEDIA_TIMEOUT_MS: u64 = 60_000;
 /// `[media] upload_ttl_secs`: how long a Personal channel holds an uploaded file.
 pub const UPLOAD_TTL_SECS: u64 = 86_400;
+/// `[media] retention_days`: how long a kept copy of an inbound file stays in `store`.
+pub const MEDIA_RETENTION_DAYS: u64 = 30;

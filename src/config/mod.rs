@@ -110,9 +110,8 @@ pub struct SendingConfig {
     pub outbox_ttl_secs: Option<u64>,
 }
 
-/// `[media]`: how inbound media is fetched and uploads are held. Every key is optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[media]`: how inbound media is fetched, kept and uploads are held. Every key is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MediaConfig {
     /// Largest inbound file a bot or the media route downloads (default 104857600: 100 MB,
     /// Meta's largest document); a bigger one is refused before its body is read.
@@ -122,6 +121,12 @@ pub struct MediaConfig {
     /// How long a Personal channel keeps an uploaded file for sending (default 86400): WAHA
     /// has no media store, so coexist holds the file and sends it inline.
     pub upload_ttl_secs: Option<u64>,
+    /// `store = "dir:<path>"`: the worker keeps a copy of every inbound media file under
+    /// `<path>` before the bot runs (Meta's download URLs expire within minutes), and puts the
+    /// file's path in the event (`message.media.stored_path`). `None`: nothing is kept.
+    pub store: Option<std::path::PathBuf>,
+    /// Days a kept copy stays in `store` before the worker deletes it (default 30).
+    pub retention_days: Option<u64>,
 }
 
 impl MediaConfig {
@@ -134,6 +139,14 @@ impl MediaConfig {
         std::time::Duration::from_millis(
             self.timeout_ms.unwrap_or(defaults::MEDIA_TIMEOUT_MS).max(1),
         )
+    }
+
+    pub fn retention(&self) -> std::time::Duration {
+        let days = self
+            .retention_days
+            .unwrap_or(defaults::MEDIA_RETENTION_DAYS)
+            .max(1);
+        std::time::Duration::from_secs(days.saturating_mul(86_400))
     }
 
     pub fn upload_ttl_secs(&self) -> u64 {
@@ -441,6 +454,35 @@ secret = "${FORWARD_SECRET}"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn media_store_is_a_dir_with_a_retention() {
+        let with = |media: &str| {
+            parse(&format!(
+                "[meta]\napp_secrets = [\"${{META_APP_SECRET}}\"]\n\
+                 [[channels]]\nid = \"p\"\nkind = \"personal\"\nwebhook_secrets = [\"${{WAHA_HMAC_KEY}}\"]\n\
+                 [media]\n{media}\n"
+            ))
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.media.store, None);
+        assert_eq!(c.media.retention().as_secs(), 30 * 86_400);
+        let c = with("store = \"dir:/var/lib/coexist/media\"\nretention_days = 2").unwrap();
+        assert_eq!(
+            c.media.store.as_deref(),
+            Some(std::path::Path::new("/var/lib/coexist/media"))
+        );
+        assert_eq!(c.media.retention().as_secs(), 2 * 86_400);
+        for bad in ["s3://bucket", "dir:", "/var/lib/coexist/media"] {
+            let e = with(&format!("store = \"{bad}\"")).unwrap_err().to_string();
+            assert!(
+                e.contains("line 8") && e.contains("media.store") && e.contains("dir:<path>"),
+                "{bad}: {e}"
+            );
+        }
+        let e = with("stor = \"dir:/x\"").unwrap_err().to_string();
+        assert!(e.contains("stor"), "{e}");
     }
 
     #[test]

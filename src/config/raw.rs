@@ -1,6 +1,6 @@
 //! The file's shape as serde reads it: every key optional, spans kept for error lines.
 
-use super::{MediaConfig, SendingConfig};
+use super::SendingConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -21,8 +21,19 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) sending: SendingConfig,
     #[serde(default)]
-    pub(super) media: MediaConfig,
+    pub(super) media: RawMedia,
     pub(super) api: Option<Spanned<RawApi>>,
+}
+
+/// `[media]` (see [`super::MediaConfig`] for what each key means).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMedia {
+    pub(super) max_download_bytes: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) upload_ttl_secs: Option<u64>,
+    pub(super) store: Option<Spanned<String>>,
+    pub(super) retention_days: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@
 pub mod graph;
 pub mod held;
 pub mod limits;
+pub mod store;
 pub mod waha;
 
 use crate::channel::ChannelKind;

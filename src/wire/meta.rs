@@ -553,6 +553,7 @@ fn media_of(m: &Value) -> Option<Media> {
         mime_type: nonempty(o.get("mime_type")),
         sha256: nonempty(o.get("sha256")),
         filename: nonempty(o.get("filename")),
+        stored_path: None,
     })
 }
 

@@ -244,6 +244,7 @@ fn media_of(p: &Value) -> Option<Media> {
         mime_type: nonempty(m.get("mimetype")),
         sha256: None,
         filename: nonempty(m.get("filename")),
+        stored_path: None,
     })
 }
 

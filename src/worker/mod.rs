@@ -18,6 +18,7 @@ use crate::bot::Bot;
 use crate::config::{ChannelConfig, Config};
 use crate::conversation::window::leads_from_minutes;
 use crate::conversation::ConversationStore;
+use crate::media::store::MediaStore;
 use crate::metrics::{Metric, Metrics};
 use crate::outbound::queue::MemoryOutQueue;
 use crate::outbound::{
@@ -153,6 +154,8 @@ pub(crate) struct Shared {
     /// Wakes this process's sender when a commit queued replies.
     pub wake: Arc<Notify>,
     pub sending: LaneSettings,
+    /// `[media] store`: where inbound media files are copied before the bot runs.
+    pub media_store: Option<MediaStore>,
 }
 
 /// What [`Worker::drain`] did.
@@ -174,6 +177,26 @@ pub struct Worker {
     shared: Arc<Shared>,
     partitions: Vec<(String, u32)>,
     sender: OnceLock<Arc<LaneSender>>,
+}
+
+/// How often the kept media copies are checked against `[media] retention_days`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes expired media copies now and then every [`PRUNE_EVERY`], until `shutdown`.
+async fn prune_media(store: MediaStore, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let job = store.clone();
+        match tokio::task::spawn_blocking(move || job.prune(std::time::SystemTime::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "expired media copies deleted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the media store failed"),
+            Err(e) => tracing::warn!(error = %e, "pruning the media store stopped"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
 }
 
 /// A unique consumer name: host, pid and a random part (two processes never share one).
@@ -234,6 +257,11 @@ impl Worker {
                 out,
                 wake: Arc::new(Notify::new()),
                 sending: LaneSettings::from_config(&config.sending),
+                media_store: config
+                    .media
+                    .store
+                    .as_ref()
+                    .map(|dir| MediaStore::new(dir, config.media.retention())),
             }),
             partitions,
             sender: OnceLock::new(),
@@ -368,6 +396,10 @@ impl Worker {
         let (stop_sending, sending_stopped) = watch::channel(false);
         let sender_task = tokio::spawn(sender.run(sending_stopped));
         let shared = self.shared;
+        let pruner = shared
+            .media_store
+            .clone()
+            .map(|store| tokio::spawn(prune_media(store, shutdown.clone())));
         let settings = shared.settings.clone();
         let mut held: HashMap<(String, u32), Held> = HashMap::new();
         tracing::info!(worker = %shared.id, partitions = self.partitions.len(), "worker started");
@@ -417,6 +449,9 @@ impl Worker {
         // (it stops taking lanes and lets those in hand finish their current message).
         let _ = stop_sending.send(true);
         let _ = sender_task.await;
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
         let _ = shared.queue.leave(&shared.id).await;
         shared
             .metrics

@@ -17,6 +17,7 @@ use crate::conversation::window::{self, timers_for, PlannedTimer};
 use crate::conversation::ConversationBackend;
 use crate::conversation::ConversationState;
 use crate::event::{Event, EventType};
+use crate::media::store::StoreError;
 use crate::metrics::Metric;
 use crate::outbound::RateBackend;
 use crate::outbound::{MessageStatus, OutQueueBackend, OutgoingMessage, QueuedMessage};
@@ -281,6 +282,7 @@ impl<'a> PartitionTask<'a> {
             Err(e) => return Handled::GiveUp(e),
         };
         let event_type = event.event_type.as_str();
+        self.keep_media(&mut event).await;
         let now = self.shared.clock.now_ms();
         // Account-level events, and statuses that named no recipient (the wamid index tells
         // the bot whose they are, but they were queued in another partition than the
@@ -343,6 +345,50 @@ impl<'a> PartitionTask<'a> {
             Handled::Done(_) => Handled::Done(event_type),
             other => other,
         }
+    }
+
+    /// `[media] store`: copies the message's file before anyone sees the event and notes
+    /// the copy's path in it. A copy that cannot be made is logged and counted, and the event
+    /// goes on without it (the bot can still try `ctx.media()`): a lost photo must not hold the
+    /// conversation.
+    async fn keep_media(&self, event: &mut Event) {
+        let Some(store) = &self.shared.media_store else {
+            return;
+        };
+        if event.event_type != EventType::Message {
+            return;
+        }
+        let Some(message) = event.message.as_mut() else {
+            return;
+        };
+        let Some(media) = message.media.as_mut().filter(|m| m.stored_path.is_none()) else {
+            return;
+        };
+        let kept = store
+            .keep(
+                self.shared.outbound.media(),
+                &event.channel,
+                &message.id,
+                media,
+            )
+            .await;
+        let outcome = match kept {
+            Ok(path) => {
+                media.stored_path = Some(path.display().to_string());
+                "kept"
+            }
+            Err(e) => {
+                tracing::warn!(channel = %event.channel, message = %message.id, error = %e, "could not keep a copy of the media; the event goes on without it");
+                match &e {
+                    StoreError::Media(m) => m.code(),
+                    StoreError::Io { .. } => "io_error",
+                }
+            }
+        };
+        self.shared.metrics.inc(
+            Metric::MediaStored,
+            &[("channel", &self.lease.channel), ("outcome", outcome)],
+        );
     }
 
     fn decode(&self, entry: &Entry) -> Result<Event, String> {
