@@ -1729,8 +1729,27 @@ async fn a_media_store_keeps_inbound_files_before_the_bot_runs() {
         &format!("store = \"dir:{}\"\nretention_days = 3\n", dir.display()),
     )
     .await;
+    // A copy past `retention_days` (3) from an earlier run, and one still within it: the
+    // worker prunes the first when it starts.
+    std::fs::create_dir_all(dir.join(WABA)).unwrap();
+    let aged = |name: &str, days: u64| {
+        let path = dir.join(WABA).join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let at = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+        file.set_modified(at).unwrap();
+        path
+    };
+    let expired = aged("wamid.OLD0001.jpg", 4);
+    let recent = aged("wamid.RECENT0001.jpg", 2);
     let (_serve, _work) = serve_and_work(&d).await;
     d.recorder.answer_all(json!({}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expired.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!expired.exists(), "a copy past retention_days is pruned");
+    assert!(recent.exists(), "a copy within retention_days stays");
+    std::fs::remove_file(&recent).unwrap();
 
     // ---- Meta: the copy is the provider's bytes, and outlives the provider's URL.
     let jpeg = bytes_of(300_000, 31);
