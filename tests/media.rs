@@ -1726,7 +1726,10 @@ async fn a_media_store_keeps_inbound_files_before_the_bot_runs() {
     let _ = std::fs::remove_dir_all(&dir);
     let d = deployment(
         Opts::default(),
-        &format!("store = \"dir:{}\"\nretention_days = 3\n", dir.display()),
+        &format!(
+            "store = \"dir:{}\"\nretention_days = 3\ntimeout_ms = 1000\n",
+            dir.display()
+        ),
     )
     .await;
     // A copy past `retention_days` (3) from an earlier run, and one still within it: the
@@ -1844,6 +1847,44 @@ async fn a_media_store_keeps_inbound_files_before_the_bot_runs() {
     );
     assert!(std::fs::read(&path).unwrap() == png);
     assert!(!half.exists(), "the half-written copy was replaced");
+
+    // ---- A provider error that may pass is tried again: the copy is made on the second try.
+    let flaky = bytes_of(40_000, 34);
+    d.graph
+        .add_media("9999999999999996", flaky.clone(), "image/jpeg");
+    d.graph
+        .push_for("/9999999999999996", Answer::server_error());
+    post_meta(&d, &again("wamid.AGAIN0003", "9999999999999996")).await;
+    let event = bot_event(&d, "wamid.AGAIN0003").await;
+    let path = dir.join(WABA).join("wamid.AGAIN0003.jpg");
+    assert_eq!(
+        event["message"]["media"]["stored_path"],
+        path.display().to_string(),
+        "{event}"
+    );
+    assert!(std::fs::read(&path).unwrap() == flaky);
+    let asked = d.graph.requests_to("/9999999999999996");
+    let downloads = asked.iter().filter(|r| r.path.starts_with("/download/"));
+    assert_eq!(
+        (asked.len(), downloads.count()),
+        (3, 1),
+        "two lookups (the first refused), one download"
+    );
+
+    // ---- ... but only within one media timeout (1 s here): a provider that hangs costs the
+    // partition one timeout, and no second attempt starts after it.
+    d.graph
+        .add_media("9999999999999995", flaky.clone(), "image/jpeg");
+    for _ in 0..3 {
+        d.graph.push_for("/9999999999999995", Answer::slow(3000));
+    }
+    post_meta(&d, &again("wamid.AGAIN0004", "9999999999999995")).await;
+    let event = bot_event(&d, "wamid.AGAIN0004").await;
+    assert!(
+        event["message"]["media"].get("stored_path").is_none(),
+        "{event}"
+    );
+    assert_eq!(d.graph.requests_to("/9999999999999995").len(), 1);
 
     // ---- WAHA: the gateway's file, fetched with its API key.
     let photo = bytes_of(120_000, 32);

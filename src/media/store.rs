@@ -34,18 +34,21 @@ pub enum StoreError {
     },
 }
 
-/// The directory copies are kept in, and for how long.
+/// The directory copies are kept in, for how long, and how long one copy may take.
 #[derive(Clone, Debug)]
 pub struct MediaStore {
     dir: PathBuf,
     retention: Duration,
+    budget: Duration,
 }
 
 impl MediaStore {
-    pub fn new(dir: impl Into<PathBuf>, retention: Duration) -> MediaStore {
+    /// `budget`: the most one [`MediaStore::keep`] may take, retries included.
+    pub fn new(dir: impl Into<PathBuf>, retention: Duration, budget: Duration) -> MediaStore {
         MediaStore {
             dir: dir.into(),
             retention,
+            budget,
         }
     }
 
@@ -56,8 +59,10 @@ impl MediaStore {
     }
 
     /// Keeps a copy of `media` (the file `message_id` carries on `channel`) and answers its
-    /// path; a copy made earlier is reused. Retryable provider errors are tried again a few
-    /// times here, so the bot is not held longer than that.
+    /// path; a copy made earlier is reused. Retryable provider errors are tried again, up to
+    /// [`ATTEMPTS`] in all, but every attempt and wait must fit in the store's `budget` (one
+    /// media timeout): the partition's other customers wait behind this, so a provider that
+    /// keeps failing costs them one timeout, not one per attempt.
     pub async fn keep(
         &self,
         hub: &MediaHub,
@@ -69,10 +74,14 @@ impl MediaStore {
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(path);
         }
+        let deadline = tokio::time::Instant::now() + self.budget;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.copy(hub, channel, media, &path).await {
+            let copied = tokio::time::timeout_at(deadline, self.copy(hub, channel, media, &path))
+                .await
+                .unwrap_or_else(|_| Err(out_of_time(self.budget)));
+            match copied {
                 Err(StoreError::Media(e)) if e.is_retryable() && attempt < ATTEMPTS => {
                     let wait = backoff(
                         Duration::from_millis(250),
@@ -80,6 +89,9 @@ impl MediaStore {
                         attempt,
                         Duration::from_secs(2),
                     );
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(StoreError::Media(e));
+                    }
                     tracing::info!(channel, message = message_id, attempt, error = %e, "media copy failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -161,6 +173,13 @@ impl MediaStore {
         }
         Ok(removed)
     }
+}
+
+/// A copy whose attempts did not fit in `budget`.
+fn out_of_time(budget: Duration) -> StoreError {
+    StoreError::Media(MediaError::Transient {
+        detail: format!("no copy within {} ms", budget.as_millis()),
+    })
 }
 
 /// `name` with every character outside `[A-Za-z0-9._-]` replaced, no leading dot, at most
@@ -277,7 +296,11 @@ mod tests {
 
     #[test]
     fn paths_stay_inside_the_store() {
-        let store = MediaStore::new("/srv/media", Duration::from_secs(86_400));
+        let store = MediaStore::new(
+            "/srv/media",
+            Duration::from_secs(86_400),
+            Duration::from_secs(60),
+        );
         let p = store.path_for("../shop", "../../x", &media("image/png", None));
         assert!(p.starts_with("/srv/media"));
         assert!(
@@ -304,12 +327,14 @@ mod tests {
         let fresh = touch("fresh.jpg", day * 6);
         let stale_part = touch("gone.jpg.part", Duration::from_secs(7200));
         let live_part = touch("busy.jpg.part", Duration::from_secs(60));
-        let store = MediaStore::new(&dir, day * 7);
+        let store = MediaStore::new(&dir, day * 7, day);
         assert_eq!(store.prune(now).unwrap(), 2);
         assert!(!old.exists() && !stale_part.exists());
         assert!(fresh.exists() && live_part.exists());
         assert_eq!(
-            MediaStore::new(dir.join("none"), day).prune(now).unwrap(),
+            MediaStore::new(dir.join("none"), day, day)
+                .prune(now)
+                .unwrap(),
             0
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -257,11 +257,9 @@ impl Worker {
                 out,
                 wake: Arc::new(Notify::new()),
                 sending: LaneSettings::from_config(&config.sending),
-                media_store: config
-                    .media
-                    .store
-                    .as_ref()
-                    .map(|dir| MediaStore::new(dir, config.media.retention())),
+                media_store: config.media.store.as_ref().map(|dir| {
+                    MediaStore::new(dir, config.media.retention(), config.media.timeout())
+                }),
             }),
             partitions,
             sender: OnceLock::new(),
