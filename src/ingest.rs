@@ -171,7 +171,7 @@ impl Ingest {
             .map(|(e, r)| to_new_event(e, r, received_at))
             .collect();
         let started = Instant::now();
-        let outcomes = self.queue.enqueue(&batch).await?;
+        let outcomes = self.queue.enqueue_owned(batch).await?;
         self.metrics
             .observe_seconds(Metric::EnqueueSeconds, &[], started.elapsed().as_secs_f64());
         let mut accepted = Accepted::default();

@@ -139,6 +139,12 @@ pub trait QueueBackend {
     /// Returns one outcome per input, in order; an error means nothing can be assumed durable.
     async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError>;
 
+    /// [`QueueBackend::enqueue`] for a caller done with its events: a backend that hands them
+    /// to another task (Redis's committer thread) takes them instead of copying them.
+    async fn enqueue_owned(&self, batch: Vec<NewEvent>) -> Result<Vec<Enqueued>, QueueError> {
+        self.enqueue(&batch).await
+    }
+
     /// `durability = "replicated"`: waits until a replica has every write made so far to the
     /// node holding `channel`'s keys (`WAIT`); `NotReplicated` if none did in time. Nothing to
     /// wait for with `durability = "local"` or the embedded queue.

@@ -435,6 +435,11 @@ impl QueueBackend for RedisQueue {
     /// may not be durable: the caller must not acknowledge the webhook (a retry is safe, dedupe
     /// makes it land once).
     async fn enqueue(&self, batch: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
+        self.enqueue_owned(batch.to_vec()).await
+    }
+
+    /// The events move into the committer's line (no copy).
+    async fn enqueue_owned(&self, batch: Vec<NewEvent>) -> Result<Vec<Enqueued>, QueueError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }

@@ -80,12 +80,9 @@ impl Committer {
     /// Enqueues `events` in the next round trip and returns their outcomes, in order. A caller
     /// that stops waiting (its client hung up) does not stop its events from going in; the
     /// sender retries and dedupe lands them once.
-    pub(super) async fn commit(&self, events: &[NewEvent]) -> Result<Vec<Enqueued>, QueueError> {
+    pub(super) async fn commit(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, QueueError> {
         let (answer, outcome) = oneshot::channel();
-        self.line.join(Waiter {
-            events: events.to_vec(),
-            answer,
-        });
+        self.line.join(Waiter { events, answer });
         outcome
             .await
             .map_err(|_| QueueError::Other("the enqueue thread stopped before answering".into()))?
